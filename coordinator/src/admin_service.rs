@@ -1,0 +1,252 @@
+//! gRPC adapter for ML engineers and operations.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backroom_proto::v1 as pb;
+use backroom_proto::v1::admin_service_server::AdminService;
+use futures::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::auth::require;
+use crate::core::Core;
+use crate::identity::Role;
+use crate::round::{RoundRecord, RoundSpec, RoundState, Strategy};
+use crate::store::{MetricBatchRow, NodeRow, VersionRow};
+
+#[derive(Debug, Clone)]
+pub struct AdminApi {
+    core: Arc<Core>,
+}
+
+impl AdminApi {
+    pub fn new(core: Arc<Core>) -> Self {
+        Self { core }
+    }
+}
+
+type RoundStream = Pin<Box<dyn Stream<Item = Result<pb::Round, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    async fn start_round(
+        &self,
+        request: Request<pb::StartRoundRequest>,
+    ) -> Result<Response<pb::Round>, Status> {
+        let peer = require(&request, Role::Admin)?;
+        let start = request.into_inner();
+        let spec = start
+            .spec
+            .ok_or_else(|| Status::invalid_argument("spec is required"))?;
+        let spec = spec_from_proto(&spec)?;
+        let round = self.core.start_round(&start.lineage, spec, &peer.name).await?;
+        Ok(Response::new(round_to_proto(&round)))
+    }
+
+    async fn get_round(
+        &self,
+        request: Request<pb::GetRoundRequest>,
+    ) -> Result<Response<pb::Round>, Status> {
+        require(&request, Role::Admin)?;
+        let round = self.core.round(&request.into_inner().round_id).await?;
+        Ok(Response::new(round_to_proto(&round)))
+    }
+
+    async fn list_rounds(
+        &self,
+        request: Request<pb::ListRoundsRequest>,
+    ) -> Result<Response<pb::ListRoundsResponse>, Status> {
+        require(&request, Role::Admin)?;
+        let rounds = self.core.store.list_rounds(&request.into_inner().lineage).await?;
+        Ok(Response::new(pb::ListRoundsResponse {
+            rounds: rounds.iter().map(round_to_proto).collect(),
+        }))
+    }
+
+    type WatchRoundStream = RoundStream;
+
+    async fn watch_round(
+        &self,
+        request: Request<pb::GetRoundRequest>,
+    ) -> Result<Response<Self::WatchRoundStream>, Status> {
+        require(&request, Role::Admin)?;
+        let round_id = request.into_inner().round_id;
+        let first = self.core.round(&round_id).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let core = Arc::clone(&self.core);
+        tokio::spawn(async move {
+            let mut changes = core.subscribe();
+            let mut last = first;
+            if tx.send(Ok(round_to_proto(&last))).await.is_err() {
+                return;
+            }
+            while !last.state.is_final() && !core.is_shutting_down() {
+                core.wait_for_change(&mut changes, Duration::from_secs(5)).await;
+                match core.round(&round_id).await {
+                    Ok(now) => {
+                        if now != last {
+                            if tx.send(Ok(round_to_proto(&now))).await.is_err() {
+                                return;
+                            }
+                            last = now;
+                        }
+                    }
+                    Err(error) => {
+                        let _ = tx.send(Err(error.into())).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn cancel_round(
+        &self,
+        request: Request<pb::GetRoundRequest>,
+    ) -> Result<Response<pb::Round>, Status> {
+        let peer = require(&request, Role::Admin)?;
+        let round_id = request.into_inner().round_id;
+        tracing::info!(round_id, by = %peer.name, "cancel requested");
+        let round = self.core.cancel_round(&round_id).await?;
+        Ok(Response::new(round_to_proto(&round)))
+    }
+
+    async fn list_models(
+        &self,
+        request: Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ListModelsResponse>, Status> {
+        require(&request, Role::Admin)?;
+        let rows = self.core.store.list_versions(&request.into_inner().lineage).await?;
+        Ok(Response::new(pb::ListModelsResponse {
+            models: rows.into_iter().map(version_to_proto).collect(),
+        }))
+    }
+
+    async fn query_metrics(
+        &self,
+        request: Request<pb::QueryMetricsRequest>,
+    ) -> Result<Response<pb::QueryMetricsResponse>, Status> {
+        let peer = require(&request, Role::Admin)?;
+        let query = request.into_inner();
+        if query.from_unix != 0 && query.to_unix != 0 && query.from_unix >= query.to_unix {
+            return Err(Status::invalid_argument("from_unix must be before to_unix"));
+        }
+        let rows = self
+            .core
+            .store
+            .metric_batches(query.from_unix, query.to_unix)
+            .await?;
+        tracing::info!(by = %peer.name, rows = rows.len(), "metrics queried");
+        Ok(Response::new(pb::QueryMetricsResponse {
+            rows: rows.into_iter().map(metric_to_proto).collect(),
+        }))
+    }
+
+    async fn list_nodes(
+        &self,
+        request: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        require(&request, Role::Admin)?;
+        let nodes = self.core.store.list_nodes().await?;
+        Ok(Response::new(pb::ListNodesResponse {
+            nodes: nodes.into_iter().map(node_to_proto).collect(),
+        }))
+    }
+}
+
+pub fn spec_from_proto(spec: &pb::RoundSpec) -> Result<RoundSpec, Status> {
+    let strategy = Strategy::parse(&spec.strategy).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "unknown strategy {:?}; this version supports \"fedavg\"",
+            spec.strategy
+        ))
+    })?;
+    Ok(RoundSpec {
+        strategy,
+        target_clients: spec.target_clients,
+        min_clients: spec.min_clients,
+        deadline_secs: spec.deadline_secs,
+        local_steps: spec.local_steps,
+        batch_size: spec.batch_size,
+        learning_rate: spec.learning_rate,
+        clip_norm: spec.clip_norm,
+        noise_multiplier: spec.noise_multiplier,
+    })
+}
+
+fn state_to_proto(state: RoundState) -> pb::RoundState {
+    match state {
+        RoundState::Pending => pb::RoundState::Pending,
+        RoundState::Sampling => pb::RoundState::Sampling,
+        RoundState::Training => pb::RoundState::Training,
+        RoundState::Aggregating => pb::RoundState::Aggregating,
+        RoundState::Published => pb::RoundState::Published,
+        RoundState::Failed => pb::RoundState::Failed,
+        RoundState::Cancelled => pb::RoundState::Cancelled,
+    }
+}
+
+pub fn round_to_proto(round: &RoundRecord) -> pb::Round {
+    pb::Round {
+        round_id: round.round_id.clone(),
+        lineage: round.lineage.clone(),
+        state: state_to_proto(round.state) as i32,
+        spec: Some(pb::RoundSpec {
+            strategy: round.spec.strategy.as_str().to_owned(),
+            target_clients: round.spec.target_clients,
+            min_clients: round.spec.min_clients,
+            deadline_secs: round.spec.deadline_secs,
+            local_steps: round.spec.local_steps,
+            batch_size: round.spec.batch_size,
+            learning_rate: round.spec.learning_rate,
+            clip_norm: round.spec.clip_norm,
+            noise_multiplier: round.spec.noise_multiplier,
+        }),
+        base_version: round.base_version,
+        published_version: round.published_version,
+        sampled_nodes: round.sampled_nodes.clone(),
+        updates_accepted: round.updates_accepted,
+        updates_refused: round.updates_refused,
+        failure_reason: round.failure_reason.clone(),
+        created_unix_ms: round.created_unix_ms,
+        updated_unix_ms: round.updated_unix_ms,
+        started_by: round.started_by.clone(),
+    }
+}
+
+fn version_to_proto(row: VersionRow) -> pb::ModelVersion {
+    pb::ModelVersion {
+        lineage: row.lineage,
+        version: row.version,
+        parent_version: row.parent_version,
+        round_id: row.round_id,
+        weights_sha256: row.weights_sha256,
+        created_unix_ms: row.created_unix_ms,
+        manifest: row.manifest,
+    }
+}
+
+fn metric_to_proto(row: MetricBatchRow) -> pb::MetricRow {
+    pb::MetricRow {
+        store_id: row.store_id,
+        window_start_unix: row.window_start_unix,
+        window_secs: row.window_secs,
+        frames: row.frames,
+        slot_observations: row.slot_observations,
+        empty_slot_observations: row.empty_slot_observations,
+        out_of_stock_events: row.out_of_stock_events,
+    }
+}
+
+fn node_to_proto(row: NodeRow) -> pb::NodeInfo {
+    pb::NodeInfo {
+        node_id: row.node_id,
+        last_seen_unix_ms: row.last_seen_unix_ms,
+        lineage: row.lineage,
+        installed_version: row.installed_version,
+        backend: row.backend,
+    }
+}

@@ -1,0 +1,200 @@
+//! Coordinator configuration: a raw TOML layer (unknown fields refused) and a validated layer.
+//! Every problem is collected and reported together.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    server_names: Option<Vec<String>>,
+    lineage: Option<String>,
+    init_seed: Option<u64>,
+    heartbeat_interval_secs: Option<u32>,
+    model_expiry_secs: Option<u64>,
+    max_update_bytes: Option<u64>,
+    sampling_timeout_secs: Option<u64>,
+    overselect: Option<f32>,
+    online_window_secs: Option<u64>,
+}
+
+/// Validated coordinator settings.
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    /// Address of the TLS listener (`127.0.0.1:0` picks a free port).
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// `sqlite://…`; defaults to `<data_dir>/coordinator.db`.
+    pub database_url: String,
+    /// Extra DNS names / IPs for the server certificate.
+    pub server_names: Vec<String>,
+    /// The model lineage this coordinator trains (created at first start).
+    pub lineage: String,
+    pub init_seed: u64,
+    pub heartbeat_interval_secs: u32,
+    pub model_expiry_secs: u64,
+    pub max_update_bytes: u64,
+    pub sampling_timeout: Duration,
+    pub overselect: f32,
+    pub online_window: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid coordinator configuration:\n  - {}", problems.join("\n  - "))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl CoordinatorConfig {
+    /// Defaults for a data directory: loopback listener on a free port, embedded SQLite.
+    pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir = data_dir.into();
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database_url: default_database_url(&data_dir),
+            data_dir,
+            server_names: Vec::new(),
+            lineage: "shelfnet".into(),
+            init_seed: 42,
+            heartbeat_interval_secs: 10,
+            model_expiry_secs: 30 * 24 * 3600,
+            max_update_bytes: 64 << 20,
+            sampling_timeout: Duration::from_secs(120),
+            overselect: 1.0,
+            online_window: Duration::from_secs(60),
+        }
+    }
+
+    /// Parses a TOML file's text; relative paths are taken from `base_dir`.
+    pub fn from_toml_str(text: &str, base_dir: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+            problems: vec![e.to_string()],
+        })?;
+        let mut problems = Vec::new();
+        let data_dir = match raw.data_dir {
+            Some(dir) if dir.is_absolute() => dir,
+            Some(dir) => base_dir.join(dir),
+            None => {
+                problems.push("data_dir is required".to_owned());
+                PathBuf::new()
+            }
+        };
+        let mut config = Self::for_data_dir(&data_dir);
+        if let Some(listen) = raw.listen {
+            match listen.parse() {
+                Ok(addr) => config.listen = addr,
+                Err(e) => problems.push(format!("listen {listen:?} is not an address: {e}")),
+            }
+        }
+        if let Some(url) = raw.database_url {
+            if url.starts_with("sqlite:") {
+                config.database_url = url;
+            } else {
+                problems.push(format!(
+                    "database_url {url:?}: this version supports sqlite: URLs only"
+                ));
+            }
+        }
+        if let Some(names) = raw.server_names {
+            config.server_names = names;
+        }
+        if let Some(lineage) = raw.lineage {
+            if crate::identity::validate_name(&lineage).is_err() {
+                problems.push(format!("lineage {lineage:?} must use a-z, 0-9, '-', '_', '.'"));
+            }
+            config.lineage = lineage;
+        }
+        if let Some(seed) = raw.init_seed {
+            config.init_seed = seed;
+        }
+        if let Some(secs) = raw.heartbeat_interval_secs {
+            if !(1..=3600).contains(&secs) {
+                problems.push(format!("heartbeat_interval_secs must be in 1..=3600, got {secs}"));
+            }
+            config.heartbeat_interval_secs = secs;
+        }
+        if let Some(secs) = raw.model_expiry_secs {
+            if secs < 60 {
+                problems.push(format!("model_expiry_secs must be at least 60, got {secs}"));
+            }
+            config.model_expiry_secs = secs;
+        }
+        if let Some(bytes) = raw.max_update_bytes {
+            if bytes < 1024 {
+                problems.push(format!("max_update_bytes must be at least 1024, got {bytes}"));
+            }
+            config.max_update_bytes = bytes;
+        }
+        if let Some(secs) = raw.sampling_timeout_secs {
+            if secs == 0 {
+                problems.push("sampling_timeout_secs must be > 0".to_owned());
+            }
+            config.sampling_timeout = Duration::from_secs(secs);
+        }
+        if let Some(factor) = raw.overselect {
+            if !(1.0..=4.0).contains(&factor) {
+                problems.push(format!("overselect must be in 1.0..=4.0, got {factor}"));
+            }
+            config.overselect = factor;
+        }
+        if let Some(secs) = raw.online_window_secs {
+            if secs == 0 {
+                problems.push("online_window_secs must be > 0".to_owned());
+            }
+            config.online_window = Duration::from_secs(secs);
+        }
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    pub fn pki_dir(&self) -> PathBuf {
+        self.data_dir.join("pki")
+    }
+}
+
+fn default_database_url(data_dir: &Path) -> String {
+    format!("sqlite://{}?mode=rwc", data_dir.join("coordinator.db").display())
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_resolves_relative_paths() {
+        let config = CoordinatorConfig::from_toml_str(
+            "listen = \"127.0.0.1:7443\"\ndata_dir = \"data\"\n",
+            Path::new("/etc/backroom"),
+        );
+        let config = config.map_err(|e| e.to_string());
+        assert_eq!(
+            config.as_ref().map(|c| c.data_dir.clone()),
+            Ok(PathBuf::from("/etc/backroom/data"))
+        );
+    }
+
+    #[test]
+    fn reports_every_problem_and_unknown_fields() {
+        let err = CoordinatorConfig::from_toml_str(
+            "listen = \"nope\"\nheartbeat_interval_secs = 0\noverselect = 9.0\n",
+            Path::new("/"),
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        for needle in ["data_dir", "listen", "heartbeat_interval_secs", "overselect"] {
+            assert!(err.contains(needle), "{needle} missing from {err}");
+        }
+        let unknown = CoordinatorConfig::from_toml_str("data_dir = \"x\"\nlisen = \"a\"\n", Path::new("/"));
+        assert!(unknown.err().map(|e| e.to_string()).unwrap_or_default().contains("lisen"));
+    }
+}

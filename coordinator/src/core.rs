@@ -1,0 +1,396 @@
+//! The coordinator's domain logic, independent of gRPC: rounds, updates, long polls, metrics.
+//! The tonic services in `node_service.rs` and `admin_service.rs` are thin adapters over this.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backroom_proto::v1::{MetricBatch, TrainTask, UpdateHeader};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::error::{CoordinatorError, Result};
+use crate::registry::{Registry, now_unix_ms, write_durably};
+use crate::round::{RoundRecord, RoundSpec, RoundState};
+use crate::store::{MetricBatchRow, NodeRow, Store, UpdateRow};
+
+/// Tunables that are not part of any one round.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub heartbeat_interval_secs: u32,
+    pub max_update_bytes: u64,
+    pub sampling_timeout: Duration,
+    pub overselect: f32,
+    pub online_window: Duration,
+    pub updates_dir: PathBuf,
+}
+
+/// Shared state of one coordinator process.
+#[derive(Debug)]
+pub struct Core {
+    pub store: Store,
+    pub registry: Registry,
+    pub settings: Settings,
+    changes: watch::Sender<u64>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Core {
+    pub fn new(
+        store: Store,
+        registry: Registry,
+        settings: Settings,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            store,
+            registry,
+            settings,
+            changes: watch::channel(0).0,
+            shutdown,
+        }
+    }
+
+    /// Wakes every long poll, round watcher and round driver.
+    pub fn notify(&self) {
+        self.changes.send_modify(|generation| *generation += 1);
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Waits for a change, the timeout, or shutdown, whichever comes first.
+    pub async fn wait_for_change(&self, changes: &mut watch::Receiver<u64>, timeout: Duration) {
+        let mut shutdown = self.shutdown.clone();
+        tokio::select! {
+            _ = changes.changed() => {}
+            () = tokio::time::sleep(timeout) => {}
+            _ = shutdown.wait_for(|stop| *stop) => {}
+        }
+    }
+
+    // ---- rounds ----
+
+    pub async fn start_round(
+        self: &Arc<Self>,
+        lineage: &str,
+        spec: RoundSpec,
+        started_by: &str,
+    ) -> Result<RoundRecord> {
+        spec.validate()?;
+        let base = self.store.latest_version(lineage).await?.ok_or_else(|| {
+            CoordinatorError::NotFound(format!("lineage {lineage:?} has no published model"))
+        })?;
+        if let Some(active) = self.store.active_round(lineage).await? {
+            return Err(CoordinatorError::FailedPrecondition(format!(
+                "round {active} of lineage {lineage} is still running; wait for it or cancel it"
+            )));
+        }
+        let now = now_unix_ms();
+        let round = RoundRecord {
+            round_id: new_round_id(),
+            lineage: lineage.to_owned(),
+            state: RoundState::Pending,
+            spec,
+            base_version: base.version,
+            published_version: 0,
+            failure_reason: String::new(),
+            started_by: started_by.to_owned(),
+            training_deadline_unix_ms: 0,
+            updates_refused: 0,
+            created_unix_ms: now,
+            updated_unix_ms: now,
+            sampled_nodes: Vec::new(),
+            updates_accepted: 0,
+        };
+        self.store.insert_round(&round).await?;
+        info!(round_id = %round.round_id, lineage, started_by, base_version = base.version, "round started");
+        crate::driver::spawn(Arc::clone(self), round.round_id.clone());
+        self.notify();
+        Ok(round)
+    }
+
+    pub async fn round(&self, round_id: &str) -> Result<RoundRecord> {
+        self.store
+            .round(round_id)
+            .await?
+            .ok_or_else(|| CoordinatorError::NotFound(format!("no round {round_id:?}")))
+    }
+
+    pub async fn cancel_round(&self, round_id: &str) -> Result<RoundRecord> {
+        loop {
+            let round = self.round(round_id).await?;
+            if round.state.is_final() {
+                return Err(CoordinatorError::FailedPrecondition(format!(
+                    "round {round_id} is already {}",
+                    round.state.as_str()
+                )));
+            }
+            let moved = self
+                .store
+                .transition(
+                    round_id,
+                    round.state,
+                    RoundState::Cancelled,
+                    "cancelled by an administrator",
+                    now_unix_ms(),
+                )
+                .await?;
+            if moved {
+                info!(round_id, "round cancelled");
+                self.notify();
+                return self.round(round_id).await;
+            }
+        }
+    }
+
+    // ---- nodes ----
+
+    pub async fn node_seen(
+        &self,
+        node_id: &str,
+        lineage: &str,
+        installed_version: u64,
+        backend: &str,
+    ) -> Result<()> {
+        self.store
+            .upsert_node(&NodeRow {
+                node_id: node_id.to_owned(),
+                last_seen_unix_ms: now_unix_ms(),
+                lineage: lineage.to_owned(),
+                installed_version,
+                backend: backend.to_owned(),
+            })
+            .await
+    }
+
+    /// Long poll: returns a task or the latest version as soon as there is something new for this
+    /// node, or after `wait`.
+    pub async fn poll_task(
+        &self,
+        node_id: &str,
+        lineage: &str,
+        installed_version: u64,
+        wait: Duration,
+    ) -> Result<(Option<TrainTask>, u64)> {
+        let mut changes = self.subscribe();
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            changes.borrow_and_update();
+            self.store.touch_node(node_id, now_unix_ms()).await?;
+            let task = self.task_for(node_id).await?;
+            let latest = self
+                .store
+                .latest_version(lineage)
+                .await?
+                .map_or(0, |v| v.version);
+            let now = tokio::time::Instant::now();
+            if task.is_some() || latest > installed_version || now >= until || self.is_shutting_down() {
+                return Ok((task, latest));
+            }
+            self.wait_for_change(&mut changes, until - now).await;
+        }
+    }
+
+    async fn task_for(&self, node_id: &str) -> Result<Option<TrainTask>> {
+        let Some(round_id) = self
+            .store
+            .pending_tasks_for(node_id, now_unix_ms())
+            .await?
+            .into_iter()
+            .next()
+        else {
+            return Ok(None);
+        };
+        let round = self.round(&round_id).await?;
+        Ok(Some(TrainTask {
+            round_id: round.round_id,
+            lineage: round.lineage,
+            base_version: round.base_version,
+            local_steps: round.spec.local_steps,
+            batch_size: round.spec.batch_size,
+            learning_rate: round.spec.learning_rate,
+            clip_norm: round.spec.clip_norm,
+            num_parameters: self.registry.num_parameters() as u64,
+            deadline_unix_ms: round.training_deadline_unix_ms,
+        }))
+    }
+
+    // ---- updates ----
+
+    /// Checks an upload's header before any data is read. Returns the round.
+    pub async fn check_upload_header(
+        &self,
+        node_id: &str,
+        header: &UpdateHeader,
+    ) -> Result<RoundRecord> {
+        let round = self.round(&header.round_id).await?;
+        if round.state != RoundState::Training {
+            return Err(CoordinatorError::FailedPrecondition(format!(
+                "round {} is {}, not accepting updates",
+                round.round_id,
+                round.state.as_str()
+            )));
+        }
+        if !round.sampled_nodes.iter().any(|n| n == node_id) {
+            return Err(CoordinatorError::FailedPrecondition(format!(
+                "node {node_id} is not sampled in round {}",
+                round.round_id
+            )));
+        }
+        if now_unix_ms() >= round.training_deadline_unix_ms {
+            return Err(CoordinatorError::DeadlineExceeded(format!(
+                "round {} stopped accepting updates at its deadline",
+                round.round_id
+            )));
+        }
+        if header.base_version != round.base_version {
+            return Err(CoordinatorError::FailedPrecondition(format!(
+                "update is on version {}, round {} trains version {}",
+                header.base_version, round.round_id, round.base_version
+            )));
+        }
+        let expected = self.registry.num_parameters() as u64;
+        if header.num_parameters != expected {
+            return Err(CoordinatorError::InvalidArgument(format!(
+                "update declares {} parameters, the model has {expected}",
+                header.num_parameters
+            )));
+        }
+        if header.num_parameters.saturating_mul(4) > self.settings.max_update_bytes {
+            return Err(CoordinatorError::ResourceExhausted(format!(
+                "update of {} bytes exceeds the limit of {} bytes",
+                header.num_parameters.saturating_mul(4),
+                self.settings.max_update_bytes
+            )));
+        }
+        if self.store.has_update(&round.round_id, node_id).await? {
+            return Err(CoordinatorError::AlreadyExists(format!(
+                "node {node_id} already sent its update for round {}",
+                round.round_id
+            )));
+        }
+        Ok(round)
+    }
+
+    /// Re-checks the norm, makes the update durable, and only then records it as accepted.
+    pub async fn accept_update(
+        &self,
+        round: &RoundRecord,
+        node_id: &str,
+        delta: Vec<f32>,
+        norm: f64,
+        num_examples: u64,
+    ) -> Result<u32> {
+        let clip = f64::from(round.spec.clip_norm);
+        if norm > clip * (1.0 + 1e-5) {
+            return Err(CoordinatorError::InvalidArgument(format!(
+                "update norm {norm:.6} exceeds the round's clip norm {clip}; clip before upload"
+            )));
+        }
+        let dir = self.settings.updates_dir.join(&round.round_id);
+        let path = dir.join(format!("{node_id}.f32"));
+        let path_for_write = path.clone();
+        let digest = tokio::task::spawn_blocking(move || -> Result<String> {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| CoordinatorError::io(format!("cannot create {}", dir.display()), e))?;
+            let bytes: Vec<u8> = delta.iter().flat_map(|v| v.to_le_bytes()).collect();
+            write_durably(&path_for_write, &bytes)?;
+            Ok(backroom_models::manifest::sha256_hex(&bytes))
+        })
+        .await
+        .map_err(|e| CoordinatorError::Internal(format!("update write task failed: {e}")))??;
+        let inserted = self
+            .store
+            .insert_update(&UpdateRow {
+                round_id: round.round_id.clone(),
+                node_id: node_id.to_owned(),
+                num_examples,
+                norm,
+                sha256: digest,
+                blob_path: path.display().to_string(),
+                received_unix_ms: now_unix_ms(),
+            })
+            .await?;
+        if !inserted {
+            return Err(CoordinatorError::AlreadyExists(format!(
+                "node {node_id} already sent its update for round {}",
+                round.round_id
+            )));
+        }
+        self.notify();
+        let accepted = self.round(&round.round_id).await?.updates_accepted;
+        info!(round_id = %round.round_id, node_id, norm, accepted, "update accepted");
+        Ok(accepted)
+    }
+
+    pub async fn refuse_update(&self, round_id: &str, node_id: &str, reason: &str) {
+        warn!(round_id, node_id, reason, "update refused");
+        if let Err(error) = self.store.count_refused(round_id).await {
+            warn!(round_id, %error, "could not count a refused update");
+        }
+        self.notify();
+    }
+
+    // ---- metrics ----
+
+    /// Stores metric batches exactly once each. Returns (accepted, duplicates).
+    pub async fn sync_metrics(&self, store_id: &str, batches: &[MetricBatch]) -> Result<(u32, u32)> {
+        if batches.len() > 1000 {
+            return Err(CoordinatorError::InvalidArgument(format!(
+                "{} batches in one call; send at most 1000",
+                batches.len()
+            )));
+        }
+        for (i, b) in batches.iter().enumerate() {
+            validate_batch(b).map_err(|m| CoordinatorError::InvalidArgument(format!("batch {i}: {m}")))?;
+        }
+        let (mut accepted, mut duplicates) = (0, 0);
+        let now = now_unix_ms();
+        for b in batches {
+            let row = MetricBatchRow {
+                store_id: store_id.to_owned(),
+                idempotency_key: b.idempotency_key.clone(),
+                camera_id: b.camera_id,
+                window_start_unix: b.window_start_unix,
+                window_secs: b.window_secs,
+                frames: b.frames,
+                slot_observations: b.slot_observations,
+                empty_slot_observations: b.empty_slot_observations,
+                out_of_stock_events: b.out_of_stock_events,
+            };
+            if self.store.insert_metric_batch(&row, now).await? {
+                accepted += 1;
+            } else {
+                duplicates += 1;
+            }
+        }
+        Ok((accepted, duplicates))
+    }
+}
+
+fn validate_batch(b: &MetricBatch) -> std::result::Result<(), String> {
+    if b.idempotency_key.is_empty() || b.idempotency_key.len() > 200 {
+        return Err("idempotency_key must have 1 to 200 characters".into());
+    }
+    if b.window_secs == 0 || b.window_secs > 86_400 {
+        return Err(format!("window_secs must be in 1..=86400, got {}", b.window_secs));
+    }
+    if b.empty_slot_observations > b.slot_observations {
+        return Err("empty_slot_observations exceeds slot_observations".into());
+    }
+    if b.out_of_stock_events > b.slot_observations {
+        return Err("out_of_stock_events exceeds slot_observations".into());
+    }
+    Ok(())
+}
+
+fn new_round_id() -> String {
+    let bytes: [u8; 8] = rand::random();
+    format!("r-{}-{}", now_unix_ms(), hex::encode(bytes))
+}

@@ -1,0 +1,363 @@
+//! The coordinator's certificate authority, the model-signing key, and the identities carried in
+//! client certificates.
+//!
+//! Layout of the PKI directory (`<data_dir>/pki`):
+//! `ca.pem`, `ca.key`, `server.pem`, `server.key`, `model-signing.key`, `model-signing.pub.pem`.
+//! Every private key is written with mode 0600.
+//!
+//! A bundle (what `backroom enroll` hands to a store or an engineer) is a directory with
+//! `ca.pem`, `cert.pem`, `key.pem` and `model-signing.pub.pem`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::SigningKey;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use time::{Duration, OffsetDateTime};
+
+/// Validity of issued certificates.
+const CERT_VALIDITY_DAYS: i64 = 397;
+const CA_VALIDITY_DAYS: i64 = 3650;
+const URI_PREFIX: &str = "backroom://";
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("certificate generation failed: {0}")]
+    Certificate(#[from] rcgen::Error),
+    #[error("signing key in {path} is not valid: {reason}")]
+    SigningKey { path: PathBuf, reason: String },
+    #[error(
+        "invalid identity name {0:?}: use 1 to 64 characters from a-z, 0-9, '-', '_' and '.'"
+    )]
+    InvalidName(String),
+    #[error("bundle directory {0} already holds a certificate; remove it first")]
+    BundleExists(PathBuf),
+}
+
+/// What a client certificate allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// A store node: may call the node service only.
+    Node,
+    /// An ML engineer or operator: may call the admin service only.
+    Admin,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Node => "node",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The authenticated caller of an RPC, read from its certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub role: Role,
+    pub name: String,
+}
+
+/// Checks a store id or admin name.
+pub fn validate_name(name: &str) -> Result<(), IdentityError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(IdentityError::InvalidName(name.to_owned()))
+    }
+}
+
+/// Reads the role and name from a DER leaf certificate (SAN URI `backroom://<role>/<name>`).
+pub fn peer_from_der(der: &[u8]) -> Option<Peer> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|name| match name {
+        x509_parser::extensions::GeneralName::URI(uri) => parse_identity_uri(uri),
+        _ => None,
+    })
+}
+
+fn parse_identity_uri(uri: &str) -> Option<Peer> {
+    let rest = uri.strip_prefix(URI_PREFIX)?;
+    let (role, name) = rest.split_once('/')?;
+    let role = match role {
+        "node" => Role::Node,
+        "admin" => Role::Admin,
+        _ => return None,
+    };
+    validate_name(name).ok()?;
+    Some(Peer {
+        role,
+        name: name.to_owned(),
+    })
+}
+
+/// Paths of the PKI directory.
+#[derive(Clone, Debug)]
+pub struct PkiPaths {
+    pub dir: PathBuf,
+}
+
+impl PkiPaths {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+    pub fn ca_key(&self) -> PathBuf {
+        self.dir.join("ca.key")
+    }
+    pub fn server_cert(&self) -> PathBuf {
+        self.dir.join("server.pem")
+    }
+    pub fn server_key(&self) -> PathBuf {
+        self.dir.join("server.key")
+    }
+    pub fn signing_key(&self) -> PathBuf {
+        self.dir.join("model-signing.key")
+    }
+    pub fn signing_public_key(&self) -> PathBuf {
+        self.dir.join("model-signing.pub.pem")
+    }
+}
+
+/// The loaded CA: can issue server, node and admin certificates.
+pub struct CertificateAuthority {
+    paths: PkiPaths,
+    ca_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertificateAuthority")
+            .field("dir", &self.paths.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertificateAuthority {
+    /// Loads the CA from `dir`, creating the CA, the model-signing key and the server
+    /// certificate on first use. `server_names` are the DNS names / IPs the coordinator's
+    /// certificate must cover (localhost and 127.0.0.1 are always included).
+    pub fn load_or_create(dir: &Path, server_names: &[String]) -> Result<Self, IdentityError> {
+        let paths = PkiPaths::new(dir);
+        std::fs::create_dir_all(dir).map_err(|source| IdentityError::Write {
+            path: dir.to_owned(),
+            source,
+        })?;
+        if !paths.ca_cert().exists() {
+            create_ca(&paths)?;
+        }
+        let ca_pem = read(&paths.ca_cert())?;
+        let key = KeyPair::from_pem(&read(&paths.ca_key())?)?;
+        let issuer = Issuer::from_ca_cert_pem(&ca_pem, key)?;
+        let ca = Self {
+            paths,
+            ca_pem,
+            issuer,
+        };
+        if !ca.paths.signing_key().exists() {
+            ca.create_signing_key()?;
+        }
+        if !ca.paths.server_cert().exists() {
+            ca.issue_server_certificate(server_names)?;
+        }
+        Ok(ca)
+    }
+
+    pub fn paths(&self) -> &PkiPaths {
+        &self.paths
+    }
+
+    fn create_signing_key(&self) -> Result<(), IdentityError> {
+        let mut seed = [0u8; 32];
+        rand::Rng::fill(&mut rand::rng(), &mut seed);
+        let key = SigningKey::from_bytes(&seed);
+        let path = self.paths.signing_key();
+        let pem = key
+            .to_pkcs8_pem(Default::default())
+            .map_err(|e| IdentityError::SigningKey {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        write_private(&path, pem.as_bytes())?;
+        let public = key
+            .verifying_key()
+            .to_public_key_pem(Default::default())
+            .map_err(|e| IdentityError::SigningKey {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        write_public(&self.paths.signing_public_key(), public.as_bytes())
+    }
+
+    fn issue_server_certificate(&self, server_names: &[String]) -> Result<(), IdentityError> {
+        let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        names.extend(server_names.iter().cloned());
+        names.dedup();
+        let mut params = CertificateParams::new(names)?;
+        params.distinguished_name = distinguished_name("backroom-coordinator");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        set_leaf_defaults(&mut params);
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        write_private(&self.paths.server_key(), key.serialize_pem().as_bytes())?;
+        write_public(&self.paths.server_cert(), cert.pem().as_bytes())
+    }
+
+    /// Issues a client bundle for a store node or an admin into `out_dir`.
+    pub fn issue_bundle(
+        &self,
+        role: Role,
+        name: &str,
+        out_dir: &Path,
+    ) -> Result<BundlePaths, IdentityError> {
+        validate_name(name)?;
+        let bundle = BundlePaths::new(out_dir);
+        if bundle.cert().exists() {
+            return Err(IdentityError::BundleExists(out_dir.to_owned()));
+        }
+        std::fs::create_dir_all(out_dir).map_err(|source| IdentityError::Write {
+            path: out_dir.to_owned(),
+            source,
+        })?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = distinguished_name(name);
+        let uri = format!("{URI_PREFIX}{role}/{name}");
+        params.subject_alt_names = vec![SanType::URI(uri.try_into()?)];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        set_leaf_defaults(&mut params);
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        write_private(&bundle.key(), key.serialize_pem().as_bytes())?;
+        write_public(&bundle.cert(), cert.pem().as_bytes())?;
+        write_public(&bundle.ca(), self.ca_pem.as_bytes())?;
+        let signing_public = read(&self.paths.signing_public_key())?;
+        write_public(&bundle.signing_public_key(), signing_public.as_bytes())?;
+        Ok(bundle)
+    }
+}
+
+/// Files of a client bundle.
+#[derive(Clone, Debug)]
+pub struct BundlePaths {
+    pub dir: PathBuf,
+}
+
+impl BundlePaths {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+    pub fn cert(&self) -> PathBuf {
+        self.dir.join("cert.pem")
+    }
+    pub fn key(&self) -> PathBuf {
+        self.dir.join("key.pem")
+    }
+    pub fn signing_public_key(&self) -> PathBuf {
+        self.dir.join("model-signing.pub.pem")
+    }
+}
+
+/// Loads the model-signing key.
+pub fn load_signing_key(path: &Path) -> Result<SigningKey, IdentityError> {
+    let pem = read(path)?;
+    SigningKey::from_pkcs8_pem(&pem).map_err(|e| IdentityError::SigningKey {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn create_ca(paths: &PkiPaths) -> Result<(), IdentityError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name = distinguished_name("Backroom coordinator CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + Duration::days(CA_VALIDITY_DAYS);
+    let key = KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    write_private(&paths.ca_key(), key.serialize_pem().as_bytes())?;
+    write_public(&paths.ca_cert(), cert.pem().as_bytes())
+}
+
+fn distinguished_name(common_name: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "Backroom");
+    dn.push(DnType::CommonName, common_name);
+    dn
+}
+
+fn set_leaf_defaults(params: &mut CertificateParams) {
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + Duration::days(CERT_VALIDITY_DAYS);
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.use_authority_key_identifier_extension = true;
+}
+
+fn read(path: &Path) -> Result<String, IdentityError> {
+    std::fs::read_to_string(path).map_err(|source| IdentityError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn write_public(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
+    write_with_mode(path, bytes, 0o644)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
+    write_with_mode(path, bytes, 0o600)
+}
+
+fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), IdentityError> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let map = |source| IdentityError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(mode);
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut file = options.open(path).map_err(map)?;
+    file.write_all(bytes).map_err(map)?;
+    file.sync_all().map_err(map)
+}

@@ -1,0 +1,158 @@
+//! The Backroom coordinator: mutually authenticated gRPC services for store nodes and admins,
+//! the round state machine, DP-FedAvg aggregation, and the signed model registry.
+//!
+//! Entry points: [`Coordinator::start`] then [`Coordinator::serve`], or [`run`].
+
+pub mod admin_service;
+pub mod aggregate;
+pub mod auth;
+pub mod config;
+pub mod core;
+pub mod driver;
+pub mod error;
+pub mod identity;
+pub mod node_service;
+pub mod registry;
+pub mod round;
+pub mod store;
+pub mod tls;
+pub mod upload;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use backroom_proto::MAX_CHUNK_BYTES;
+use backroom_proto::v1::admin_service_server::AdminServiceServer;
+use backroom_proto::v1::node_service_server::NodeServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::service::interceptor::InterceptedService;
+
+pub use crate::config::CoordinatorConfig;
+use crate::core::{Core, Settings};
+use crate::identity::CertificateAuthority;
+use crate::registry::Registry;
+use crate::store::Store;
+
+/// Largest gRPC message accepted: one chunk plus framing.
+const MAX_MESSAGE_BYTES: usize = MAX_CHUNK_BYTES + 64 * 1024;
+
+/// A coordinator that has opened its database, loaded its keys and bound its listener.
+#[derive(Debug)]
+pub struct Coordinator {
+    core: Arc<Core>,
+    listener: TcpListener,
+    tls: rustls::ServerConfig,
+    local_addr: SocketAddr,
+    shutdown_tx: watch::Sender<bool>,
+}
+
+impl Coordinator {
+    /// Opens (or creates) the data directory, CA, signing key and database; publishes version 1
+    /// of the lineage if none exists; resumes unfinished rounds; binds the listener.
+    pub async fn start(config: CoordinatorConfig) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+        let pki_dir = config.pki_dir();
+        let server_names = config.server_names.clone();
+        let ca = tokio::task::spawn_blocking(move || {
+            CertificateAuthority::load_or_create(&pki_dir, &server_names)
+        })
+        .await
+        .context("certificate task failed")?
+        .context("cannot load or create the certificate authority")?;
+        let paths = ca.paths().clone();
+        let signing_key = identity::load_signing_key(&paths.signing_key())
+            .context("cannot load the model-signing key")?;
+        let tls = tls::server_config(&paths.ca_cert(), &paths.server_cert(), &paths.server_key())
+            .context("cannot build the TLS configuration")?;
+
+        let store = Store::open(&config.database_url)
+            .await
+            .with_context(|| format!("cannot open database {}", config.database_url))?;
+        let registry = Registry::new(
+            store.clone(),
+            config.data_dir.join("models"),
+            signing_key,
+            config.model_expiry_secs,
+        );
+        registry
+            .ensure_initial(&config.lineage, config.init_seed)
+            .await
+            .context("cannot publish the initial model version")?;
+
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let settings = Settings {
+            heartbeat_interval_secs: config.heartbeat_interval_secs,
+            max_update_bytes: config.max_update_bytes,
+            sampling_timeout: config.sampling_timeout,
+            overselect: config.overselect,
+            online_window: config.online_window,
+            updates_dir: config.data_dir.join("updates"),
+        };
+        let core = Arc::new(Core::new(store, registry, settings, shutdown_rx));
+
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let local_addr = listener.local_addr().context("listener has no address")?;
+
+        for round in core.store.unfinished_rounds().await? {
+            tracing::info!(round_id = %round.round_id, state = round.state.as_str(), "resuming round");
+            driver::spawn(Arc::clone(&core), round.round_id);
+        }
+        Ok(Self {
+            core,
+            listener,
+            tls,
+            local_addr,
+            shutdown_tx,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` completes, then stops long polls and drains connections.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Self {
+            core,
+            listener,
+            tls,
+            local_addr,
+            shutdown_tx,
+        } = self;
+        let incoming = tls::incoming(listener, tls);
+        let node = NodeServiceServer::new(node_service::NodeApi::new(Arc::clone(&core)))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let node = InterceptedService::new(node, auth::node_only);
+        let admin = AdminServiceServer::new(admin_service::AdminApi::new(Arc::clone(&core)))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let admin = InterceptedService::new(admin, auth::admin_only);
+        tracing::info!(%local_addr, "coordinator listening (TLS 1.3, client certificates required)");
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("coordinator shutting down");
+            let _ = shutdown_tx.send(true);
+        };
+        tonic::transport::Server::builder()
+            .add_service(node)
+            .add_service(admin)
+            .serve_with_incoming_shutdown(incoming, signal)
+            .await
+            .context("gRPC server failed")?;
+        Ok(())
+    }
+}
+
+/// Starts a coordinator and serves until `shutdown`.
+pub async fn run(
+    config: CoordinatorConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    Coordinator::start(config).await?.serve(shutdown).await
+}

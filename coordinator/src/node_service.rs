@@ -1,0 +1,230 @@
+//! gRPC adapter for store nodes.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backroom_proto::MAX_CHUNK_BYTES;
+use backroom_proto::v1::node_service_server::NodeService;
+use backroom_proto::v1::{
+    DownloadModelRequest, HeartbeatRequest, HeartbeatResponse, HelloRequest, HelloResponse,
+    ModelChunk, ModelHeader, ModelTrailer, PollTaskRequest, PollTaskResponse, SyncMetricsRequest,
+    SyncMetricsResponse, UpdateChunk, UploadUpdateResponse, model_chunk, update_chunk,
+};
+use futures::Stream;
+use sha2::{Digest, Sha256};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth::require;
+use crate::core::Core;
+use crate::error::CoordinatorError;
+use crate::identity::Role;
+use crate::upload::UpdateAssembler;
+
+const MAX_POLL_WAIT_SECS: u32 = 60;
+
+#[derive(Debug, Clone)]
+pub struct NodeApi {
+    core: Arc<Core>,
+}
+
+impl NodeApi {
+    pub fn new(core: Arc<Core>) -> Self {
+        Self { core }
+    }
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<ModelChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl NodeService for NodeApi {
+    async fn hello(&self, request: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {
+        let peer = require(&request, Role::Node)?;
+        let hello = request.into_inner();
+        check_text("lineage", &hello.lineage)?;
+        check_text("backend", &hello.backend)?;
+        self.core
+            .node_seen(&peer.name, &hello.lineage, hello.installed_version, &hello.backend)
+            .await?;
+        tracing::info!(node_id = %peer.name, installed_version = hello.installed_version, backend = %hello.backend, "node said hello");
+        Ok(Response::new(HelloResponse {
+            node_id: peer.name,
+            heartbeat_interval_secs: self.core.settings.heartbeat_interval_secs,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        let peer = require(&request, Role::Node)?;
+        let beat = request.into_inner();
+        check_text("lineage", &beat.lineage)?;
+        check_text("backend", &beat.backend)?;
+        self.core
+            .node_seen(&peer.name, &beat.lineage, beat.installed_version, &beat.backend)
+            .await?;
+        Ok(Response::new(HeartbeatResponse {}))
+    }
+
+    async fn poll_task(
+        &self,
+        request: Request<PollTaskRequest>,
+    ) -> Result<Response<PollTaskResponse>, Status> {
+        let peer = require(&request, Role::Node)?;
+        let poll = request.into_inner();
+        check_text("lineage", &poll.lineage)?;
+        let wait = Duration::from_secs(u64::from(poll.wait_secs.min(MAX_POLL_WAIT_SECS)));
+        let (task, latest_version) = self
+            .core
+            .poll_task(&peer.name, &poll.lineage, poll.installed_version, wait)
+            .await?;
+        Ok(Response::new(PollTaskResponse {
+            task,
+            latest_version,
+        }))
+    }
+
+    type DownloadModelStream = ChunkStream;
+
+    async fn download_model(
+        &self,
+        request: Request<DownloadModelRequest>,
+    ) -> Result<Response<Self::DownloadModelStream>, Status> {
+        let peer = require(&request, Role::Node)?;
+        let wanted = request.into_inner();
+        let row = self
+            .core
+            .store
+            .version(&wanted.lineage, wanted.version)
+            .await?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no version {} of lineage {:?}",
+                    wanted.version, wanted.lineage
+                ))
+            })?;
+        let weights = tokio::fs::read(&row.weights_path).await.map_err(|e| {
+            Status::from(CoordinatorError::io(format!("cannot read {}", row.weights_path), e))
+        })?;
+        tracing::info!(node_id = %peer.name, lineage = %row.lineage, version = row.version, "serving model");
+        let sha = Sha256::digest(&weights).to_vec();
+        let mut chunks = Vec::with_capacity(weights.len() / MAX_CHUNK_BYTES + 3);
+        chunks.push(Ok(ModelChunk {
+            kind: Some(model_chunk::Kind::Header(ModelHeader {
+                manifest: row.manifest,
+                signature: row.signature,
+                weights_size: weights.len() as u64,
+            })),
+        }));
+        for piece in weights.chunks(MAX_CHUNK_BYTES) {
+            chunks.push(Ok(ModelChunk {
+                kind: Some(model_chunk::Kind::Data(piece.to_vec())),
+            }));
+        }
+        chunks.push(Ok(ModelChunk {
+            kind: Some(model_chunk::Kind::Trailer(ModelTrailer { sha256: sha })),
+        }));
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+    }
+
+    async fn upload_update(
+        &self,
+        request: Request<Streaming<UpdateChunk>>,
+    ) -> Result<Response<UploadUpdateResponse>, Status> {
+        let peer = require(&request, Role::Node)?;
+        let mut stream = request.into_inner();
+        let header = match stream.message().await? {
+            Some(UpdateChunk {
+                kind: Some(update_chunk::Kind::Header(header)),
+            }) => header,
+            Some(_) => return Err(Status::invalid_argument("the first chunk must be a header")),
+            None => return Err(Status::invalid_argument("empty upload")),
+        };
+        let round = match self.core.check_upload_header(&peer.name, &header).await {
+            Ok(round) => round,
+            Err(error) => {
+                self.core
+                    .refuse_update(&header.round_id, &peer.name, &error.to_string())
+                    .await;
+                return Err(error.into());
+            }
+        };
+        let result: Result<(Vec<f32>, f64), CoordinatorError> = async {
+            let mut assembler = UpdateAssembler::new(self.core.registry.num_parameters());
+            loop {
+                let chunk = stream.message().await.map_err(|s| {
+                    CoordinatorError::InvalidArgument(format!("upload stream broke: {}", s.message()))
+                })?;
+                match chunk.and_then(|c| c.kind) {
+                    Some(update_chunk::Kind::Data(data)) => {
+                        if data.len() > MAX_CHUNK_BYTES {
+                            return Err(CoordinatorError::InvalidArgument(format!(
+                                "chunk of {} bytes exceeds {MAX_CHUNK_BYTES}",
+                                data.len()
+                            )));
+                        }
+                        assembler.push(&data)?;
+                    }
+                    Some(update_chunk::Kind::Trailer(trailer)) => {
+                        return assembler.finish(&trailer.sha256);
+                    }
+                    Some(update_chunk::Kind::Header(_)) => {
+                        return Err(CoordinatorError::InvalidArgument("a second header chunk".into()));
+                    }
+                    None => {
+                        return Err(CoordinatorError::InvalidArgument(
+                            "upload ended without a trailer".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        .await;
+        let accepted = match result {
+            Ok((delta, norm)) => {
+                self.core
+                    .accept_update(&round, &peer.name, delta, norm, header.num_examples)
+                    .await
+                    .map(|count| (norm, count))
+            }
+            Err(error) => Err(error),
+        };
+        match accepted {
+            Ok((norm, updates_received)) => Ok(Response::new(UploadUpdateResponse {
+                norm: norm as f32,
+                updates_received,
+            })),
+            Err(error) => {
+                self.core
+                    .refuse_update(&round.round_id, &peer.name, &error.to_string())
+                    .await;
+                Err(error.into())
+            }
+        }
+    }
+
+    async fn sync_metrics(
+        &self,
+        request: Request<SyncMetricsRequest>,
+    ) -> Result<Response<SyncMetricsResponse>, Status> {
+        let peer = require(&request, Role::Node)?;
+        let sync = request.into_inner();
+        let (accepted, duplicates) = self.core.sync_metrics(&peer.name, &sync.batches).await?;
+        tracing::debug!(node_id = %peer.name, accepted, duplicates, "metric batches synced");
+        Ok(Response::new(SyncMetricsResponse {
+            accepted,
+            duplicates,
+        }))
+    }
+}
+
+fn check_text(field: &str, value: &str) -> Result<(), Status> {
+    if value.len() > 256 {
+        return Err(Status::invalid_argument(format!(
+            "{field} is {} bytes long; at most 256",
+            value.len()
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,190 @@
+//! The model registry: versions as safetensors files plus signed manifests.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use backroom_models::manifest::{
+    DpParameters, MANIFEST_FORMAT, Manifest, sha256_hex, sign_manifest,
+};
+use backroom_models::{ARCHITECTURE_ID, ShelfNetConfig, TensorSpec};
+use ed25519_dalek::SigningKey;
+
+use crate::error::{CoordinatorError, Result};
+use crate::store::{Store, VersionRow};
+
+/// Signs and stores model versions of the ShelfNet architecture.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    models_dir: PathBuf,
+    signing_key: SigningKey,
+    expiry_ms: i64,
+    model_config: ShelfNetConfig,
+    layout: Vec<TensorSpec>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("models_dir", &self.inner.models_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a new version records about the round that made it.
+#[derive(Clone, Debug)]
+pub struct Provenance {
+    pub round_id: String,
+    pub parent_version: u64,
+    pub dp: Option<DpParameters>,
+}
+
+impl Registry {
+    pub fn new(
+        store: Store,
+        models_dir: PathBuf,
+        signing_key: SigningKey,
+        expiry_secs: u64,
+    ) -> Self {
+        let model_config = ShelfNetConfig::new();
+        let layout = backroom_models::parameter_layout(&model_config);
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                models_dir,
+                signing_key,
+                expiry_ms: i64::try_from(expiry_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+                model_config,
+                layout,
+            }),
+        }
+    }
+
+    pub fn num_parameters(&self) -> usize {
+        self.inner.layout.iter().map(TensorSpec::numel).sum()
+    }
+
+    /// Publishes version 1 of `lineage` (freshly initialised weights) if it has no version yet.
+    pub async fn ensure_initial(&self, lineage: &str, seed: u64) -> Result<VersionRow> {
+        if let Some(row) = self.inner.store.latest_version(lineage).await? {
+            return Ok(row);
+        }
+        let this = self.clone();
+        let lineage_owned = lineage.to_owned();
+        let row = tokio::task::spawn_blocking(move || {
+            let params = backroom_models::init_parameters(&this.inner.model_config, seed)?;
+            let provenance = Provenance {
+                round_id: String::new(),
+                parent_version: 0,
+                dp: None,
+            };
+            this.write_version(&lineage_owned, 1, &provenance, &params)
+        })
+        .await
+        .map_err(|e| CoordinatorError::Internal(format!("initialisation task failed: {e}")))??;
+        self.inner.store.insert_version(&row).await?;
+        tracing::info!(lineage, version = 1, "published initial model version");
+        Ok(row)
+    }
+
+    /// Reads a stored version's parameters after checking the file against its recorded hash.
+    /// Blocking: call from `spawn_blocking`.
+    pub fn load_params(&self, row: &VersionRow) -> Result<Vec<f32>> {
+        let bytes = std::fs::read(&row.weights_path).map_err(|e| {
+            CoordinatorError::io(format!("cannot read weights {}", row.weights_path), e)
+        })?;
+        let found = sha256_hex(&bytes);
+        if found != row.weights_sha256 {
+            return Err(CoordinatorError::Internal(format!(
+                "weights file {} has SHA-256 {found}, registry says {}",
+                row.weights_path, row.weights_sha256
+            )));
+        }
+        Ok(backroom_models::from_safetensors(&self.inner.layout, &bytes)?)
+    }
+
+    /// Writes the weights of a new version and signs its manifest. The caller records the
+    /// returned row in the database. Blocking: call from `spawn_blocking`.
+    pub fn write_version(
+        &self,
+        lineage: &str,
+        version: u64,
+        provenance: &Provenance,
+        params: &[f32],
+    ) -> Result<VersionRow> {
+        let weights = backroom_models::to_safetensors(&self.inner.layout, params)?;
+        let dir = self.inner.models_dir.join(lineage);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| CoordinatorError::io(format!("cannot create {}", dir.display()), e))?;
+        let path = dir.join(format!("v{version}.safetensors"));
+        write_durably(&path, &weights)?;
+
+        let now = now_unix_ms();
+        let architecture_config = serde_json::to_value(&self.inner.model_config)
+            .map_err(|e| CoordinatorError::Internal(format!("model config: {e}")))?;
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT,
+            lineage: lineage.to_owned(),
+            version,
+            parent_version: provenance.parent_version,
+            round_id: provenance.round_id.clone(),
+            architecture: ARCHITECTURE_ID.to_owned(),
+            architecture_config,
+            num_parameters: params.len() as u64,
+            weights_sha256: sha256_hex(&weights),
+            weights_size: weights.len() as u64,
+            dp: provenance.dp.clone(),
+            epsilon_spent: None,
+            created_unix_ms: now,
+            expires_unix_ms: now.saturating_add(self.inner.expiry_ms),
+        };
+        let manifest_bytes = manifest.to_bytes();
+        let signature = sign_manifest(&manifest_bytes, &self.inner.signing_key);
+        write_durably(&dir.join(format!("v{version}.manifest.json")), &manifest_bytes)?;
+        write_durably(&dir.join(format!("v{version}.manifest.sig")), &signature)?;
+        Ok(VersionRow {
+            lineage: lineage.to_owned(),
+            version,
+            parent_version: provenance.parent_version,
+            round_id: provenance.round_id.clone(),
+            weights_sha256: manifest.weights_sha256,
+            weights_path: path.display().to_string(),
+            manifest: manifest_bytes,
+            signature: signature.to_vec(),
+            created_unix_ms: now,
+        })
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file, fsync and rename, so a crash leaves either
+/// the old file or the whole new one.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let context = |what: &str| format!("cannot {what} {}", tmp.display());
+    let mut file =
+        std::fs::File::create(&tmp).map_err(|e| CoordinatorError::io(context("create"), e))?;
+    file.write_all(bytes)
+        .map_err(|e| CoordinatorError::io(context("write"), e))?;
+    file.sync_all()
+        .map_err(|e| CoordinatorError::io(context("sync"), e))?;
+    std::fs::rename(&tmp, path)
+        .map_err(|e| CoordinatorError::io(format!("cannot rename to {}", path.display()), e))?;
+    if let Some(parent) = path.parent()
+        && let Ok(dir) = std::fs::File::open(parent)
+    {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,550 @@
+//! Durable coordinator state through sqlx (SQLite, embedded by default).
+//!
+//! Every state transition and every accepted update is committed here before it is acknowledged.
+
+use std::str::FromStr;
+
+use sqlx::Row;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+
+use crate::error::{CoordinatorError, Result};
+use crate::round::{RoundRecord, RoundSpec, RoundState};
+
+/// A published model version as stored.
+#[derive(Clone, Debug)]
+pub struct VersionRow {
+    pub lineage: String,
+    pub version: u64,
+    pub parent_version: u64,
+    pub round_id: String,
+    pub weights_sha256: String,
+    pub weights_path: String,
+    pub manifest: Vec<u8>,
+    pub signature: Vec<u8>,
+    pub created_unix_ms: i64,
+}
+
+/// An accepted client update.
+#[derive(Clone, Debug)]
+pub struct UpdateRow {
+    pub round_id: String,
+    pub node_id: String,
+    pub num_examples: u64,
+    pub norm: f64,
+    pub sha256: String,
+    pub blob_path: String,
+    pub received_unix_ms: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct NodeRow {
+    pub node_id: String,
+    pub last_seen_unix_ms: i64,
+    pub lineage: String,
+    pub installed_version: u64,
+    pub backend: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricBatchRow {
+    pub store_id: String,
+    pub idempotency_key: String,
+    pub camera_id: u32,
+    pub window_start_unix: i64,
+    pub window_secs: u32,
+    pub frames: u64,
+    pub slot_observations: u64,
+    pub empty_slot_observations: u64,
+    pub out_of_stock_events: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `url` and runs the numbered migrations.
+    pub async fn open(url: &str) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    // ---- model versions ----
+
+    pub async fn insert_version(&self, row: &VersionRow) -> Result<()> {
+        insert_version(&self.pool, row).await
+    }
+
+    pub async fn latest_version(&self, lineage: &str) -> Result<Option<VersionRow>> {
+        let row = sqlx::query(
+            "SELECT * FROM model_versions WHERE lineage = ? ORDER BY version DESC LIMIT 1",
+        )
+        .bind(lineage)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| version_from_row(&r)))
+    }
+
+    pub async fn version(&self, lineage: &str, version: u64) -> Result<Option<VersionRow>> {
+        let row = sqlx::query("SELECT * FROM model_versions WHERE lineage = ? AND version = ?")
+            .bind(lineage)
+            .bind(to_i64(version))
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| version_from_row(&r)))
+    }
+
+    pub async fn list_versions(&self, lineage: &str) -> Result<Vec<VersionRow>> {
+        let rows = sqlx::query(
+            "SELECT * FROM model_versions WHERE (? = '' OR lineage = ?) ORDER BY lineage, version",
+        )
+        .bind(lineage)
+        .bind(lineage)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(version_from_row).collect())
+    }
+
+    // ---- rounds ----
+
+    pub async fn insert_round(&self, round: &RoundRecord) -> Result<()> {
+        let spec = serde_json::to_string(&round.spec)
+            .map_err(|e| CoordinatorError::Internal(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO rounds (round_id, lineage, state, spec, base_version, started_by, \
+             created_unix_ms, updated_unix_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&round.round_id)
+        .bind(&round.lineage)
+        .bind(round.state.as_str())
+        .bind(spec)
+        .bind(to_i64(round.base_version))
+        .bind(&round.started_by)
+        .bind(round.created_unix_ms)
+        .bind(round.updated_unix_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn round(&self, round_id: &str) -> Result<Option<RoundRecord>> {
+        let row = sqlx::query("SELECT * FROM rounds WHERE round_id = ?")
+            .bind(round_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => Ok(Some(self.complete_round(&row).await?)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn list_rounds(&self, lineage: &str) -> Result<Vec<RoundRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM rounds WHERE (? = '' OR lineage = ?) ORDER BY created_unix_ms, round_id",
+        )
+        .bind(lineage)
+        .bind(lineage)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut rounds = Vec::with_capacity(rows.len());
+        for row in &rows {
+            rounds.push(self.complete_round(row).await?);
+        }
+        Ok(rounds)
+    }
+
+    /// Rounds not yet in a final state (to resume after a restart).
+    pub async fn unfinished_rounds(&self) -> Result<Vec<RoundRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM rounds WHERE state NOT IN ('published', 'failed', 'cancelled') \
+             ORDER BY created_unix_ms",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut rounds = Vec::with_capacity(rows.len());
+        for row in &rows {
+            rounds.push(self.complete_round(row).await?);
+        }
+        Ok(rounds)
+    }
+
+    async fn complete_round(&self, row: &SqliteRow) -> Result<RoundRecord> {
+        let round_id: String = row.try_get("round_id")?;
+        let state_text: String = row.try_get("state")?;
+        let state = RoundState::parse(&state_text).ok_or_else(|| {
+            CoordinatorError::Internal(format!("round {round_id} has unknown state {state_text}"))
+        })?;
+        let spec_text: String = row.try_get("spec")?;
+        let spec: RoundSpec = serde_json::from_str(&spec_text).map_err(|e| {
+            CoordinatorError::Internal(format!("round {round_id} has an unreadable spec: {e}"))
+        })?;
+        let sampled_nodes = sqlx::query_scalar::<_, String>(
+            "SELECT node_id FROM round_participants WHERE round_id = ? ORDER BY node_id",
+        )
+        .bind(&round_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let accepted: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM round_updates WHERE round_id = ?")
+                .bind(&round_id)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(RoundRecord {
+            lineage: row.try_get("lineage")?,
+            state,
+            spec,
+            base_version: to_u64(row.try_get("base_version")?),
+            published_version: to_u64(row.try_get("published_version")?),
+            failure_reason: row.try_get("failure_reason")?,
+            started_by: row.try_get("started_by")?,
+            training_deadline_unix_ms: row.try_get("training_deadline_unix_ms")?,
+            updates_refused: u32::try_from(row.try_get::<i64, _>("updates_refused")?)
+                .unwrap_or(u32::MAX),
+            created_unix_ms: row.try_get("created_unix_ms")?,
+            updated_unix_ms: row.try_get("updated_unix_ms")?,
+            sampled_nodes,
+            updates_accepted: u32::try_from(accepted).unwrap_or(u32::MAX),
+            round_id,
+        })
+    }
+
+    /// Moves a round from `from` to `to` if it is still in `from`. Returns whether it moved.
+    pub async fn transition(
+        &self,
+        round_id: &str,
+        from: RoundState,
+        to: RoundState,
+        failure_reason: &str,
+        now_unix_ms: i64,
+    ) -> Result<bool> {
+        if !from.can_move_to(to) {
+            return Err(CoordinatorError::Internal(format!(
+                "illegal round transition {} -> {}",
+                from.as_str(),
+                to.as_str()
+            )));
+        }
+        let result = sqlx::query(
+            "UPDATE rounds SET state = ?, failure_reason = ?, updated_unix_ms = ? \
+             WHERE round_id = ? AND state = ?",
+        )
+        .bind(to.as_str())
+        .bind(failure_reason)
+        .bind(now_unix_ms)
+        .bind(round_id)
+        .bind(from.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Records the sampled nodes and the training deadline and moves `sampling → training`, in
+    /// one transaction.
+    pub async fn start_training(
+        &self,
+        round_id: &str,
+        nodes: &[String],
+        deadline_unix_ms: i64,
+        now_unix_ms: i64,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let moved = sqlx::query(
+            "UPDATE rounds SET state = 'training', training_deadline_unix_ms = ?, \
+             updated_unix_ms = ? WHERE round_id = ? AND state = 'sampling'",
+        )
+        .bind(deadline_unix_ms)
+        .bind(now_unix_ms)
+        .bind(round_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !moved {
+            return Ok(false);
+        }
+        for node in nodes {
+            sqlx::query("INSERT INTO round_participants (round_id, node_id) VALUES (?, ?)")
+                .bind(round_id)
+                .bind(node)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Inserts the new version and moves the round `aggregating → published` atomically, so a
+    /// version is never published twice for one round.
+    pub async fn publish(&self, round_id: &str, version: &VersionRow, now: i64) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let moved = sqlx::query(
+            "UPDATE rounds SET state = 'published', published_version = ?, updated_unix_ms = ? \
+             WHERE round_id = ? AND state = 'aggregating'",
+        )
+        .bind(to_i64(version.version))
+        .bind(now)
+        .bind(round_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !moved {
+            return Ok(false);
+        }
+        insert_version(&mut *tx, version).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn count_refused(&self, round_id: &str) -> Result<()> {
+        sqlx::query("UPDATE rounds SET updates_refused = updates_refused + 1 WHERE round_id = ?")
+            .bind(round_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The unfinished round of a lineage, if any.
+    pub async fn active_round(&self, lineage: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT round_id FROM rounds WHERE lineage = ? AND state NOT IN \
+             ('published', 'failed', 'cancelled') LIMIT 1",
+        )
+        .bind(lineage)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Training rounds in which `node_id` is sampled and has not yet uploaded.
+    pub async fn pending_tasks_for(&self, node_id: &str, now: i64) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT r.round_id FROM rounds r JOIN round_participants p ON p.round_id = r.round_id \
+             WHERE r.state = 'training' AND p.node_id = ? AND r.training_deadline_unix_ms > ? \
+             AND NOT EXISTS (SELECT 1 FROM round_updates u WHERE u.round_id = r.round_id \
+             AND u.node_id = p.node_id) ORDER BY r.created_unix_ms",
+        )
+        .bind(node_id)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    // ---- updates ----
+
+    /// Records an accepted update. Returns false if this node already has one in this round.
+    pub async fn insert_update(&self, row: &UpdateRow) -> Result<bool> {
+        let result = sqlx::query(
+            "INSERT INTO round_updates (round_id, node_id, num_examples, norm, sha256, \
+             blob_path, received_unix_ms) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(&row.round_id)
+        .bind(&row.node_id)
+        .bind(to_i64(row.num_examples))
+        .bind(row.norm)
+        .bind(&row.sha256)
+        .bind(&row.blob_path)
+        .bind(row.received_unix_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    pub async fn has_update(&self, round_id: &str, node_id: &str) -> Result<bool> {
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM round_updates WHERE round_id = ? AND node_id = ?")
+                .bind(round_id)
+                .bind(node_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(found.is_some())
+    }
+
+    pub async fn updates(&self, round_id: &str) -> Result<Vec<UpdateRow>> {
+        let rows = sqlx::query("SELECT * FROM round_updates WHERE round_id = ? ORDER BY node_id")
+            .bind(round_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(UpdateRow {
+                    round_id: r.try_get("round_id")?,
+                    node_id: r.try_get("node_id")?,
+                    num_examples: to_u64(r.try_get("num_examples")?),
+                    norm: r.try_get("norm")?,
+                    sha256: r.try_get("sha256")?,
+                    blob_path: r.try_get("blob_path")?,
+                    received_unix_ms: r.try_get("received_unix_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    // ---- nodes ----
+
+    pub async fn upsert_node(&self, node: &NodeRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO nodes (node_id, first_seen_unix_ms, last_seen_unix_ms, lineage, \
+             installed_version, backend) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (node_id) DO UPDATE \
+             SET last_seen_unix_ms = excluded.last_seen_unix_ms, lineage = excluded.lineage, \
+             installed_version = excluded.installed_version, backend = excluded.backend",
+        )
+        .bind(&node.node_id)
+        .bind(node.last_seen_unix_ms)
+        .bind(node.last_seen_unix_ms)
+        .bind(&node.lineage)
+        .bind(to_i64(node.installed_version))
+        .bind(&node.backend)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn touch_node(&self, node_id: &str, now: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO nodes (node_id, first_seen_unix_ms, last_seen_unix_ms) VALUES (?, ?, ?) \
+             ON CONFLICT (node_id) DO UPDATE SET last_seen_unix_ms = excluded.last_seen_unix_ms",
+        )
+        .bind(node_id)
+        .bind(now)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn list_nodes(&self) -> Result<Vec<NodeRow>> {
+        let rows = sqlx::query("SELECT * FROM nodes ORDER BY node_id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(NodeRow {
+                    node_id: r.try_get("node_id")?,
+                    last_seen_unix_ms: r.try_get("last_seen_unix_ms")?,
+                    lineage: r.try_get("lineage")?,
+                    installed_version: to_u64(r.try_get("installed_version")?),
+                    backend: r.try_get("backend")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Nodes seen at or after `since_unix_ms`.
+    pub async fn online_nodes(&self, since_unix_ms: i64) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT node_id FROM nodes WHERE last_seen_unix_ms >= ? ORDER BY node_id",
+        )
+        .bind(since_unix_ms)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    // ---- metrics ----
+
+    /// Stores a batch unless this store already sent one with the same key. Returns whether it
+    /// was new.
+    pub async fn insert_metric_batch(&self, row: &MetricBatchRow, now: i64) -> Result<bool> {
+        let result = sqlx::query(
+            "INSERT INTO metric_batches (store_id, idempotency_key, camera_id, window_start_unix, \
+             window_secs, frames, slot_observations, empty_slot_observations, out_of_stock_events, \
+             received_unix_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(&row.store_id)
+        .bind(&row.idempotency_key)
+        .bind(i64::from(row.camera_id))
+        .bind(row.window_start_unix)
+        .bind(i64::from(row.window_secs))
+        .bind(to_i64(row.frames))
+        .bind(to_i64(row.slot_observations))
+        .bind(to_i64(row.empty_slot_observations))
+        .bind(to_i64(row.out_of_stock_events))
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Batches with `from <= window_start < to` (0 = unbounded).
+    pub async fn metric_batches(&self, from: i64, to: i64) -> Result<Vec<MetricBatchRow>> {
+        let rows = sqlx::query(
+            "SELECT * FROM metric_batches WHERE (? = 0 OR window_start_unix >= ?) \
+             AND (? = 0 OR window_start_unix < ?) ORDER BY window_start_unix, store_id, camera_id",
+        )
+        .bind(from)
+        .bind(from)
+        .bind(to)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(MetricBatchRow {
+                    store_id: r.try_get("store_id")?,
+                    idempotency_key: r.try_get("idempotency_key")?,
+                    camera_id: u32::try_from(r.try_get::<i64, _>("camera_id")?).unwrap_or(0),
+                    window_start_unix: r.try_get("window_start_unix")?,
+                    window_secs: u32::try_from(r.try_get::<i64, _>("window_secs")?).unwrap_or(0),
+                    frames: to_u64(r.try_get("frames")?),
+                    slot_observations: to_u64(r.try_get("slot_observations")?),
+                    empty_slot_observations: to_u64(r.try_get("empty_slot_observations")?),
+                    out_of_stock_events: to_u64(r.try_get("out_of_stock_events")?),
+                })
+            })
+            .collect()
+    }
+}
+
+async fn insert_version<'e, E>(executor: E, row: &VersionRow) -> Result<()>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    sqlx::query(
+        "INSERT INTO model_versions (lineage, version, parent_version, round_id, weights_sha256, \
+         weights_path, manifest, signature, created_unix_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&row.lineage)
+    .bind(to_i64(row.version))
+    .bind(to_i64(row.parent_version))
+    .bind(&row.round_id)
+    .bind(&row.weights_sha256)
+    .bind(&row.weights_path)
+    .bind(&row.manifest)
+    .bind(&row.signature)
+    .bind(row.created_unix_ms)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+fn version_from_row(r: &SqliteRow) -> VersionRow {
+    VersionRow {
+        lineage: r.try_get("lineage").unwrap_or_default(),
+        version: to_u64(r.try_get("version").unwrap_or_default()),
+        parent_version: to_u64(r.try_get("parent_version").unwrap_or_default()),
+        round_id: r.try_get("round_id").unwrap_or_default(),
+        weights_sha256: r.try_get("weights_sha256").unwrap_or_default(),
+        weights_path: r.try_get("weights_path").unwrap_or_default(),
+        manifest: r.try_get("manifest").unwrap_or_default(),
+        signature: r.try_get("signature").unwrap_or_default(),
+        created_unix_ms: r.try_get("created_unix_ms").unwrap_or_default(),
+    }
+}

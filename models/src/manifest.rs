@@ -1,0 +1,300 @@
+//! Signed model manifests: what a model version is, and the checks a node runs before it installs
+//! one.
+//!
+//! The coordinator signs the exact manifest bytes with Ed25519; the node verifies the signature
+//! over the bytes it received and only then parses them, so no canonicalisation step can differ
+//! between signer and verifier.
+
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Format number of [`Manifest`]; bumped on any incompatible change.
+pub const MANIFEST_FORMAT: u32 = 1;
+
+/// Largest manifest accepted, in bytes.
+pub const MAX_MANIFEST_BYTES: usize = 64 * 1024;
+
+/// Differential-privacy parameters of the round that produced a version.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpParameters {
+    /// L2 clip norm C applied to every client delta.
+    pub clip_norm: f32,
+    /// Noise multiplier z: the central noise is N(0, (zC)²) per coordinate on the sum.
+    pub noise_multiplier: f32,
+    /// Number of client updates aggregated.
+    pub clients: u32,
+}
+
+/// Everything a node needs to decide whether to install a version.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: u32,
+    pub lineage: String,
+    /// Strictly increasing per lineage, starting at 1.
+    pub version: u64,
+    /// 0 for the first version of a lineage.
+    pub parent_version: u64,
+    /// Empty for the initial version.
+    pub round_id: String,
+    pub architecture: String,
+    /// The architecture's configuration as JSON (e.g. `ShelfNetConfig`).
+    pub architecture_config: serde_json::Value,
+    pub num_parameters: u64,
+    /// Lower-case hex SHA-256 of the safetensors weights.
+    pub weights_sha256: String,
+    pub weights_size: u64,
+    /// `None` for the initial version, which saw no client data.
+    pub dp: Option<DpParameters>,
+    /// ε spent by the lineage up to and including this version, where an accountant computed it.
+    pub epsilon_spent: Option<f64>,
+    pub created_unix_ms: i64,
+    pub expires_unix_ms: i64,
+}
+
+/// Why a model version was refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum VerifyError {
+    #[error("manifest is {0} bytes, more than the limit of {MAX_MANIFEST_BYTES}")]
+    ManifestTooLarge(usize),
+    #[error("signature is malformed: {0}")]
+    MalformedSignature(String),
+    #[error("signature does not verify against the trusted signing key")]
+    BadSignature,
+    #[error("manifest is not valid: {0}")]
+    MalformedManifest(String),
+    #[error("manifest format {found} is not supported (expected {MANIFEST_FORMAT})")]
+    UnsupportedFormat { found: u32 },
+    #[error("manifest is for lineage {found:?}, expected {expected:?}")]
+    WrongLineage { expected: String, found: String },
+    #[error("manifest is for architecture {found:?}, expected {expected:?}")]
+    WrongArchitecture { expected: String, found: String },
+    #[error("version {offered} is not newer than the installed version {installed} (rollback refused)")]
+    NotNewer { installed: u64, offered: u64 },
+    #[error("manifest expired at {expires_unix_ms} ms (now {now_unix_ms} ms)")]
+    Expired {
+        expires_unix_ms: i64,
+        now_unix_ms: i64,
+    },
+    #[error("weights are {found} bytes, manifest says {expected}")]
+    SizeMismatch { expected: u64, found: u64 },
+    #[error("weights SHA-256 is {found}, manifest says {expected}")]
+    HashMismatch { expected: String, found: String },
+}
+
+/// What the verifier expects of a version offered to this node.
+#[derive(Clone, Debug)]
+pub struct Expectations<'a> {
+    pub lineage: &'a str,
+    pub architecture: &'a str,
+    /// 0 when nothing is installed yet.
+    pub installed_version: u64,
+    pub now_unix_ms: i64,
+}
+
+impl Manifest {
+    /// The bytes that are signed: JSON with the struct's field order.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Serialising a struct of plain fields and a `serde_json::Value` cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses manifest bytes (after the signature over them has been checked).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, VerifyError> {
+        if bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(VerifyError::ManifestTooLarge(bytes.len()));
+        }
+        serde_json::from_slice(bytes).map_err(|e| VerifyError::MalformedManifest(e.to_string()))
+    }
+}
+
+/// Lower-case hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Signs manifest bytes.
+pub fn sign_manifest(manifest_bytes: &[u8], key: &SigningKey) -> [u8; 64] {
+    key.sign(manifest_bytes).to_bytes()
+}
+
+/// Checks a version offered to a node: signature first, then every field against the weights
+/// and the node's state. Returns the parsed manifest only if everything holds.
+pub fn verify_model(
+    manifest_bytes: &[u8],
+    signature: &[u8],
+    weights: &[u8],
+    trusted_key: &VerifyingKey,
+    expect: &Expectations<'_>,
+) -> Result<Manifest, VerifyError> {
+    let manifest = verify_manifest(manifest_bytes, signature, trusted_key, expect)?;
+    let found_size = weights.len() as u64;
+    if found_size != manifest.weights_size {
+        return Err(VerifyError::SizeMismatch {
+            expected: manifest.weights_size,
+            found: found_size,
+        });
+    }
+    let found_hash = sha256_hex(weights);
+    if found_hash != manifest.weights_sha256 {
+        return Err(VerifyError::HashMismatch {
+            expected: manifest.weights_sha256,
+            found: found_hash,
+        });
+    }
+    Ok(manifest)
+}
+
+/// Checks the signature and the manifest fields, before any weights are fetched.
+pub fn verify_manifest(
+    manifest_bytes: &[u8],
+    signature: &[u8],
+    trusted_key: &VerifyingKey,
+    expect: &Expectations<'_>,
+) -> Result<Manifest, VerifyError> {
+    if manifest_bytes.len() > MAX_MANIFEST_BYTES {
+        return Err(VerifyError::ManifestTooLarge(manifest_bytes.len()));
+    }
+    let signature = Signature::from_slice(signature)
+        .map_err(|e| VerifyError::MalformedSignature(e.to_string()))?;
+    trusted_key
+        .verify(manifest_bytes, &signature)
+        .map_err(|_| VerifyError::BadSignature)?;
+    let manifest = Manifest::from_bytes(manifest_bytes)?;
+    if manifest.format != MANIFEST_FORMAT {
+        return Err(VerifyError::UnsupportedFormat {
+            found: manifest.format,
+        });
+    }
+    if manifest.lineage != expect.lineage {
+        return Err(VerifyError::WrongLineage {
+            expected: expect.lineage.to_owned(),
+            found: manifest.lineage,
+        });
+    }
+    if manifest.architecture != expect.architecture {
+        return Err(VerifyError::WrongArchitecture {
+            expected: expect.architecture.to_owned(),
+            found: manifest.architecture,
+        });
+    }
+    if manifest.version <= expect.installed_version {
+        return Err(VerifyError::NotNewer {
+            installed: expect.installed_version,
+            offered: manifest.version,
+        });
+    }
+    if manifest.expires_unix_ms <= expect.now_unix_ms {
+        return Err(VerifyError::Expired {
+            expires_unix_ms: manifest.expires_unix_ms,
+            now_unix_ms: expect.now_unix_ms,
+        });
+    }
+    Ok(manifest)
+}
+
+#[cfg(test)]
+mod manifest_tests {
+    use super::*;
+
+    fn key() -> SigningKey {
+        SigningKey::from_bytes(&[7u8; 32])
+    }
+
+    fn manifest(weights: &[u8]) -> Manifest {
+        Manifest {
+            format: MANIFEST_FORMAT,
+            lineage: "shelfnet".into(),
+            version: 2,
+            parent_version: 1,
+            round_id: "r1".into(),
+            architecture: "shelfnet-v1".into(),
+            architecture_config: serde_json::json!({"hidden": 32}),
+            num_parameters: 3,
+            weights_sha256: sha256_hex(weights),
+            weights_size: weights.len() as u64,
+            dp: Some(DpParameters {
+                clip_norm: 1.0,
+                noise_multiplier: 0.5,
+                clients: 3,
+            }),
+            epsilon_spent: None,
+            created_unix_ms: 1_000,
+            expires_unix_ms: 10_000,
+        }
+    }
+
+    fn expect(installed: u64) -> Expectations<'static> {
+        Expectations {
+            lineage: "shelfnet",
+            architecture: "shelfnet-v1",
+            installed_version: installed,
+            now_unix_ms: 5_000,
+        }
+    }
+
+    #[test]
+    fn accepts_a_good_version_and_refuses_every_one_byte_change() {
+        let weights = b"weights-bytes".to_vec();
+        let bytes = manifest(&weights).to_bytes();
+        let sig = sign_manifest(&bytes, &key());
+        let vk = key().verifying_key();
+        let ok = verify_model(&bytes, &sig, &weights, &vk, &expect(1));
+        assert_eq!(ok.map(|m| m.version), Ok(2));
+
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 1;
+            assert!(verify_model(&bad, &sig, &weights, &vk, &expect(1)).is_err());
+        }
+        for i in 0..sig.len() {
+            let mut bad = sig;
+            bad[i] ^= 1;
+            assert!(verify_model(&bytes, &bad, &weights, &vk, &expect(1)).is_err());
+        }
+        for i in 0..weights.len() {
+            let mut bad = weights.clone();
+            bad[i] ^= 1;
+            assert!(matches!(
+                verify_model(&bytes, &sig, &bad, &vk, &expect(1)),
+                Err(VerifyError::HashMismatch { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn refuses_rollback_expiry_other_key_and_size() {
+        let weights = b"w".to_vec();
+        let bytes = manifest(&weights).to_bytes();
+        let sig = sign_manifest(&bytes, &key());
+        let vk = key().verifying_key();
+        assert!(matches!(
+            verify_model(&bytes, &sig, &weights, &vk, &expect(2)),
+            Err(VerifyError::NotNewer { .. })
+        ));
+        let late = Expectations {
+            now_unix_ms: 20_000,
+            ..expect(1)
+        };
+        assert!(matches!(
+            verify_model(&bytes, &sig, &weights, &vk, &late),
+            Err(VerifyError::Expired { .. })
+        ));
+        let other = SigningKey::from_bytes(&[9u8; 32]).verifying_key();
+        assert_eq!(
+            verify_model(&bytes, &sig, &weights, &other, &expect(1)).err(),
+            Some(VerifyError::BadSignature)
+        );
+        let longer = b"w2".to_vec();
+        assert!(matches!(
+            verify_model(&bytes, &sig, &longer, &vk, &expect(1)),
+            Err(VerifyError::SizeMismatch { .. })
+        ));
+        assert!(matches!(
+            verify_model(&bytes, &sig[..10], &weights, &vk, &expect(1)),
+            Err(VerifyError::MalformedSignature(_))
+        ));
+    }
+}

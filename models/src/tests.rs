@@ -1,0 +1,463 @@
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+
+use burn::config::Config;
+use burn::tensor::Device;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+use crate::params::module_tensors;
+use crate::*;
+
+fn standard() -> ShelfNetConfig {
+    ShelfNetConfig::new()
+}
+
+/// Deterministic finite values, distinct from any Burn initialisation.
+fn pattern(n: usize) -> Vec<f32> {
+    (0..n).map(|i| ((i as f32) * 0.618_034).sin() * 0.1).collect()
+}
+
+/// `n` examples: class 0 ("stocked") are bright noisy crops, class 1 ("empty") dark ones.
+fn bright_dark(n: usize, seed: u64) -> (Vec<f32>, Vec<u8>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut images = Vec::with_capacity(n * IMAGE_NUMEL);
+    let mut labels = Vec::with_capacity(n);
+    for i in 0..n {
+        let label = (i % 2) as u8;
+        let (lo, hi) = if label == 0 { (0.45, 0.95) } else { (0.05, 0.55) };
+        images.extend((0..IMAGE_NUMEL).map(|_| rng.random_range(lo..hi)));
+        labels.push(label);
+    }
+    (images, labels)
+}
+
+#[test]
+fn layout_matches_num_parameters_and_standard_shapes() {
+    let config = standard();
+    let layout = parameter_layout(&config);
+    let total: usize = layout.iter().map(TensorSpec::numel).sum();
+    assert_eq!(total, num_parameters(&config));
+    assert_eq!(total, 71_666);
+    let names: Vec<&str> = layout.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "conv1.weight",
+            "conv1.bias",
+            "conv2.weight",
+            "conv2.bias",
+            "conv3.weight",
+            "conv3.bias",
+            "fc1.weight",
+            "fc1.bias",
+            "fc2.weight",
+            "fc2.bias"
+        ]
+    );
+    assert_eq!(layout[0].shape, [8, 3, 3, 3]);
+    assert_eq!(layout[6].shape, [2048, 32]);
+    assert_eq!(layout[8].shape, [32, 2]);
+}
+
+#[test]
+fn layout_names_and_shapes_are_burn_module_paths() {
+    for config in [standard(), ShelfNetConfig::new().with_conv_channels([4, 6, 10]).with_hidden(7)] {
+        let params = pattern(num_parameters(&config));
+        let model = unflatten(&config, &params, &Device::flex()).unwrap();
+        let burn_side: Vec<(String, Vec<usize>)> = module_tensors(&model)
+            .unwrap()
+            .into_iter()
+            .map(|(name, shape, _)| (name, shape))
+            .collect();
+        let ours: Vec<(String, Vec<usize>)> = parameter_layout(&config)
+            .into_iter()
+            .map(|s| (s.name, s.shape))
+            .collect();
+        assert_eq!(burn_side, ours);
+    }
+}
+
+#[test]
+fn flatten_of_unflatten_is_exact() {
+    let config = standard();
+    let mut params = pattern(num_parameters(&config));
+    params[0] = f32::MIN_POSITIVE;
+    params[1] = -0.0;
+    params[2] = 1.0e30;
+    let model = unflatten(&config, &params, &Device::flex()).unwrap();
+    let back = flatten(&model).unwrap();
+    assert_eq!(back.len(), params.len());
+    assert!(back.iter().zip(&params).all(|(a, b)| a.to_bits() == b.to_bits()));
+    // Also through an autodiff device.
+    let model = unflatten(&config, &params, &Device::flex().autodiff()).unwrap();
+    assert_eq!(flatten(&model).unwrap(), params);
+}
+
+#[test]
+fn unflatten_rejects_wrong_length_and_non_finite_values() {
+    let config = standard();
+    let n = num_parameters(&config);
+    let err = unflatten(&config, &[0.0; 12], &Device::flex()).unwrap_err();
+    assert!(matches!(err, ModelError::ParameterCount { actual: 12, expected } if expected == n));
+    assert_eq!(
+        err.to_string(),
+        format!("parameter vector has 12 values, expected {n}")
+    );
+    assert!(unflatten(&config, &vec![0.0; n + 1], &Device::flex()).is_err());
+    let mut params = pattern(n);
+    params[5] = f32::NAN;
+    assert!(matches!(
+        unflatten(&config, &params, &Device::flex()),
+        Err(ModelError::NonFiniteParameter { index: 5 })
+    ));
+    let bad_config = ShelfNetConfig::new().with_hidden(0);
+    assert!(matches!(
+        unflatten(&bad_config, &[], &Device::flex()),
+        Err(ModelError::InvalidConfig(_))
+    ));
+}
+
+#[test]
+fn init_is_deterministic_per_seed_and_differs_across_seeds() {
+    let config = standard();
+    let a = init_parameters(&config, 7).unwrap();
+    let b = init_parameters(&config, 7).unwrap();
+    let c = init_parameters(&config, 8).unwrap();
+    assert_eq!(a.len(), num_parameters(&config));
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    assert!(a.iter().all(|v| v.is_finite()));
+    // Kaiming-uniform weights are not all zero and are bounded.
+    assert!(a.iter().any(|v| *v != 0.0));
+    assert!(a.iter().all(|v| v.abs() < 1.0));
+}
+
+#[test]
+fn safetensors_roundtrip_is_exact_with_module_path_names() {
+    let config = standard();
+    let layout = parameter_layout(&config);
+    let params = init_parameters(&config, 3).unwrap();
+    let bytes = to_safetensors(&layout, &params).unwrap();
+    assert_eq!(to_safetensors(&layout, &params).unwrap(), bytes, "deterministic");
+    let back = from_safetensors(&layout, &bytes).unwrap();
+    assert!(back.iter().zip(&params).all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert_eq!(back.len(), params.len());
+
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = file.names().into_iter().map(str::to_string).collect();
+    names.sort();
+    let model = unflatten(&config, &params, &Device::flex()).unwrap();
+    let mut burn_names: Vec<String> = module_tensors(&model)
+        .unwrap()
+        .into_iter()
+        .map(|(name, _, _)| name)
+        .collect();
+    burn_names.sort();
+    assert_eq!(names, burn_names);
+    for spec in &layout {
+        let view = file.tensor(&spec.name).unwrap();
+        assert_eq!(view.dtype(), Dtype::F32);
+        assert_eq!(view.shape(), spec.shape.as_slice());
+    }
+}
+
+#[test]
+fn from_safetensors_refuses_mismatches_and_garbage() {
+    let config = standard();
+    let layout = parameter_layout(&config);
+    let params = pattern(num_parameters(&config));
+    let bytes = to_safetensors(&layout, &params).unwrap();
+
+    // Wrong shape: the file is read against a layout with another hidden width.
+    let other = parameter_layout(&ShelfNetConfig::new().with_hidden(16));
+    let err = from_safetensors(&other, &bytes).unwrap_err();
+    assert!(err.to_string().contains("shape"), "{err}");
+
+    // Missing tensor: the layout expects one the file lacks.
+    let mut longer = layout.clone();
+    longer.push(TensorSpec {
+        name: "fc3.bias".to_string(),
+        shape: vec![2],
+    });
+    let err = from_safetensors(&longer, &bytes).unwrap_err();
+    assert!(err.to_string().contains("missing tensor"), "{err}");
+
+    // Extra tensor: the file holds one the layout does not name.
+    let shorter = &layout[..layout.len() - 1];
+    let err = from_safetensors(shorter, &bytes).unwrap_err();
+    assert!(err.to_string().contains("unexpected tensor"), "{err}");
+
+    // Wrong dtype under the right name and shape.
+    let raw = vec![0u8; 2 * 8];
+    let view = TensorView::new(Dtype::F64, vec![2], &raw).unwrap();
+    let f64_file = safetensors::serialize([("fc2.bias", view)], None).unwrap();
+    let single = [TensorSpec {
+        name: "fc2.bias".to_string(),
+        shape: vec![2],
+    }];
+    let err = from_safetensors(&single, &f64_file).unwrap_err();
+    assert!(err.to_string().contains("dtype"), "{err}");
+
+    // Garbage: empty, short, random, truncated, and a header length pointing past the end.
+    let mut rng = StdRng::seed_from_u64(1);
+    let random: Vec<u8> = (0..4096).map(|_| rng.random()).collect();
+    let mut huge_header = u64::MAX.to_le_bytes().to_vec();
+    huge_header.extend_from_slice(b"{}");
+    let mut bad_json = 8u64.to_le_bytes().to_vec();
+    bad_json.extend_from_slice(b"not json");
+    for garbage in [
+        &[][..],
+        &[1, 2, 3][..],
+        &random[..],
+        &bytes[..bytes.len() / 2],
+        &bytes[..bytes.len() - 1],
+        &huge_header[..],
+        &bad_json[..],
+    ] {
+        assert!(matches!(
+            from_safetensors(&layout, garbage),
+            Err(ModelError::Safetensors(_))
+        ));
+    }
+
+    // Encoding refuses a vector of the wrong length and duplicate names.
+    assert!(to_safetensors(&layout, &params[1..]).is_err());
+    let dup = [single[0].clone(), single[0].clone()];
+    assert!(to_safetensors(&dup, &[0.0; 4]).is_err());
+}
+
+#[test]
+fn training_learns_bright_versus_dark() {
+    let dev = select_device(BackendChoice::Cpu).unwrap();
+    let config = standard();
+    let base = init_parameters(&config, 11).unwrap();
+    let (images, labels) = bright_dark(64, 5);
+    let (test_images, test_labels) = bright_dark(32, 6);
+    let settings = TrainSettings {
+        steps: 15,
+        batch_size: 16,
+        learning_rate: 0.05,
+        seed: 1,
+    };
+    let first = train_local(&dev, &config, &base, &images, &labels, &settings).unwrap();
+    assert_eq!(first.examples_seen, 15 * 16);
+    assert_eq!(first.params.len(), base.len());
+    assert_ne!(first.params, base);
+    let second = train_local(
+        &dev,
+        &config,
+        &first.params,
+        &images,
+        &labels,
+        &TrainSettings { seed: 2, ..settings.clone() },
+    )
+    .unwrap();
+    assert!(
+        second.mean_loss < first.mean_loss,
+        "loss did not fall: {} then {}",
+        first.mean_loss,
+        second.mean_loss
+    );
+    let accuracy = evaluate(&dev, &config, &second.params, &test_images, &test_labels).unwrap();
+    assert!(accuracy >= 0.95, "accuracy {accuracy}, losses {} {}", first.mean_loss, second.mean_loss);
+    let predicted = predict(&dev, &config, &second.params, &test_images).unwrap();
+    assert_eq!(predicted.len(), 32);
+    assert!(predicted.iter().all(|&c| usize::from(c) < NUM_CLASSES));
+}
+
+#[test]
+fn training_is_deterministic_for_a_seed() {
+    let dev = ComputeDevice::cpu();
+    let config = ShelfNetConfig::new().with_conv_channels([2, 2, 2]).with_hidden(4);
+    let base = init_parameters(&config, 1).unwrap();
+    let (images, labels) = bright_dark(6, 9);
+    let settings = TrainSettings {
+        steps: 3,
+        batch_size: 4,
+        learning_rate: 0.01,
+        seed: 42,
+    };
+    let a = train_local(&dev, &config, &base, &images, &labels, &settings).unwrap();
+    let b = train_local(&dev, &config, &base, &images, &labels, &settings).unwrap();
+    assert_eq!(a, b);
+    // Batch larger than the data set is capped.
+    let big = TrainSettings { batch_size: 100, steps: 1, ..settings };
+    let c = train_local(&dev, &config, &base, &images, &labels, &big).unwrap();
+    assert_eq!(c.examples_seen, 6);
+}
+
+#[test]
+fn training_rejects_bad_inputs() {
+    let dev = ComputeDevice::cpu();
+    let config = standard();
+    let base = pattern(num_parameters(&config));
+    let (images, labels) = bright_dark(2, 1);
+    let ok = TrainSettings {
+        steps: 1,
+        batch_size: 2,
+        learning_rate: 0.01,
+        seed: 0,
+    };
+    let run = |base: &[f32], images: &[f32], labels: &[u8], s: &TrainSettings| {
+        train_local(&dev, &config, base, images, labels, s)
+    };
+    assert!(matches!(run(&base[1..], &images, &labels, &ok), Err(ModelError::ParameterCount { .. })));
+    let mut nan_base = base.clone();
+    nan_base[3] = f32::INFINITY;
+    assert!(matches!(run(&nan_base, &images, &labels, &ok), Err(ModelError::NonFiniteParameter { index: 3 })));
+    assert!(matches!(run(&base, &images[1..], &labels, &ok), Err(ModelError::InvalidInput(_))));
+    assert!(matches!(run(&base, &images, &labels[..1], &ok), Err(ModelError::InvalidInput(_))));
+    assert!(matches!(run(&base, &images, &[0, 2], &ok), Err(ModelError::InvalidInput(_))));
+    assert!(matches!(run(&base, &[], &[], &ok), Err(ModelError::InvalidInput(_))));
+    let mut nan_images = images.clone();
+    nan_images[10] = f32::NAN;
+    assert!(matches!(run(&base, &nan_images, &labels, &ok), Err(ModelError::InvalidInput(_))));
+    for bad in [
+        TrainSettings { steps: 0, ..ok.clone() },
+        TrainSettings { batch_size: 0, ..ok.clone() },
+        TrainSettings { learning_rate: f64::NAN, ..ok.clone() },
+        TrainSettings { learning_rate: -1.0, ..ok.clone() },
+    ] {
+        assert!(matches!(run(&base, &images, &labels, &bad), Err(ModelError::InvalidSettings(_))));
+    }
+}
+
+#[test]
+fn predict_and_evaluate_reject_bad_inputs() {
+    let dev = ComputeDevice::cpu();
+    let config = standard();
+    let params = pattern(num_parameters(&config));
+    let (images, labels) = bright_dark(3, 2);
+    assert!(matches!(
+        predict(&dev, &config, &params, &images[..IMAGE_NUMEL + 5]),
+        Err(ModelError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        predict(&dev, &config, &params[1..], &images),
+        Err(ModelError::ParameterCount { .. })
+    ));
+    assert_eq!(predict(&dev, &config, &params, &[]).unwrap(), Vec::<u8>::new());
+    assert_eq!(predict(&dev, &config, &params, &images).unwrap().len(), 3);
+    assert!(evaluate(&dev, &config, &params, &images[1..], &labels).is_err());
+    assert!(evaluate(&dev, &config, &params, &images, &labels[..2]).is_err());
+    assert!(evaluate(&dev, &config, &params, &images, &[0, 1, 7]).is_err());
+    assert!(evaluate(&dev, &config, &params, &[], &[]).is_err());
+    let accuracy = evaluate(&dev, &config, &params, &images, &labels).unwrap();
+    assert!((0.0..=1.0).contains(&accuracy));
+}
+
+#[test]
+fn loaded_model_matches_predict_across_batches() {
+    let dev = ComputeDevice::cpu();
+    let config = ShelfNetConfig::new().with_conv_channels([2, 2, 2]).with_hidden(4);
+    let params = init_parameters(&config, 4).unwrap();
+    let (images, _) = bright_dark(infer::INFERENCE_BATCH + 3, 3);
+    let loaded = LoadedModel::new(&dev, &config, &params).unwrap();
+    let all = loaded.predict(&images).unwrap();
+    assert_eq!(all.len(), infer::INFERENCE_BATCH + 3);
+    let tail = loaded.predict(&images[infer::INFERENCE_BATCH * IMAGE_NUMEL..]).unwrap();
+    assert_eq!(&all[infer::INFERENCE_BATCH..], tail.as_slice());
+    assert_eq!(loaded.config(), &config);
+}
+
+#[test]
+fn shared_types_are_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<ShelfNet>();
+    assert_send_sync::<LoadedModel>();
+    assert_send_sync::<ComputeDevice>();
+    assert_send_sync::<ModelError>();
+}
+
+#[test]
+fn backend_choice_parses_and_displays() {
+    for (text, choice) in [
+        ("auto", BackendChoice::Auto),
+        ("wgpu", BackendChoice::Wgpu),
+        ("cpu", BackendChoice::Cpu),
+        (" CPU ", BackendChoice::Cpu),
+    ] {
+        assert_eq!(text.parse::<BackendChoice>().unwrap(), choice);
+    }
+    for choice in [BackendChoice::Auto, BackendChoice::Wgpu, BackendChoice::Cpu] {
+        assert_eq!(choice.to_string().parse::<BackendChoice>().unwrap(), choice);
+    }
+    let err = "cuda".parse::<BackendChoice>().unwrap_err();
+    assert_eq!(err.to_string(), "unknown backend \"cuda\", expected one of auto, wgpu, cpu");
+}
+
+#[test]
+fn device_selection_never_panics() {
+    let cpu = select_device(BackendChoice::Cpu).unwrap();
+    assert_eq!(cpu.description(), "cpu (flex)");
+    assert!(!cpu.is_gpu());
+    let auto = select_device(BackendChoice::Auto).unwrap();
+    if auto.is_gpu() {
+        assert!(auto.description().starts_with("wgpu: "));
+    } else {
+        assert_eq!(auto.description(), "cpu (flex)");
+        assert!(auto.fallback_reason().is_some());
+    }
+    match select_device(BackendChoice::Wgpu) {
+        Ok(dev) => assert!(dev.description().starts_with("wgpu: ")),
+        Err(err) => assert!(matches!(err, ModelError::DeviceUnavailable(_))),
+    }
+    // Cached: a second probe answers the same way.
+    assert_eq!(select_device(BackendChoice::Auto).unwrap().is_gpu(), auto.is_gpu());
+}
+
+#[test]
+fn config_roundtrips_through_json_and_validates() {
+    let config = standard();
+    assert_eq!(config.conv_channels, [8, 16, 32]);
+    assert_eq!(config.hidden, 32);
+    let json = serde_json::to_value(&config).unwrap();
+    let map: HashMap<String, serde_json::Value> = serde_json::from_value(json.clone()).unwrap();
+    assert_eq!(map.len(), 2);
+    let back: ShelfNetConfig = serde_json::from_value(json).unwrap();
+    assert_eq!(back, config);
+    let text = burn::config::config_to_json(&config);
+    assert_eq!(ShelfNetConfig::load_binary(text.as_bytes()).unwrap(), config);
+    assert!(ShelfNetConfig::new().with_conv_channels([8, 0, 32]).validate().is_err());
+    assert!(ShelfNetConfig::new().with_hidden(100_000).validate().is_err());
+    assert!(config.validate().is_ok());
+}
+
+/// `cargo test --release -p backroom-models -- --ignored --nocapture cpu_timings`
+#[test]
+#[ignore = "timing report, not a check"]
+fn cpu_timings() {
+    use std::time::Instant;
+    let dev = ComputeDevice::cpu();
+    let config = standard();
+    let base = init_parameters(&config, 1).unwrap();
+    let (images, labels) = bright_dark(256, 1);
+    let run = |steps: usize| {
+        let settings = TrainSettings {
+            steps,
+            batch_size: 32,
+            learning_rate: 0.01,
+            seed: 0,
+        };
+        let start = Instant::now();
+        train_local(&dev, &config, &base, &images, &labels, &settings).unwrap();
+        start.elapsed().as_secs_f64() * 1000.0
+    };
+    run(2);
+    let (short, long) = (run(5), run(25));
+    eprintln!("train: {:.1} ms per step at batch 32", (long - short) / 20.0);
+    let loaded = LoadedModel::new(&dev, &config, &base).unwrap();
+    let batch = &images[..32 * IMAGE_NUMEL];
+    loaded.predict(batch).unwrap();
+    let start = Instant::now();
+    for _ in 0..20 {
+        loaded.predict(batch).unwrap();
+    }
+    eprintln!(
+        "inference: {:.1} ms per batch of 32",
+        start.elapsed().as_secs_f64() * 1000.0 / 20.0
+    );
+}

@@ -1,0 +1,248 @@
+//! Local training: a few SGD steps on a node's labelled crops, starting from the global model.
+
+use burn::nn::loss::CrossEntropyLoss;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{GradientsParams, SgdConfig};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use crate::device::ComputeDevice;
+use crate::model::{ShelfNet, ShelfNetConfig};
+use crate::params::{check_params, flatten, parameter_layout, unflatten};
+use crate::{CHANNELS, IMAGE_NUMEL, IMAGE_SIZE, ModelError, NUM_CLASSES, catch_backend_panic};
+
+/// Momentum of the SGD optimiser. The momentum buffer starts at zero on every call.
+pub const SGD_MOMENTUM: f64 = 0.9;
+/// Largest accepted minibatch.
+pub const MAX_BATCH_SIZE: usize = 4096;
+
+/// Hyper-parameters of one local training run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainSettings {
+    /// Number of minibatch steps (must be positive).
+    pub steps: usize,
+    /// Examples per minibatch; capped at the number of examples.
+    pub batch_size: usize,
+    /// SGD learning rate (positive and finite).
+    pub learning_rate: f64,
+    /// Seeds the minibatch order; the same inputs and seed give the same result on one device.
+    pub seed: u64,
+}
+
+/// Result of [`train_local`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainOutcome {
+    /// The trained flat parameter vector (same layout as the input).
+    pub params: Vec<f32>,
+    /// Mean minibatch cross-entropy over all steps (measured before each update).
+    pub mean_loss: f32,
+    /// `steps * effective batch size`; examples may repeat across epochs.
+    pub examples_seen: usize,
+}
+
+/// Trains from `base` on the given examples and returns the new parameters.
+///
+/// Manual loop: the model lives on `dev` with autodiff enabled; each step takes the next
+/// `batch_size` indices of a seeded shuffled order (reshuffled at every epoch boundary), computes
+/// the cross-entropy of the logits, back-propagates, and takes an SGD step with momentum
+/// [`SGD_MOMENTUM`] (no dampening, no weight decay).
+///
+/// Inputs are validated first; every failure is a [`ModelError`]. Synchronous and CPU/GPU bound:
+/// call it from a blocking thread.
+pub fn train_local(
+    dev: &ComputeDevice,
+    config: &ShelfNetConfig,
+    base: &[f32],
+    images: &[f32],
+    labels: &[u8],
+    settings: &TrainSettings,
+) -> Result<TrainOutcome, ModelError> {
+    config.validate()?;
+    check_params(&parameter_layout(config), base)?;
+    let n = check_examples(images, Some(labels))?;
+    if n == 0 {
+        return Err(ModelError::InvalidInput(
+            "training needs at least one example".to_string(),
+        ));
+    }
+    if settings.steps == 0 {
+        return Err(ModelError::InvalidSettings(
+            "steps must be positive".to_string(),
+        ));
+    }
+    if settings.batch_size == 0 || settings.batch_size > MAX_BATCH_SIZE {
+        return Err(ModelError::InvalidSettings(format!(
+            "batch size is {}, expected 1..={MAX_BATCH_SIZE}",
+            settings.batch_size
+        )));
+    }
+    if !(settings.learning_rate.is_finite() && settings.learning_rate > 0.0) {
+        return Err(ModelError::InvalidSettings(format!(
+            "learning rate is {}, expected a positive finite number",
+            settings.learning_rate
+        )));
+    }
+    let batch = settings.batch_size.min(n);
+    let device = dev.device().clone().autodiff();
+    let model = unflatten(config, base, &device)?;
+    let (params, mean_loss) = catch_backend_panic("training", || {
+        run_sgd(model, &device, images, labels, batch, settings)
+    })?;
+    if !mean_loss.is_finite() {
+        return Err(ModelError::Diverged(format!("mean loss is {mean_loss}")));
+    }
+    if let Some(index) = params.iter().position(|v| !v.is_finite()) {
+        return Err(ModelError::Diverged(format!("parameter {index} is not finite")));
+    }
+    Ok(TrainOutcome {
+        params,
+        mean_loss,
+        examples_seen: settings.steps * batch,
+    })
+}
+
+/// The training loop proper; inputs are already validated.
+fn run_sgd(
+    mut model: ShelfNet,
+    device: &Device,
+    images: &[f32],
+    labels: &[u8],
+    batch: usize,
+    settings: &TrainSettings,
+) -> Result<(Vec<f32>, f32), ModelError> {
+    let mut optim = SgdConfig::new()
+        .with_momentum(Some(
+            MomentumConfig::new()
+                .with_momentum(SGD_MOMENTUM)
+                .with_dampening(0.0),
+        ))
+        .init();
+    let loss_fn = CrossEntropyLoss::new(None, device);
+    let mut order = EpochSampler::new(labels.len(), settings.seed);
+    let mut batch_images = Vec::with_capacity(batch * IMAGE_NUMEL);
+    let mut batch_labels = Vec::with_capacity(batch);
+    let mut loss_sum = 0.0f64;
+    for _ in 0..settings.steps {
+        batch_images.clear();
+        batch_labels.clear();
+        for _ in 0..batch {
+            let i = order.next_index();
+            batch_images.extend_from_slice(&images[i * IMAGE_NUMEL..(i + 1) * IMAGE_NUMEL]);
+            batch_labels.push(i64::from(labels[i]));
+        }
+        let x = Tensor::<4>::from_data(
+            TensorData::new(
+                batch_images.clone(),
+                [batch, CHANNELS, IMAGE_SIZE, IMAGE_SIZE],
+            ),
+            device,
+        );
+        let y = Tensor::<1, Int>::from_data(TensorData::new(batch_labels.clone(), [batch]), device);
+        let loss = loss_fn.forward(model.forward(x), y);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let loss_value = loss
+            .try_into_scalar::<f32>()
+            .map_err(|err| ModelError::Backend(format!("reading the loss: {err}")))?;
+        loss_sum += f64::from(loss_value);
+        model = optim.step(settings.learning_rate, model, grads);
+    }
+    let mean_loss = (loss_sum / settings.steps as f64) as f32;
+    Ok((flatten(&model)?, mean_loss))
+}
+
+/// Validates an image buffer (and labels, when given) and returns the number of examples.
+pub(crate) fn check_examples(images: &[f32], labels: Option<&[u8]>) -> Result<usize, ModelError> {
+    if images.len() % IMAGE_NUMEL != 0 {
+        return Err(ModelError::InvalidInput(format!(
+            "image buffer has {} values, not a multiple of {IMAGE_NUMEL} (3x64x64)",
+            images.len()
+        )));
+    }
+    let n = images.len() / IMAGE_NUMEL;
+    if let Some(index) = images.iter().position(|v| !v.is_finite()) {
+        return Err(ModelError::InvalidInput(format!(
+            "pixel value {index} is not finite"
+        )));
+    }
+    if let Some(labels) = labels {
+        if labels.len() != n {
+            return Err(ModelError::InvalidInput(format!(
+                "{} labels for {n} images",
+                labels.len()
+            )));
+        }
+        if let Some(index) = labels.iter().position(|&l| usize::from(l) >= NUM_CLASSES) {
+            return Err(ModelError::InvalidInput(format!(
+                "label {index} is {}, expected a class below {NUM_CLASSES}",
+                labels[index]
+            )));
+        }
+    }
+    Ok(n)
+}
+
+/// Deterministic epoch shuffling: a Fisher-Yates permutation per epoch from a SplitMix64
+/// stream, so minibatches depend only on the seed and the number of examples.
+struct EpochSampler {
+    order: Vec<usize>,
+    position: usize,
+    state: u64,
+}
+
+impl EpochSampler {
+    fn new(n: usize, seed: u64) -> Self {
+        Self {
+            order: (0..n).collect(),
+            position: n,
+            state: seed,
+        }
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn next_index(&mut self) -> usize {
+        if self.position == self.order.len() {
+            for i in (1..self.order.len()).rev() {
+                // The modulo bias is below 2^-40 for any realistic n; irrelevant here.
+                let j = (self.next_u64() % (i as u64 + 1)) as usize;
+                self.order.swap(i, j);
+            }
+            self.position = 0;
+        }
+        let index = self.order[self.position];
+        self.position += 1;
+        index
+    }
+}
+
+#[cfg(test)]
+mod sampler_tests {
+    use super::EpochSampler;
+
+    #[test]
+    fn every_epoch_is_a_permutation_and_seeds_differ() {
+        let mut a = EpochSampler::new(10, 7);
+        let mut epoch: Vec<usize> = (0..10).map(|_| a.next_index()).collect();
+        epoch.sort_unstable();
+        assert_eq!(epoch, (0..10).collect::<Vec<_>>());
+        let first: Vec<usize> = {
+            let mut s = EpochSampler::new(10, 7);
+            (0..30).map(|_| s.next_index()).collect()
+        };
+        let again: Vec<usize> = {
+            let mut s = EpochSampler::new(10, 7);
+            (0..30).map(|_| s.next_index()).collect()
+        };
+        let other: Vec<usize> = {
+            let mut s = EpochSampler::new(10, 8);
+            (0..30).map(|_| s.next_index()).collect()
+        };
+        assert_eq!(first, again);
+        assert_ne!(first, other);
+    }
+}

@@ -1,0 +1,8 @@
+//! Backroom's user-facing pieces: the admin client, the in-process sandbox that the pilot and the
+//! end-to-end tests share, and the pilot itself. The binary in `main.rs` parses flags and calls
+//! into here.
+
+pub mod client;
+pub mod evaluate;
+pub mod pilot;
+pub mod sandbox;

@@ -1,0 +1,461 @@
+//! `backroom`: the one binary. Parses flags and configuration, then calls the libraries.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use backroom::client;
+use backroom::pilot::{self, PilotOptions, state_name};
+use backroom_coordinator::CoordinatorConfig;
+use backroom_coordinator::identity::{CertificateAuthority, Role};
+use backroom_proto::v1 as pb;
+use backroom_store_node::config::NodeConfig;
+use clap::{Args, Parser, Subcommand};
+
+/// Exit code for configuration errors (EX_CONFIG-style usage error).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser, Debug)]
+#[command(name = "backroom", version, about = "Federated learning for retail stores: customer data never leaves the back room.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a whole federation locally: coordinator + store nodes over mTLS on loopback, several
+    /// DP training rounds, then a summary.
+    Pilot(PilotArgs),
+    /// Run the coordinator daemon.
+    Coordinator {
+        /// TOML configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run a store-node daemon.
+    Node {
+        /// TOML configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Issue a certificate bundle for a store node or an admin (creates the CA on first use).
+    Enroll(EnrollArgs),
+    /// Start, inspect, follow or cancel training rounds.
+    #[command(subcommand)]
+    Round(RoundCommand),
+    /// List published model versions.
+    Models {
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long, default_value = "")]
+        lineage: String,
+    },
+    /// Shelf metrics synced by the stores (hourly windows).
+    Metrics {
+        #[command(flatten)]
+        connection: Connection,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Enrolled nodes, when they were last seen and what they run.
+    Nodes {
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+#[derive(Args, Debug)]
+struct PilotArgs {
+    /// Keep the pilot's data (CA, database, models, node stores) here; default: a temporary
+    /// directory removed at the end.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Number of store nodes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=32))]
+    stores: u32,
+    /// Number of training rounds.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    rounds: u32,
+    /// Local SGD steps per round on each node.
+    #[arg(long, default_value_t = 30)]
+    local_steps: u32,
+    #[arg(long, default_value_t = 0.05)]
+    learning_rate: f32,
+    /// L2 clip norm C of every client delta.
+    #[arg(long, default_value_t = 2.0)]
+    clip_norm: f32,
+    /// Noise multiplier z: central noise N(0, (zC)^2) per coordinate on the sum of deltas.
+    #[arg(long, default_value_t = 0.01)]
+    noise_multiplier: f32,
+    /// Seed of the synthetic shelf world.
+    #[arg(long, default_value_t = 2024)]
+    seed: u64,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct EnrollArgs {
+    /// The coordinator's data directory (its CA lives in <data-dir>/pki).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Issue a store-node bundle for this store id.
+    #[arg(long, conflicts_with = "admin", required_unless_present = "admin")]
+    store: Option<String>,
+    /// Issue an admin bundle for this name.
+    #[arg(long)]
+    admin: Option<String>,
+    /// Directory to write the bundle into (must not hold one already).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+struct Connection {
+    /// Coordinator URL.
+    #[arg(long, env = "BACKROOM_COORDINATOR", default_value = "https://127.0.0.1:7443")]
+    coordinator: String,
+    /// Admin bundle directory (from `backroom enroll --admin`).
+    #[arg(long, env = "BACKROOM_BUNDLE")]
+    bundle: PathBuf,
+    /// Name in the coordinator's certificate.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum RoundCommand {
+    /// Start a round and follow it until it ends.
+    Start {
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long, default_value = "shelfnet")]
+        lineage: String,
+        #[arg(long, default_value = "fedavg")]
+        strategy: String,
+        #[arg(long, default_value_t = 3)]
+        target_clients: u32,
+        #[arg(long, default_value_t = 2)]
+        min_clients: u32,
+        #[arg(long, default_value_t = 600)]
+        deadline_secs: u32,
+        #[arg(long, default_value_t = 30)]
+        local_steps: u32,
+        #[arg(long, default_value_t = 32)]
+        batch_size: u32,
+        #[arg(long, default_value_t = 0.05)]
+        learning_rate: f32,
+        #[arg(long, default_value_t = 2.0)]
+        clip_norm: f32,
+        #[arg(long, default_value_t = 0.01)]
+        noise_multiplier: f32,
+        /// Return at once instead of following the round.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Show one round.
+    Get {
+        #[command(flatten)]
+        connection: Connection,
+        round_id: String,
+    },
+    /// List rounds.
+    List {
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long, default_value = "")]
+        lineage: String,
+    },
+    /// Follow a round until it ends.
+    Watch {
+        #[command(flatten)]
+        connection: Connection,
+        round_id: String,
+    },
+    /// Cancel a running round.
+    Cancel {
+        #[command(flatten)]
+        connection: Connection,
+        round_id: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Coordinator { .. } | Command::Node { .. } => "info",
+        _ => "warn",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Pilot(args) => run_pilot(args).await,
+        Command::Coordinator { config } => {
+            let text = read_config(&config)?;
+            let parsed = CoordinatorConfig::from_toml_str(&text, base_dir(&config));
+            match parsed {
+                Ok(config) => {
+                    backroom_coordinator::run(config, shutdown_signal()).await?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(error) => {
+                    eprintln!("error: {}: {error}", config.display());
+                    Ok(ExitCode::from(EXIT_CONFIG))
+                }
+            }
+        }
+        Command::Node { config } => {
+            let text = read_config(&config)?;
+            match NodeConfig::from_toml_str(&text, base_dir(&config)) {
+                Ok(config) => {
+                    backroom_store_node::run(config, shutdown_signal()).await?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(error) => {
+                    eprintln!("error: {}: {error}", config.display());
+                    Ok(ExitCode::from(EXIT_CONFIG))
+                }
+            }
+        }
+        Command::Enroll(args) => enroll(args).await,
+        Command::Round(command) => round(command).await,
+        Command::Models { connection, lineage } => {
+            let mut admin = connect(&connection).await?;
+            let models = admin
+                .list_models(pb::ListModelsRequest { lineage })
+                .await
+                .map_err(status)?
+                .into_inner()
+                .models;
+            println!("{:<12} {:>7} {:>7}  {:<28} {}", "lineage", "version", "parent", "round", "weights sha256");
+            for m in models {
+                println!("{:<12} {:>7} {:>7}  {:<28} {}", m.lineage, m.version, m.parent_version, if m.round_id.is_empty() { "(initial)" } else { &m.round_id }, m.weights_sha256);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Metrics { connection, json } => {
+            let mut admin = connect(&connection).await?;
+            let rows = admin
+                .query_metrics(pb::QueryMetricsRequest::default())
+                .await
+                .map_err(status)?
+                .into_inner()
+                .rows;
+            if json {
+                let rows: Vec<_> = rows
+                    .iter()
+                    .map(|r| {
+                        serde_json::json!({
+                            "store_id": r.store_id, "window_start_unix": r.window_start_unix,
+                            "window_secs": r.window_secs, "frames": r.frames,
+                            "slot_observations": r.slot_observations,
+                            "empty_slot_observations": r.empty_slot_observations,
+                            "out_of_stock_events": r.out_of_stock_events,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!("{:<10} {:>12} {:>7} {:>7} {:>8} {:>7} {:>13}", "store", "window", "secs", "frames", "slots", "empty", "out-of-stock");
+                for r in rows {
+                    println!("{:<10} {:>12} {:>7} {:>7} {:>8} {:>7} {:>13}", r.store_id, r.window_start_unix, r.window_secs, r.frames, r.slot_observations, r.empty_slot_observations, r.out_of_stock_events);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Nodes { connection } => {
+            let mut admin = connect(&connection).await?;
+            let nodes = admin
+                .list_nodes(pb::ListNodesRequest {})
+                .await
+                .map_err(status)?
+                .into_inner()
+                .nodes;
+            println!("{:<16} {:>15} {:>9}  backend", "node", "last seen (ms)", "version");
+            for n in nodes {
+                println!("{:<16} {:>15} {:>9}  {}", n.node_id, n.last_seen_unix_ms, n.installed_version, n.backend);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn run_pilot(args: PilotArgs) -> anyhow::Result<ExitCode> {
+    let options = PilotOptions {
+        data_dir: args.data_dir,
+        stores: args.stores as usize,
+        rounds: args.rounds,
+        local_steps: args.local_steps,
+        learning_rate: args.learning_rate,
+        clip_norm: args.clip_norm,
+        noise_multiplier: args.noise_multiplier,
+        world_seed: args.seed,
+        progress: !args.json,
+        ..PilotOptions::default()
+    };
+    let summary = pilot::run(options).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        print!("{}", pilot::render(&summary));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn enroll(args: EnrollArgs) -> anyhow::Result<ExitCode> {
+    let (role, name) = match (args.store, args.admin) {
+        (Some(store), None) => (Role::Node, store),
+        (None, Some(admin)) => (Role::Admin, admin),
+        _ => anyhow::bail!("pass exactly one of --store or --admin"),
+    };
+    let pki = args.data_dir.join("pki");
+    let out = args.out.clone();
+    let bundle = tokio::task::spawn_blocking(move || {
+        let ca = CertificateAuthority::load_or_create(&pki, &[])?;
+        ca.issue_bundle(role, &name, &out)
+    })
+    .await
+    .context("enrolment task failed")??;
+    println!("wrote a {role} bundle to {}", bundle.dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn round(command: RoundCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        RoundCommand::Start { connection, lineage, strategy, target_clients, min_clients, deadline_secs, local_steps, batch_size, learning_rate, clip_norm, noise_multiplier, detach } => {
+            let mut admin = connect(&connection).await?;
+            let spec = pb::RoundSpec { strategy, target_clients, min_clients, deadline_secs, local_steps, batch_size, learning_rate, clip_norm, noise_multiplier };
+            let round = admin
+                .start_round(pb::StartRoundRequest { lineage, spec: Some(spec) })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print_round(&round);
+            if detach {
+                return Ok(ExitCode::SUCCESS);
+            }
+            watch(&mut admin, round.round_id).await
+        }
+        RoundCommand::Get { connection, round_id } => {
+            let mut admin = connect(&connection).await?;
+            let round = admin.get_round(pb::GetRoundRequest { round_id }).await.map_err(status)?.into_inner();
+            print_round(&round);
+            Ok(ExitCode::SUCCESS)
+        }
+        RoundCommand::List { connection, lineage } => {
+            let mut admin = connect(&connection).await?;
+            let rounds = admin.list_rounds(pb::ListRoundsRequest { lineage }).await.map_err(status)?.into_inner().rounds;
+            for round in &rounds {
+                print_round(round);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RoundCommand::Watch { connection, round_id } => {
+            let mut admin = connect(&connection).await?;
+            watch(&mut admin, round_id).await
+        }
+        RoundCommand::Cancel { connection, round_id } => {
+            let mut admin = connect(&connection).await?;
+            let round = admin.cancel_round(pb::GetRoundRequest { round_id }).await.map_err(status)?.into_inner();
+            print_round(&round);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn watch(admin: &mut client::AdminClient, round_id: String) -> anyhow::Result<ExitCode> {
+    let mut stream = admin.watch_round(pb::GetRoundRequest { round_id }).await.map_err(status)?.into_inner();
+    let mut last = None;
+    while let Some(round) = stream.message().await.map_err(status)? {
+        print_round(&round);
+        last = Some(round);
+    }
+    Ok(match last {
+        Some(r) if r.state == pb::RoundState::Published as i32 => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    })
+}
+
+fn print_round(round: &pb::Round) {
+    let mut line = format!(
+        "{}  {:<11} base v{}  updates {}/{} (refused {})",
+        round.round_id,
+        state_name(round.state),
+        round.base_version,
+        round.updates_accepted,
+        round.spec.as_ref().map_or(0, |s| s.target_clients),
+        round.updates_refused
+    );
+    if round.published_version > 0 {
+        line.push_str(&format!("  published v{}", round.published_version));
+    }
+    if !round.failure_reason.is_empty() {
+        line.push_str(&format!("  reason: {}", round.failure_reason));
+    }
+    println!("{line}");
+}
+
+async fn connect(connection: &Connection) -> anyhow::Result<client::AdminClient> {
+    client::admin(&connection.coordinator, &connection.server_name, &connection.bundle).await
+}
+
+fn status(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("coordinator refused: {} ({:?})", status.message(), status.code())
+}
+
+fn read_config(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read configuration {}", path.display()))
+}
+
+fn base_dir(path: &Path) -> &Path {
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutdown signal received");
+}

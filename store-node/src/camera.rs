@@ -1,0 +1,245 @@
+//! The camera pipeline: frames from the (simulated) camera, inference with the live model, and
+//! per-window shelf counts closed into the local metric queue.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use backroom_datasets::CameraReplay;
+use backroom_models::LoadedModel;
+use tokio::time::MissedTickBehavior;
+use tracing::{debug, info, warn};
+
+use crate::metrics_sync::idempotency_key;
+use crate::transport::Shutdown;
+use crate::{NodeContext, now_unix_ms};
+
+/// Model output for an empty slot (`0` is stocked).
+pub const SLOT_EMPTY: u8 = 1;
+/// Model output for a stocked slot.
+pub const SLOT_STOCKED: u8 = 0;
+
+/// Counts of one finished window, ready for the metric queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClosedWindow {
+    pub camera_id: u32,
+    pub window_start_unix: i64,
+    pub window_secs: u32,
+    pub frames: u64,
+    pub slot_observations: u64,
+    pub empty_slot_observations: u64,
+    pub out_of_stock_events: u64,
+}
+
+/// Groups per-frame slot states into fixed windows (`floor(captured_unix / window_secs)`) and
+/// counts stocked → empty transitions between consecutive frames.
+#[derive(Debug)]
+pub struct WindowAggregator {
+    camera_id: u32,
+    window_secs: u32,
+    current: Option<ClosedWindow>,
+    previous_states: Option<Vec<u8>>,
+}
+
+impl WindowAggregator {
+    pub fn new(camera_id: u32, window_secs: u32) -> Self {
+        Self {
+            camera_id,
+            window_secs: window_secs.max(1),
+            current: None,
+            previous_states: None,
+        }
+    }
+
+    /// Start of the window holding `captured_unix`.
+    pub fn window_start(&self, captured_unix: i64) -> i64 {
+        let secs = i64::from(self.window_secs);
+        captured_unix.div_euclid(secs) * secs
+    }
+
+    /// Adds one frame's slot states; returns the previous window when this frame opens a new one.
+    pub fn observe(&mut self, captured_unix: i64, states: &[u8]) -> Option<ClosedWindow> {
+        let start = self.window_start(captured_unix);
+        let closed = match &self.current {
+            Some(window) if window.window_start_unix == start => None,
+            _ => self.current.take(),
+        };
+        let window = self.current.get_or_insert(ClosedWindow {
+            camera_id: self.camera_id,
+            window_start_unix: start,
+            window_secs: self.window_secs,
+            frames: 0,
+            slot_observations: 0,
+            empty_slot_observations: 0,
+            out_of_stock_events: 0,
+        });
+        window.frames += 1;
+        window.slot_observations += states.len() as u64;
+        window.empty_slot_observations +=
+            states.iter().filter(|&&s| s == SLOT_EMPTY).count() as u64;
+        if let Some(previous) = &self.previous_states
+            && previous.len() == states.len()
+        {
+            window.out_of_stock_events += previous
+                .iter()
+                .zip(states)
+                .filter(|&(&before, &now)| before == SLOT_STOCKED && now == SLOT_EMPTY)
+                .count() as u64;
+        }
+        self.previous_states = Some(states.to_vec());
+        closed
+    }
+
+    /// Forgets the last frame (after a skipped frame), so no transition spans a gap.
+    pub fn forget_previous(&mut self) {
+        self.previous_states = None;
+    }
+
+    /// The window being filled (not closed; dropped on shutdown).
+    pub fn current(&self) -> Option<&ClosedWindow> {
+        self.current.as_ref()
+    }
+}
+
+/// Runs the camera until shutdown. A partial window is never closed on shutdown.
+pub(crate) async fn run_camera(
+    ctx: Arc<NodeContext>,
+    mut shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let mut node_ids = ctx.node_id.subscribe();
+    let node_id = tokio::select! {
+        _ = shutdown.triggered() => return Ok(()),
+        id = node_ids.wait_for(Option::is_some) => match id {
+            Ok(id) => id.clone().unwrap_or_default(),
+            Err(_) => return Ok(()),
+        },
+    };
+    let cam = ctx.config.camera.clone();
+    let mut replay = Some(CameraReplay::new(
+        ctx.config.data.world_seed,
+        ctx.config.data.store_index,
+        cam.camera_id,
+        cam.slots,
+        cam.start_unix,
+        cam.seconds_per_frame,
+    ));
+    let mut aggregator = WindowAggregator::new(cam.camera_id, ctx.config.metric_window_secs);
+    let mut unsaved: VecDeque<ClosedWindow> = VecDeque::new();
+    // The network built for the live version, rebuilt only when the version changes.
+    let mut loaded: Option<(u64, LoadedModel)> = None;
+    let mut ticker = tokio::time::interval(cam.frame_interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    info!(camera_id = cam.camera_id, slots = cam.slots, %node_id, "camera started");
+
+    loop {
+        tokio::select! {
+            _ = shutdown.triggered() => break,
+            _ = ticker.tick() => {}
+        }
+        let Some(mut source) = replay.take() else {
+            break;
+        };
+        let model = ctx.installed_model();
+        let device = ctx.device.clone();
+        let mut network = loaded.take();
+        let job = tokio::task::spawn_blocking(move || {
+            let frame = source.next_frame();
+            // Redaction goes here: faces and people must be blurred irreversibly (and EXIF
+            // stripped) before anything else sees the frame. The synthetic replay renders shelf
+            // crops only, with no people in them, so this version has no redaction stage yet.
+            let states = model.map(|m| {
+                let reuse = matches!(&network, Some((version, _)) if *version == m.version());
+                if !reuse {
+                    network = None;
+                    let built = LoadedModel::new(&device, &m.config, &m.params)?;
+                    network = Some((m.version(), built));
+                }
+                match &network {
+                    Some((_, net)) => net.predict(&frame.crops.images),
+                    None => Ok(Vec::new()),
+                }
+            });
+            (source, network, frame.captured_unix, states)
+        });
+        let joined = tokio::select! {
+            _ = shutdown.triggered() => break,
+            joined = job => joined,
+        };
+        let (source, network, captured_unix, states) = match joined {
+            Ok(parts) => parts,
+            Err(join) => anyhow::bail!("camera frame task failed: {join}"),
+        };
+        replay = Some(source);
+        loaded = network;
+        match states {
+            None => {
+                debug!(captured_unix, "no model installed; frame skipped");
+                aggregator.forget_previous();
+            }
+            Some(Err(error)) => {
+                warn!(captured_unix, "inference failed; frame skipped: {error}");
+                ctx.set_error(format!("inference failed: {error}"));
+                aggregator.forget_previous();
+            }
+            Some(Ok(states)) if states.len() != cam.slots => {
+                warn!(
+                    captured_unix,
+                    expected = cam.slots,
+                    got = states.len(),
+                    "inference returned the wrong number of slots; frame skipped"
+                );
+                aggregator.forget_previous();
+            }
+            Some(Ok(states)) => {
+                if let Some(closed) = aggregator.observe(captured_unix, &states) {
+                    unsaved.push_back(closed);
+                }
+                ctx.update_status(|s| s.frames_processed += 1);
+            }
+        }
+        save_closed_windows(&ctx, &node_id, &mut unsaved).await;
+    }
+    if let Some(partial) = aggregator.current() {
+        debug!(
+            window_start_unix = partial.window_start_unix,
+            frames = partial.frames,
+            "partial window dropped at shutdown"
+        );
+    }
+    Ok(())
+}
+
+/// Stores closed windows; on a database error the rest stay in memory and are tried again after
+/// the next frame.
+async fn save_closed_windows(
+    ctx: &NodeContext,
+    node_id: &str,
+    unsaved: &mut VecDeque<ClosedWindow>,
+) {
+    while let Some(window) = unsaved.front() {
+        let key = idempotency_key(node_id, window.camera_id, window.window_start_unix);
+        match ctx.queue.enqueue(&key, window, now_unix_ms()).await {
+            Ok(inserted) => {
+                if inserted {
+                    info!(
+                        key = %key,
+                        frames = window.frames,
+                        empty = window.empty_slot_observations,
+                        out_of_stock_events = window.out_of_stock_events,
+                        "metric window closed"
+                    );
+                    ctx.windows_ready.notify_one();
+                } else {
+                    // A replay after a restart closes the same window again: counted once.
+                    debug!(key = %key, "metric window closed; it was already queued");
+                }
+                ctx.update_status(|s| s.windows_closed += 1);
+                unsaved.pop_front();
+            }
+            Err(error) => {
+                warn!(key = %key, pending = unsaved.len(), "cannot queue metric window; will retry: {error}");
+                ctx.set_error(format!("cannot queue metric window: {error}"));
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! The Backroom store node: inference on the store's cameras, local fine-tuning for federated
+//! rounds, verified model updates, and shelf metrics queued locally and synced to the coordinator.
+//!
+//! Entry points: [`run`] and [`run_with_status`]. They set up the node (bundle, local database,
+//! installed model, compute backend, local samples), say `Hello`, and run four loops until the
+//! shutdown future resolves:
+//! - [`updater`]: long poll; installs newer signed versions and runs training tasks ([`trainer`]);
+//! - heartbeat ([`session`]);
+//! - [`camera`]: frames → inference → per-window counts → the local queue;
+//! - [`metrics_sync`]: the queue → the coordinator, with idempotency keys.
+
+pub mod camera;
+pub mod config;
+pub mod metrics_sync;
+pub mod model_store;
+mod session;
+pub mod trainer;
+pub mod transport;
+pub mod updater;
+
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use backroom_datasets::ShelfCrops;
+use backroom_models::ComputeDevice;
+use backroom_proto::v1::node_service_client::NodeServiceClient;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+use tonic::transport::Channel;
+use tracing::{error, info, warn};
+
+pub use config::{CameraSettings, ConfigError, DataSettings, NodeConfig};
+
+use crate::metrics_sync::MetricQueue;
+use crate::model_store::{InstalledModel, ModelStore};
+use crate::transport::Shutdown;
+
+/// How long the loops get to finish after shutdown before they are aborted.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// What the node is doing, for the pilot's progress output and for tests.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct NodeStatus {
+    pub node_id: String,
+    pub backend: String,
+    pub installed_version: u64,
+    pub rounds_trained: u32,
+    pub last_round_id: String,
+    pub last_train_loss: Option<f32>,
+    pub frames_processed: u64,
+    pub windows_closed: u64,
+    pub windows_synced: u64,
+    pub refused_models: u32,
+    pub last_error: Option<String>,
+}
+
+/// Runs a store node until `shutdown` resolves; returns `Ok(())` after a graceful stop.
+pub async fn run(
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (status, _) = watch::channel(NodeStatus::default());
+    run_with_status(config, shutdown, status).await
+}
+
+/// [`run`], publishing the node's [`NodeStatus`] on `status` as it changes.
+pub async fn run_with_status(
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    status: watch::Sender<NodeStatus>,
+) -> anyhow::Result<()> {
+    config.validate().context("invalid node configuration")?;
+    let (stop, stop_receiver) = watch::channel(false);
+    let forward = stop.clone();
+    let forwarder = tokio::spawn(async move {
+        shutdown.await;
+        let _ = forward.send(true);
+    });
+    let result = run_node(config, Shutdown::new(stop_receiver), stop, status).await;
+    forwarder.abort();
+    if let Err(error) = &result {
+        error!("store node stopped with an error: {error:#}");
+    }
+    result
+}
+
+/// Shared by the node's loops. Locks (the `watch` channels) are held only for a read or a write,
+/// never across an `.await`.
+pub(crate) struct NodeContext {
+    pub(crate) config: NodeConfig,
+    pub(crate) client: NodeServiceClient<Channel>,
+    pub(crate) status: watch::Sender<NodeStatus>,
+    /// The live model; replaced whole by the updater.
+    pub(crate) model: watch::Sender<Option<Arc<InstalledModel>>>,
+    pub(crate) model_store: ModelStore,
+    pub(crate) device: Arc<ComputeDevice>,
+    pub(crate) backend: String,
+    pub(crate) queue: MetricQueue,
+    pub(crate) train_data: Arc<ShelfCrops>,
+    /// Known once the coordinator answered `Hello` (or from the last run).
+    pub(crate) node_id: watch::Sender<Option<String>>,
+    /// Signalled when a new window is queued.
+    pub(crate) windows_ready: Notify,
+}
+
+impl NodeContext {
+    pub(crate) fn installed_model(&self) -> Option<Arc<InstalledModel>> {
+        self.model.borrow().clone()
+    }
+
+    pub(crate) fn installed_version(&self) -> u64 {
+        self.model.borrow().as_ref().map_or(0, |m| m.version())
+    }
+
+    pub(crate) fn node_id(&self) -> String {
+        self.node_id.borrow().clone().unwrap_or_default()
+    }
+
+    pub(crate) fn update_status(&self, change: impl FnOnce(&mut NodeStatus)) {
+        self.status.send_modify(change);
+    }
+
+    pub(crate) fn set_error(&self, message: String) {
+        self.status.send_modify(|s| s.last_error = Some(message));
+    }
+}
+
+pub(crate) fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// One line for a failed RPC: the coordinator's message, the code, and the transport cause.
+pub(crate) fn describe_status(status: &tonic::Status) -> String {
+    let mut line = format!("{} (code {:?})", status.message(), status.code());
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        line.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    line
+}
+
+async fn run_node(
+    config: NodeConfig,
+    mut shutdown: Shutdown,
+    stop: watch::Sender<bool>,
+    status: watch::Sender<NodeStatus>,
+) -> anyhow::Result<()> {
+    let bundle =
+        transport::load_bundle(&config.bundle_dir).context("cannot load the enrolment bundle")?;
+    let queue = MetricQueue::open(&config.data_dir).await.with_context(|| {
+        format!(
+            "cannot open the local database in {}",
+            config.data_dir.display()
+        )
+    })?;
+    let model_store = ModelStore::new(
+        config.data_dir.join("model"),
+        bundle.model_signing_key,
+        config.lineage.clone(),
+        config.max_model_bytes,
+    );
+    let installed = load_installed_model(&model_store).await;
+
+    let choice = config.backend;
+    let device = tokio::task::spawn_blocking(move || backroom_models::select_device(choice))
+        .await
+        .context("backend selection task failed")?
+        .context("cannot select a compute backend")?;
+    let backend = device.description().to_owned();
+    info!(backend = %backend, "compute backend selected");
+
+    let data = config.data.clone();
+    let train_data = tokio::task::spawn_blocking(move || {
+        backroom_datasets::generate_store_split(
+            data.world_seed,
+            data.store_index,
+            data.train_samples,
+        )
+    })
+    .await
+    .context("sample generation task failed")?;
+    info!(
+        samples = train_data.labels.len(),
+        "local labelled samples ready"
+    );
+
+    let channel =
+        transport::connect(&config, &bundle).context("cannot set up the coordinator channel")?;
+    let stored_node_id = queue
+        .stored_node_id()
+        .await
+        .context("cannot read the stored node id")?;
+    status.send_modify(|s| {
+        s.backend = backend.clone();
+        s.installed_version = installed.as_ref().map_or(0, |m| m.version());
+        s.node_id = stored_node_id.clone().unwrap_or_default();
+    });
+    let ctx = Arc::new(NodeContext {
+        config,
+        client: transport::node_client(channel),
+        status,
+        model: watch::Sender::new(installed),
+        model_store,
+        device: Arc::new(device),
+        backend,
+        queue,
+        train_data: Arc::new(train_data),
+        node_id: watch::Sender::new(stored_node_id),
+        windows_ready: Notify::new(),
+    });
+
+    let mut tasks = JoinSet::new();
+    // The camera needs only a node id, which a previous run may have stored: it keeps counting
+    // while the coordinator is away.
+    tasks.spawn(camera::run_camera(ctx.clone(), shutdown.clone()));
+    if let Some(hello) = session::hello_until_answered(&ctx, &mut shutdown).await {
+        let interval = hello.heartbeat_interval_secs;
+        tasks.spawn(session::run_heartbeat(
+            ctx.clone(),
+            interval,
+            shutdown.clone(),
+        ));
+        tasks.spawn(updater::run_updater(ctx.clone(), shutdown.clone()));
+        tasks.spawn(metrics_sync::run_metric_sync(ctx.clone(), shutdown.clone()));
+    }
+
+    let mut failure = None;
+    while failure.is_none() {
+        tokio::select! {
+            _ = shutdown.triggered() => break,
+            joined = tasks.join_next() => match joined {
+                None => break,
+                Some(Ok(Ok(()))) => {}
+                Some(Ok(Err(error))) => failure = Some(error),
+                Some(Err(join)) => failure = Some(anyhow!("a node task failed: {join}")),
+            },
+        }
+    }
+    let _ = stop.send(true);
+    info!("store node stopping");
+    let drained = tokio::time::timeout(STOP_GRACE, async {
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    warn!("a node task ended with an error while stopping: {error:#}")
+                }
+                Err(join) => warn!("a node task failed while stopping: {join}"),
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        warn!("node tasks did not stop within {STOP_GRACE:?}; aborting them");
+        tasks.abort_all();
+    }
+    ctx.queue.close().await;
+    info!("store node stopped");
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// The installed model, re-verified; on any failure the node starts with no model.
+async fn load_installed_model(store: &ModelStore) -> Option<Arc<InstalledModel>> {
+    let store = store.clone();
+    let dir = store.dir().to_owned();
+    let loaded = tokio::task::spawn_blocking(move || store.load_installed(now_unix_ms())).await;
+    match loaded {
+        Ok(Ok(Some(model))) => {
+            info!(version = model.version(), dir = %dir.display(), "installed model verified");
+            Some(Arc::new(model))
+        }
+        Ok(Ok(None)) => {
+            info!(dir = %dir.display(), "no model installed yet");
+            None
+        }
+        Ok(Err(error)) => {
+            error!("{error}; starting with no model");
+            None
+        }
+        Err(join) => {
+            error!("model verification task failed: {join}; starting with no model");
+            None
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! Local fine-tuning for a round: train from the base version on the node's labelled samples,
+//! take delta = fine-tuned − base, clip it to L2 norm ≤ C, and upload it in chunks.
+//!
+//! **Architecture Invariant:** only a clipped, finite delta leaves the node; never the weights or
+//! the samples.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backroom_models::{TrainSettings, train_local};
+use backroom_proto::MAX_CHUNK_BYTES;
+use backroom_proto::v1::update_chunk::Kind;
+use backroom_proto::v1::{TrainTask, UpdateChunk, UpdateHeader, UpdateTrailer};
+use sha2::{Digest, Sha256};
+use tracing::{info, warn};
+
+use crate::transport::{Backoff, RPC_TIMEOUT, Shutdown, request, sleep_or_shutdown};
+use crate::updater::{InstallOutcome, Updater};
+use crate::{NodeContext, now_unix_ms};
+
+/// Upload attempts for transient failures (before the deadline).
+const UPLOAD_ATTEMPTS: u32 = 5;
+
+/// Why a delta could not be clipped.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ClipError {
+    #[error("clip norm must be finite and positive, got {0}")]
+    InvalidClipNorm(f32),
+    #[error("delta holds a non-finite value at index {index}")]
+    NonFinite { index: usize },
+}
+
+/// What clipping did.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ClipOutcome {
+    pub norm_before: f64,
+    pub norm_after: f64,
+    /// 1.0 when the delta was already within the clip norm.
+    pub scale: f64,
+}
+
+/// Why a round's training failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("training failed: {0}")]
+    Model(String),
+    #[error("fine-tuned model has {fine} parameters, base has {base}")]
+    ShapeMismatch { fine: usize, base: usize },
+    #[error(transparent)]
+    Clip(#[from] ClipError),
+}
+
+/// L2 norm, accumulated in f64.
+pub fn l2_norm(values: &[f32]) -> f64 {
+    values
+        .iter()
+        .map(|&v| f64::from(v) * f64::from(v))
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// Scales `delta` by `min(1, C/‖delta‖)` (with a tiny margin so f32 rounding cannot push the
+/// result above C). Refuses non-finite values and a non-positive or non-finite C.
+pub fn clip_l2(delta: &mut [f32], clip_norm: f32) -> Result<ClipOutcome, ClipError> {
+    if !(clip_norm.is_finite() && clip_norm > 0.0) {
+        return Err(ClipError::InvalidClipNorm(clip_norm));
+    }
+    if let Some(index) = delta.iter().position(|v| !v.is_finite()) {
+        return Err(ClipError::NonFinite { index });
+    }
+    let limit = f64::from(clip_norm);
+    let norm_before = l2_norm(delta);
+    if norm_before <= limit {
+        return Ok(ClipOutcome {
+            norm_before,
+            norm_after: norm_before,
+            scale: 1.0,
+        });
+    }
+    let mut scale_total = 1.0;
+    let mut norm = norm_before;
+    // One pass almost always suffices; the loop guards against rounding in the f32 cast.
+    for _ in 0..4 {
+        if norm <= limit {
+            break;
+        }
+        let scale = limit / norm * (1.0 - 1e-6);
+        for value in delta.iter_mut() {
+            *value = (f64::from(*value) * scale) as f32;
+        }
+        scale_total *= scale;
+        norm = l2_norm(delta);
+    }
+    Ok(ClipOutcome {
+        norm_before,
+        norm_after: norm,
+        scale: scale_total,
+    })
+}
+
+/// delta = fine-tuned − base.
+pub fn weight_delta(fine_tuned: &[f32], base: &[f32]) -> Result<Vec<f32>, TrainError> {
+    if fine_tuned.len() != base.len() {
+        return Err(TrainError::ShapeMismatch {
+            fine: fine_tuned.len(),
+            base: base.len(),
+        });
+    }
+    Ok(fine_tuned.iter().zip(base).map(|(f, b)| f - b).collect())
+}
+
+/// The local training seed: a hash of the round and the store, so each store draws its own
+/// batches and a retried round draws the same ones.
+pub fn training_seed(round_id: &str, node_id: &str, store_index: u32) -> u64 {
+    let digest = Sha256::new()
+        .chain_update(round_id.as_bytes())
+        .chain_update([0u8])
+        .chain_update(node_id.as_bytes())
+        .chain_update([0u8])
+        .chain_update(store_index.to_le_bytes())
+        .finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(first)
+}
+
+/// Little-endian f32 bytes of the delta and their SHA-256.
+pub fn encode_delta(delta: &[f32]) -> (Vec<u8>, Vec<u8>) {
+    let bytes: Vec<u8> = delta.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let sha = Sha256::digest(&bytes).to_vec();
+    (bytes, sha)
+}
+
+/// The upload stream: header, data chunks of at most [`MAX_CHUNK_BYTES`], trailer.
+pub fn update_chunks(
+    header: UpdateHeader,
+    data: Arc<Vec<u8>>,
+    sha256: Vec<u8>,
+) -> impl Iterator<Item = UpdateChunk> + Send + 'static {
+    let n_chunks = data.len().div_ceil(MAX_CHUNK_BYTES);
+    let head = std::iter::once(UpdateChunk {
+        kind: Some(Kind::Header(header)),
+    });
+    let body = (0..n_chunks).map(move |i| {
+        let start = i * MAX_CHUNK_BYTES;
+        let end = (start + MAX_CHUNK_BYTES).min(data.len());
+        UpdateChunk {
+            kind: Some(Kind::Data(data[start..end].to_vec())),
+        }
+    });
+    let tail = std::iter::once(UpdateChunk {
+        kind: Some(Kind::Trailer(UpdateTrailer { sha256 })),
+    });
+    head.chain(body).chain(tail)
+}
+
+struct PreparedUpdate {
+    data: Arc<Vec<u8>>,
+    sha256: Vec<u8>,
+    clip: ClipOutcome,
+    mean_loss: f32,
+    num_examples: u64,
+}
+
+/// Handles one training task end to end; every failure is logged and the node carries on.
+pub(crate) async fn run_task(
+    ctx: &Arc<NodeContext>,
+    updater: &mut Updater,
+    task: TrainTask,
+    shutdown: &mut Shutdown,
+) {
+    let round_id = task.round_id.clone();
+    if task.lineage != ctx.config.lineage {
+        warn!(%round_id, lineage = %task.lineage, "skipping task for another lineage");
+        return;
+    }
+    if now_unix_ms() >= task.deadline_unix_ms {
+        warn!(%round_id, "skipping task: its deadline passed before training started");
+        return;
+    }
+    let installed = ctx.installed_version();
+    let base = if installed == task.base_version {
+        ctx.installed_model()
+    } else if installed < task.base_version {
+        match updater.install_version(task.base_version, shutdown).await {
+            InstallOutcome::Installed(model) => Some(model),
+            InstallOutcome::Shutdown => return,
+            InstallOutcome::Refused | InstallOutcome::Unavailable => None,
+        }
+    } else {
+        None
+    };
+    let Some(base) = base.filter(|m| m.version() == task.base_version) else {
+        warn!(
+            %round_id,
+            base_version = task.base_version,
+            installed_version = ctx.installed_version(),
+            "skipping task: its base version is not installed and cannot be obtained"
+        );
+        return;
+    };
+    if base.params.len() as u64 != task.num_parameters {
+        warn!(
+            %round_id,
+            task_parameters = task.num_parameters,
+            model_parameters = base.params.len(),
+            "skipping task: parameter count differs from the installed model"
+        );
+        return;
+    }
+
+    info!(%round_id, base_version = task.base_version, steps = task.local_steps, "training started");
+    let settings = TrainSettings {
+        steps: task.local_steps as usize,
+        batch_size: (task.batch_size as usize).max(1),
+        learning_rate: f64::from(task.learning_rate),
+        seed: training_seed(&round_id, &ctx.node_id(), ctx.config.data.store_index),
+    };
+    let clip_norm = task.clip_norm;
+    let device = ctx.device.clone();
+    let samples = ctx.train_data.clone();
+    let job = tokio::task::spawn_blocking(move || -> Result<PreparedUpdate, TrainError> {
+        let outcome = train_local(
+            &device,
+            &base.config,
+            &base.params,
+            &samples.images,
+            &samples.labels,
+            &settings,
+        )
+        .map_err(|e| TrainError::Model(e.to_string()))?;
+        let mut delta = weight_delta(&outcome.params, &base.params)?;
+        let clip = clip_l2(&mut delta, clip_norm)?;
+        let (data, sha256) = encode_delta(&delta);
+        Ok(PreparedUpdate {
+            data: Arc::new(data),
+            sha256,
+            clip,
+            mean_loss: outcome.mean_loss,
+            num_examples: outcome.examples_seen as u64,
+        })
+    });
+    let prepared = tokio::select! {
+        _ = shutdown.triggered() => {
+            info!(%round_id, "shutdown during training; the update is not sent");
+            return;
+        }
+        joined = job => joined,
+    };
+    let prepared = match prepared {
+        Ok(Ok(prepared)) => prepared,
+        Ok(Err(error)) => {
+            warn!(%round_id, "local training failed: {error}");
+            ctx.set_error(format!("round {round_id}: {error}"));
+            return;
+        }
+        Err(join) => {
+            warn!(%round_id, "training task failed: {join}");
+            ctx.set_error(format!("round {round_id}: training task failed: {join}"));
+            return;
+        }
+    };
+    info!(
+        %round_id,
+        mean_loss = prepared.mean_loss,
+        examples = prepared.num_examples,
+        norm_before = prepared.clip.norm_before,
+        norm_after = prepared.clip.norm_after,
+        clip_norm,
+        "training finished"
+    );
+    ctx.update_status(|s| {
+        s.last_round_id = round_id.clone();
+        s.last_train_loss = Some(prepared.mean_loss);
+    });
+    upload(ctx, &task, prepared, shutdown).await;
+}
+
+async fn upload(
+    ctx: &Arc<NodeContext>,
+    task: &TrainTask,
+    prepared: PreparedUpdate,
+    shutdown: &mut Shutdown,
+) {
+    let round_id = &task.round_id;
+    let mut backoff = Backoff::for_coordinator();
+    for attempt in 1..=UPLOAD_ATTEMPTS {
+        let left_ms = task.deadline_unix_ms - now_unix_ms();
+        if left_ms <= 0 {
+            warn!(%round_id, "deadline passed before the update could be sent; skipping upload");
+            return;
+        }
+        let header = UpdateHeader {
+            round_id: round_id.clone(),
+            base_version: task.base_version,
+            num_parameters: task.num_parameters,
+            num_examples: prepared.num_examples,
+        };
+        let chunks = update_chunks(header, prepared.data.clone(), prepared.sha256.clone());
+        // After the deadline the coordinator refuses the update anyway.
+        let timeout = Duration::from_millis(left_ms.unsigned_abs()).max(RPC_TIMEOUT);
+        let mut client = ctx.client.clone();
+        let sent = tokio::select! {
+            _ = shutdown.triggered() => return,
+            r = client.upload_update(request(futures::stream::iter(chunks), timeout)) => r,
+        };
+        match sent {
+            Ok(response) => {
+                let response = response.into_inner();
+                info!(
+                    %round_id,
+                    coordinator_norm = response.norm,
+                    updates_received = response.updates_received,
+                    "update accepted"
+                );
+                ctx.update_status(|s| s.rounds_trained += 1);
+                return;
+            }
+            Err(status) if is_transient(&status) && attempt < UPLOAD_ATTEMPTS => {
+                let delay = backoff.next_delay();
+                warn!(%round_id, attempt, "upload failed, retrying: {}", crate::describe_status(&status));
+                if sleep_or_shutdown(delay, shutdown).await {
+                    return;
+                }
+            }
+            Err(status) => {
+                warn!(%round_id, "coordinator refused the update: {}", crate::describe_status(&status));
+                ctx.set_error(format!(
+                    "round {round_id}: update refused: {}",
+                    status.message()
+                ));
+                return;
+            }
+        }
+    }
+}
+
+fn is_transient(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Unknown
+            | tonic::Code::Aborted
+    )
+}

@@ -1,0 +1,463 @@
+//! Model updates: the long-poll loop, the chunked download (bounded, checked as it streams), and
+//! verify-then-swap installation.
+//!
+//! **Architecture Invariant:** the live model changes only through [`Updater::install_version`],
+//! after [`ModelStore::verify`](crate::model_store::ModelStore::verify) passed and the files are
+//! durable on disk; inference reads an `Arc` snapshot and never sees a half-installed model.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backroom_models::ARCHITECTURE_ID;
+use backroom_models::manifest::{Expectations, verify_manifest};
+use backroom_proto::MAX_CHUNK_BYTES;
+use backroom_proto::v1::model_chunk::Kind;
+use backroom_proto::v1::{DownloadModelRequest, ModelChunk, PollTaskRequest};
+use sha2::{Digest, Sha256};
+use tracing::{debug, info, warn};
+
+use crate::model_store::{InstalledModel, ModelRefusal, ModelStoreError};
+use crate::transport::{Backoff, RPC_TIMEOUT, Shutdown, request, sleep_or_shutdown};
+use crate::{NodeContext, now_unix_ms, trainer};
+
+/// How long a refused version is left alone before it is offered another chance.
+pub const REFUSED_VERSION_COOLDOWN: Duration = Duration::from_secs(600);
+/// Longest silence tolerated between two chunks of a download.
+pub const CHUNK_TIMEOUT: Duration = Duration::from_secs(60);
+/// Round ids remembered as handled, so a task is not trained twice.
+const REMEMBERED_ROUNDS: usize = 256;
+
+/// Why a model stream was refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum StreamError {
+    #[error("stream did not start with a header chunk")]
+    MissingHeader,
+    #[error("stream sent a second header")]
+    DuplicateHeader,
+    #[error("stream ended without a trailer")]
+    MissingTrailer,
+    #[error("stream sent a chunk after the trailer")]
+    ChunkAfterTrailer,
+    #[error("stream sent a chunk with no content")]
+    EmptyChunk,
+    #[error("header announces {announced} bytes of weights, more than max_model_bytes {limit}")]
+    AnnouncedTooLarge { announced: u64, limit: u64 },
+    #[error("data chunk of {0} bytes exceeds the chunk limit of {MAX_CHUNK_BYTES} bytes")]
+    ChunkTooLarge(usize),
+    #[error(
+        "stream sent at least {received} bytes, more than the {announced} the header announced"
+    )]
+    Oversize { announced: u64, received: u64 },
+    #[error("stream sent {received} bytes, the header announced {announced}")]
+    SizeMismatch { announced: u64, received: u64 },
+    #[error("trailer SHA-256 is {trailer}, the data hashes to {computed}")]
+    TrailerMismatch { trailer: String, computed: String },
+}
+
+/// What one chunk was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChunkKind {
+    Header,
+    Data,
+    Trailer,
+}
+
+/// The parts of a complete, internally consistent model stream (not yet verified).
+#[derive(Debug)]
+pub struct DownloadedModel {
+    pub manifest: Vec<u8>,
+    pub signature: Vec<u8>,
+    pub weights: Vec<u8>,
+}
+
+/// Assembles a `DownloadModel` stream, refusing it as soon as it breaks the protocol: data is
+/// never buffered past the header's `weights_size` or `max_model_bytes`.
+#[derive(Debug)]
+pub struct ModelAssembler {
+    max_bytes: u64,
+    header: Option<(Vec<u8>, Vec<u8>, u64)>,
+    weights: Vec<u8>,
+    hasher: Sha256,
+    finished: bool,
+}
+
+impl ModelAssembler {
+    pub fn new(max_bytes: u64) -> Self {
+        Self {
+            max_bytes,
+            header: None,
+            weights: Vec::new(),
+            hasher: Sha256::new(),
+            finished: false,
+        }
+    }
+
+    /// The manifest and signature, once the header has arrived.
+    pub fn header(&self) -> Option<(&[u8], &[u8])> {
+        self.header
+            .as_ref()
+            .map(|(m, s, _)| (m.as_slice(), s.as_slice()))
+    }
+
+    pub fn push(&mut self, chunk: ModelChunk) -> Result<ChunkKind, StreamError> {
+        if self.finished {
+            return Err(StreamError::ChunkAfterTrailer);
+        }
+        match chunk.kind {
+            None => Err(StreamError::EmptyChunk),
+            Some(Kind::Header(header)) => {
+                if self.header.is_some() {
+                    return Err(StreamError::DuplicateHeader);
+                }
+                if header.weights_size > self.max_bytes {
+                    return Err(StreamError::AnnouncedTooLarge {
+                        announced: header.weights_size,
+                        limit: self.max_bytes,
+                    });
+                }
+                // Bounded by max_bytes just above; capped again so a lying header costs little.
+                let reserve = header.weights_size.min(64 * 1024 * 1024);
+                self.weights = Vec::with_capacity(usize::try_from(reserve).unwrap_or(0));
+                self.header = Some((header.manifest, header.signature, header.weights_size));
+                Ok(ChunkKind::Header)
+            }
+            Some(Kind::Data(data)) => {
+                let Some((_, _, announced)) = self.header else {
+                    return Err(StreamError::MissingHeader);
+                };
+                if data.len() > MAX_CHUNK_BYTES {
+                    return Err(StreamError::ChunkTooLarge(data.len()));
+                }
+                let received = self.weights.len() as u64 + data.len() as u64;
+                if received > announced {
+                    return Err(StreamError::Oversize {
+                        announced,
+                        received,
+                    });
+                }
+                self.hasher.update(&data);
+                self.weights.extend_from_slice(&data);
+                Ok(ChunkKind::Data)
+            }
+            Some(Kind::Trailer(trailer)) => {
+                let Some((_, _, announced)) = self.header else {
+                    return Err(StreamError::MissingHeader);
+                };
+                let received = self.weights.len() as u64;
+                if received != announced {
+                    return Err(StreamError::SizeMismatch {
+                        announced,
+                        received,
+                    });
+                }
+                let computed = hex::encode(self.hasher.clone().finalize());
+                let trailer = hex::encode(trailer.sha256);
+                if computed != trailer {
+                    return Err(StreamError::TrailerMismatch { trailer, computed });
+                }
+                self.finished = true;
+                Ok(ChunkKind::Trailer)
+            }
+        }
+    }
+
+    /// The assembled model; only after a header, all announced data and a matching trailer.
+    pub fn finish(self) -> Result<DownloadedModel, StreamError> {
+        let Some((manifest, signature, _)) = self.header else {
+            return Err(StreamError::MissingHeader);
+        };
+        if !self.finished {
+            return Err(StreamError::MissingTrailer);
+        }
+        Ok(DownloadedModel {
+            manifest,
+            signature,
+            weights: self.weights,
+        })
+    }
+}
+
+/// Result of trying to get one version installed.
+#[derive(Debug)]
+pub enum InstallOutcome {
+    Installed(Arc<InstalledModel>),
+    /// Refused for a reason that retrying will not fix; logged and counted.
+    Refused,
+    /// The coordinator could not be reached or the stream broke; worth retrying later.
+    Unavailable,
+    Shutdown,
+}
+
+enum DownloadFailure {
+    Refused(String),
+    Unavailable(String),
+    Shutdown,
+}
+
+/// The poll loop's state: what was refused and which rounds were handled.
+pub(crate) struct Updater {
+    ctx: Arc<NodeContext>,
+    refused: HashMap<u64, Instant>,
+    handled_rounds: VecDeque<String>,
+    handled_set: HashSet<String>,
+}
+
+impl Updater {
+    pub(crate) fn new(ctx: Arc<NodeContext>) -> Self {
+        Self {
+            ctx,
+            refused: HashMap::new(),
+            handled_rounds: VecDeque::new(),
+            handled_set: HashSet::new(),
+        }
+    }
+
+    fn may_try(&self, version: u64) -> bool {
+        self.refused
+            .get(&version)
+            .is_none_or(|at| at.elapsed() >= REFUSED_VERSION_COOLDOWN)
+    }
+
+    /// Records a round as handled; `false` if it already was.
+    fn claim_round(&mut self, round_id: &str) -> bool {
+        if !self.handled_set.insert(round_id.to_owned()) {
+            return false;
+        }
+        self.handled_rounds.push_back(round_id.to_owned());
+        if self.handled_rounds.len() > REMEMBERED_ROUNDS
+            && let Some(oldest) = self.handled_rounds.pop_front()
+        {
+            self.handled_set.remove(&oldest);
+        }
+        true
+    }
+
+    /// Downloads, verifies, writes and swaps in `version`.
+    pub(crate) async fn install_version(
+        &mut self,
+        version: u64,
+        shutdown: &mut Shutdown,
+    ) -> InstallOutcome {
+        if !self.may_try(version) {
+            debug!(version, "version was refused recently; not retrying yet");
+            return InstallOutcome::Refused;
+        }
+        let installed = self.ctx.installed_version();
+        match self.download_and_verify(version, installed, shutdown).await {
+            Ok(model) => {
+                info!(
+                    version = model.version(),
+                    previous_version = installed,
+                    round_id = %model.manifest.round_id,
+                    "installed model version"
+                );
+                let model = Arc::new(model);
+                self.ctx.model.send_replace(Some(model.clone()));
+                self.ctx
+                    .update_status(|s| s.installed_version = model.version());
+                InstallOutcome::Installed(model)
+            }
+            Err(DownloadFailure::Refused(reason)) => {
+                warn!(
+                    version,
+                    installed_version = installed,
+                    "refused model version {version}: {reason}"
+                );
+                self.refused.insert(version, Instant::now());
+                self.ctx.update_status(|s| {
+                    s.refused_models += 1;
+                    s.last_error = Some(format!("refused model version {version}: {reason}"));
+                });
+                InstallOutcome::Refused
+            }
+            Err(DownloadFailure::Unavailable(reason)) => {
+                warn!(
+                    version,
+                    "could not download model version {version}: {reason}"
+                );
+                self.ctx
+                    .set_error(format!("download of version {version} failed: {reason}"));
+                InstallOutcome::Unavailable
+            }
+            Err(DownloadFailure::Shutdown) => InstallOutcome::Shutdown,
+        }
+    }
+
+    async fn download_and_verify(
+        &self,
+        version: u64,
+        installed: u64,
+        shutdown: &mut Shutdown,
+    ) -> Result<InstalledModel, DownloadFailure> {
+        let ctx = &self.ctx;
+        let mut client = ctx.client.clone();
+        let message = DownloadModelRequest {
+            lineage: ctx.config.lineage.clone(),
+            version,
+        };
+        let mut stream = tokio::select! {
+            _ = shutdown.triggered() => return Err(DownloadFailure::Shutdown),
+            // No deadline on the whole stream (a large model takes a while); each chunk has one.
+            r = client.download_model(tonic::Request::new(message)) => r
+                .map_err(|s| DownloadFailure::Unavailable(crate::describe_status(&s)))?
+                .into_inner(),
+        };
+        let mut assembler = ModelAssembler::new(ctx.config.max_model_bytes);
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.triggered() => return Err(DownloadFailure::Shutdown),
+                n = tokio::time::timeout(CHUNK_TIMEOUT, stream.message()) => n,
+            };
+            let chunk = match next {
+                Err(_) => return Err(DownloadFailure::Unavailable("stream stalled".to_owned())),
+                Ok(Err(status)) => {
+                    return Err(DownloadFailure::Unavailable(crate::describe_status(
+                        &status,
+                    )));
+                }
+                Ok(Ok(None)) => break,
+                Ok(Ok(Some(chunk))) => chunk,
+            };
+            let kind = assembler
+                .push(chunk)
+                .map_err(|e| DownloadFailure::Refused(e.to_string()))?;
+            if kind == ChunkKind::Header
+                && let Some((manifest, signature)) = assembler.header()
+            {
+                // Check signature and fields before spending bandwidth on the weights.
+                let expect = Expectations {
+                    lineage: &ctx.config.lineage,
+                    architecture: ARCHITECTURE_ID,
+                    installed_version: installed,
+                    now_unix_ms: now_unix_ms(),
+                };
+                let early =
+                    verify_manifest(manifest, signature, ctx.model_store.trusted_key(), &expect)
+                        .map_err(|e| DownloadFailure::Refused(e.to_string()))?;
+                if early.version != version {
+                    let wrong = ModelRefusal::WrongVersion {
+                        requested: version,
+                        received: early.version,
+                    };
+                    return Err(DownloadFailure::Refused(wrong.to_string()));
+                }
+            }
+        }
+        let downloaded = assembler
+            .finish()
+            .map_err(|e| DownloadFailure::Refused(e.to_string()))?;
+        let store = ctx.model_store.clone();
+        let now = now_unix_ms();
+        let job = tokio::task::spawn_blocking(move || {
+            let verified = store
+                .verify(
+                    downloaded.manifest,
+                    downloaded.signature,
+                    downloaded.weights,
+                    installed,
+                    Some(now),
+                )
+                .map_err(|e| DownloadFailure::Refused(e.to_string()))?;
+            if verified.model.version() != version {
+                let wrong = ModelRefusal::WrongVersion {
+                    requested: version,
+                    received: verified.model.version(),
+                };
+                return Err(DownloadFailure::Refused(wrong.to_string()));
+            }
+            store.install(verified).map_err(|e| match e {
+                ModelStoreError::Refused { reason, .. } => {
+                    DownloadFailure::Refused(reason.to_string())
+                }
+                io => DownloadFailure::Unavailable(format!("cannot write model files: {io}")),
+            })
+        });
+        match job.await {
+            Ok(result) => result,
+            Err(join) => Err(DownloadFailure::Unavailable(format!(
+                "verification task failed: {join}"
+            ))),
+        }
+    }
+}
+
+/// The long-poll loop: installs newer versions and runs training tasks, until shutdown.
+pub(crate) async fn run_updater(
+    ctx: Arc<NodeContext>,
+    mut shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let mut updater = Updater::new(ctx.clone());
+    let mut backoff = Backoff::for_coordinator();
+    let wait_secs = ctx.config.poll_wait_secs;
+    loop {
+        let started = Instant::now();
+        let message = PollTaskRequest {
+            lineage: ctx.config.lineage.clone(),
+            installed_version: ctx.installed_version(),
+            wait_secs,
+        };
+        let mut client = ctx.client.clone();
+        let timeout = RPC_TIMEOUT + Duration::from_secs(wait_secs.into());
+        let polled = tokio::select! {
+            _ = shutdown.triggered() => return Ok(()),
+            r = client.poll_task(request(message, timeout)) => r,
+        };
+        let response = match polled {
+            Ok(response) => {
+                backoff.reset();
+                response.into_inner()
+            }
+            Err(status) => {
+                let delay = backoff.next_delay();
+                warn!(
+                    attempt = backoff.attempt(),
+                    delay_ms = delay.as_millis() as u64,
+                    "poll for tasks failed: {}",
+                    crate::describe_status(&status)
+                );
+                ctx.set_error(format!("poll failed: {}", crate::describe_status(&status)));
+                if sleep_or_shutdown(delay, &mut shutdown).await {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
+
+        let mut acted = false;
+        let mut unavailable = false;
+        // The task first: installing the newest version before it could make the task's base
+        // version unreachable.
+        if let Some(task) = response.task
+            && updater.claim_round(&task.round_id)
+        {
+            acted = true;
+            trainer::run_task(&ctx, &mut updater, task, &mut shutdown).await;
+        }
+        if shutdown.is_triggered() {
+            return Ok(());
+        }
+        let latest = response.latest_version;
+        if latest > ctx.installed_version() && updater.may_try(latest) {
+            match updater.install_version(latest, &mut shutdown).await {
+                InstallOutcome::Installed(_) => acted = true,
+                InstallOutcome::Refused => {}
+                InstallOutcome::Unavailable => unavailable = true,
+                InstallOutcome::Shutdown => return Ok(()),
+            }
+        }
+
+        // Pacing: a poll that returned early with nothing this node can act on (a refused
+        // version, an already-handled round) must not turn into a tight loop.
+        let pause = if unavailable {
+            backoff.next_delay()
+        } else if acted {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(wait_secs.into()).saturating_sub(started.elapsed())
+        };
+        if !pause.is_zero() && sleep_or_shutdown(pause, &mut shutdown).await {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Coordinator + 3 nodes, several rounds: versions are signed, published and installed; the
+//! aggregate is exactly the mean of the clipped deltas without noise, and carries noise of the
+//! configured scale with it; metric batches are counted exactly once.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use backroom_models::manifest::Manifest;
+use backroom_proto::v1 as pb;
+use backroom_proto::v1::node_service_client::NodeServiceClient;
+
+use crate::support::{l2, params_of, round_updates, run_round, sandbox, shutdown, spec};
+
+fn mean_of(updates: &[(std::path::PathBuf, Vec<f32>)]) -> Vec<f64> {
+    let n = updates[0].1.len();
+    let mut mean = vec![0.0f64; n];
+    for (_, delta) in updates {
+        assert_eq!(delta.len(), n);
+        for (m, d) in mean.iter_mut().zip(delta) {
+            *m += f64::from(*d);
+        }
+    }
+    for m in &mut mean {
+        *m /= updates.len() as f64;
+    }
+    mean
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rounds_publish_signed_versions_installed_by_every_node_with_exact_aggregation() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut sandbox = sandbox(dir.path(), 3).await;
+    sandbox
+        .wait_for_installed(1, Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+
+    // Round 1, noise off: the new model is base + mean of the clipped deltas, exactly.
+    let round = run_round(&mut sandbox, spec(3, 0.0)).await;
+    assert_eq!(round.published_version, 2);
+    assert_eq!(round.updates_accepted, 3);
+    let updates = round_updates(&sandbox, &round.round_id);
+    assert_eq!(updates.len(), 3, "one stored update per node");
+    for (path, delta) in &updates {
+        let norm = l2(delta);
+        assert!(norm <= 0.5 * (1.0 + 1e-5), "{} has norm {norm} above C", path.display());
+        assert!(norm > 0.0, "{} is an empty delta", path.display());
+    }
+    let mean = mean_of(&updates);
+    let (v1, v2) = (params_of(&sandbox, 1), params_of(&sandbox, 2));
+    let worst = v1
+        .iter()
+        .zip(&v2)
+        .zip(&mean)
+        .map(|((a, b), m)| (f64::from(*b) - f64::from(*a) - m).abs())
+        .fold(0.0f64, f64::max);
+    assert!(worst <= 1e-6, "aggregate differs from the mean of clipped deltas by {worst}");
+    sandbox
+        .wait_for_installed(2, Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+
+    // Round 2, noise on: the residual after removing the mean is N(0, (zC/n)^2) per coordinate.
+    // With ~70k coordinates the sample standard deviation has a relative standard error of
+    // about 0.3%, so the 5% band below fails by chance with probability far below 1e-12.
+    let z = 1.0f32;
+    let round = run_round(&mut sandbox, spec(3, z)).await;
+    assert_eq!(round.published_version, 3);
+    let updates = round_updates(&sandbox, &round.round_id);
+    assert_eq!(updates.len(), 3);
+    let mean = mean_of(&updates);
+    let v3 = params_of(&sandbox, 3);
+    let residual: Vec<f64> = v2
+        .iter()
+        .zip(&v3)
+        .zip(&mean)
+        .map(|((a, b), m)| f64::from(*b) - f64::from(*a) - m)
+        .collect();
+    let n = residual.len() as f64;
+    let avg = residual.iter().sum::<f64>() / n;
+    let std = (residual.iter().map(|r| (r - avg).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+    let expected = f64::from(z) * 0.5 / 3.0;
+    assert!((std / expected - 1.0).abs() < 0.05, "noise std {std}, expected {expected}");
+    assert!(avg.abs() < 6.0 * expected / n.sqrt(), "noise mean {avg} is biased");
+
+    // Every node installs the newest signed version; its manifest records the DP parameters.
+    sandbox
+        .wait_for_installed(3, Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    for node in &sandbox.nodes {
+        assert_eq!(node.status.borrow().installed_version, 3, "{}", node.store_id);
+    }
+    let models = sandbox
+        .admin
+        .list_models(pb::ListModelsRequest { lineage: sandbox.lineage.clone() })
+        .await
+        .unwrap_or_else(|s| panic!("{s}"))
+        .into_inner()
+        .models;
+    assert_eq!(models.iter().map(|m| m.version).collect::<Vec<_>>(), vec![1, 2, 3]);
+    let manifest = Manifest::from_bytes(&models[2].manifest).unwrap_or_else(|e| panic!("{e}"));
+    let dp = manifest.dp.unwrap_or_else(|| panic!("v3 manifest has no DP parameters"));
+    assert_eq!((dp.clip_norm, dp.noise_multiplier, dp.clients), (0.5, z, 3));
+    assert_eq!(manifest.parent_version, 2);
+
+    // Metric windows from the nodes arrive, each exactly once.
+    for node in &sandbox.nodes {
+        let mut status = node.status.clone();
+        tokio::time::timeout(Duration::from_secs(60), status.wait_for(|s| s.windows_synced >= 1))
+            .await
+            .unwrap_or_else(|_| panic!("{} synced no metric window", node.store_id))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let rows = sandbox
+        .admin
+        .query_metrics(pb::QueryMetricsRequest::default())
+        .await
+        .unwrap_or_else(|s| panic!("{s}"))
+        .into_inner()
+        .rows;
+    let keys: BTreeSet<_> = rows.iter().map(|r| (r.store_id.clone(), r.window_start_unix)).collect();
+    assert_eq!(keys.len(), rows.len(), "a window was counted twice");
+    assert!(keys.iter().map(|k| &k.0).collect::<BTreeSet<_>>().len() == 3);
+
+    // A batch re-sent (same idempotency key) is counted once.
+    let channel = backroom::client::connect(
+        &sandbox.coordinator_url,
+        "localhost",
+        &dir.path().join("bundles/store-1"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let mut node = NodeServiceClient::new(channel);
+    let batch = pb::MetricBatch {
+        idempotency_key: "store-1:9:1000".into(),
+        window_start_unix: 1_000,
+        window_secs: 3600,
+        camera_id: 9,
+        frames: 10,
+        slot_observations: 120,
+        empty_slot_observations: 7,
+        out_of_stock_events: 2,
+    };
+    let first = node
+        .sync_metrics(pb::SyncMetricsRequest { batches: vec![batch.clone()] })
+        .await
+        .unwrap_or_else(|s| panic!("{s}"))
+        .into_inner();
+    let again = node
+        .sync_metrics(pb::SyncMetricsRequest { batches: vec![batch.clone(), batch] })
+        .await
+        .unwrap_or_else(|s| panic!("{s}"))
+        .into_inner();
+    assert_eq!((first.accepted, first.duplicates), (1, 0));
+    assert_eq!((again.accepted, again.duplicates), (0, 2));
+    let rows = sandbox
+        .admin
+        .query_metrics(pb::QueryMetricsRequest { from_unix: 1_000, to_unix: 1_001 })
+        .await
+        .unwrap_or_else(|s| panic!("{s}"))
+        .into_inner()
+        .rows;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].out_of_stock_events, 2);
+
+    shutdown(sandbox).await;
+}

@@ -1,0 +1,5 @@
+//! End-to-end tests: a real coordinator and real store nodes over mTLS on loopback.
+
+mod federation;
+mod refusals;
+mod support;

@@ -1,0 +1,95 @@
+//! Shared helpers for the end-to-end tests.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use backroom::sandbox::{Sandbox, SandboxOptions};
+use backroom_proto::v1 as pb;
+
+/// A sandbox with small, fast settings.
+pub async fn sandbox(dir: &Path, stores: usize) -> Sandbox {
+    start(test_options(dir, stores)).await
+}
+
+pub fn test_options(dir: &Path, stores: usize) -> SandboxOptions {
+    let mut options = SandboxOptions::new(dir, stores);
+    options.train_samples = 128;
+    options.camera.frame_interval = Duration::from_millis(100);
+    options.camera.seconds_per_frame = 900;
+    options
+}
+
+pub async fn start(options: SandboxOptions) -> Sandbox {
+    match Sandbox::start(options).await {
+        Ok(sandbox) => sandbox,
+        Err(error) => panic!("sandbox did not start: {error:#}"),
+    }
+}
+
+pub fn spec(clients: u32, noise_multiplier: f32) -> pb::RoundSpec {
+    pb::RoundSpec {
+        strategy: "fedavg".into(),
+        target_clients: clients,
+        min_clients: clients,
+        deadline_secs: 300,
+        local_steps: 5,
+        batch_size: 16,
+        learning_rate: 0.05,
+        clip_norm: 0.5,
+        noise_multiplier,
+    }
+}
+
+/// The stored update blobs of a round (what the nodes uploaded: their clipped deltas).
+pub fn round_updates(sandbox: &Sandbox, round_id: &str) -> Vec<(PathBuf, Vec<f32>)> {
+    let dir = sandbox.coordinator_dir.join("updates").join(round_id);
+    let mut out = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "f32"))
+        .collect();
+    entries.sort();
+    for path in entries {
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        let values = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        out.push((path, values));
+    }
+    out
+}
+
+pub fn params_of(sandbox: &Sandbox, version: u64) -> Vec<f32> {
+    let key = backroom::evaluate::load_verifying_key(&sandbox.signing_public_key())
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    backroom::evaluate::load_verified_params(&sandbox.coordinator_dir, &sandbox.lineage, version, &key)
+        .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+pub fn l2(values: &[f32]) -> f64 {
+    values.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt()
+}
+
+pub async fn run_round(sandbox: &mut Sandbox, spec: pb::RoundSpec) -> pb::Round {
+    let round = sandbox
+        .run_round(spec, |_| {})
+        .await
+        .unwrap_or_else(|e| panic!("round failed to run: {e:#}"));
+    assert_eq!(
+        round.state,
+        pb::RoundState::Published as i32,
+        "round ended {:?}: {}",
+        round.state,
+        round.failure_reason
+    );
+    round
+}
+
+pub async fn shutdown(sandbox: Sandbox) {
+    if let Err(error) = sandbox.shutdown().await {
+        panic!("sandbox did not shut down cleanly: {error:#}");
+    }
+}
