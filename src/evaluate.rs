@@ -20,8 +20,8 @@ pub fn version_files(coordinator_dir: &Path, lineage: &str, version: u64) -> [Pa
 }
 
 pub fn load_verifying_key(path: &Path) -> anyhow::Result<VerifyingKey> {
-    let pem = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    let pem =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     VerifyingKey::from_public_key_pem(&pem)
         .map_err(|e| anyhow::anyhow!("{} is not an Ed25519 public key: {e}", path.display()))
 }

@@ -16,7 +16,11 @@ use clap::{Args, Parser, Subcommand};
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Parser, Debug)]
-#[command(name = "backroom", version, about = "Federated learning for retail stores: customer data never leaves the back room.")]
+#[command(
+    name = "backroom",
+    version,
+    about = "Federated learning for retail stores: customer data never leaves the back room."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -116,7 +120,11 @@ struct EnrollArgs {
 #[derive(Args, Debug, Clone)]
 struct Connection {
     /// Coordinator URL.
-    #[arg(long, env = "BACKROOM_COORDINATOR", default_value = "https://127.0.0.1:7443")]
+    #[arg(
+        long,
+        env = "BACKROOM_COORDINATOR",
+        default_value = "https://127.0.0.1:7443"
+    )]
     coordinator: String,
     /// Admin bundle directory (from `backroom enroll --admin`).
     #[arg(long, env = "BACKROOM_BUNDLE")]
@@ -196,7 +204,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
@@ -244,7 +255,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Enroll(args) => enroll(args).await,
         Command::Round(command) => round(command).await,
-        Command::Models { connection, lineage } => {
+        Command::Models {
+            connection,
+            lineage,
+        } => {
             let mut admin = connect(&connection).await?;
             let models = admin
                 .list_models(pb::ListModelsRequest { lineage })
@@ -252,9 +266,23 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 .map_err(status)?
                 .into_inner()
                 .models;
-            println!("{:<12} {:>7} {:>7}  {:<28} {}", "lineage", "version", "parent", "round", "weights sha256");
+            println!(
+                "{:<12} {:>7} {:>7}  {:<28} weights sha256",
+                "lineage", "version", "parent", "round"
+            );
             for m in models {
-                println!("{:<12} {:>7} {:>7}  {:<28} {}", m.lineage, m.version, m.parent_version, if m.round_id.is_empty() { "(initial)" } else { &m.round_id }, m.weights_sha256);
+                println!(
+                    "{:<12} {:>7} {:>7}  {:<28} {}",
+                    m.lineage,
+                    m.version,
+                    m.parent_version,
+                    if m.round_id.is_empty() {
+                        "(initial)"
+                    } else {
+                        &m.round_id
+                    },
+                    m.weights_sha256
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -281,9 +309,21 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                println!("{:<10} {:>12} {:>7} {:>7} {:>8} {:>7} {:>13}", "store", "window", "secs", "frames", "slots", "empty", "out-of-stock");
+                println!(
+                    "{:<10} {:>12} {:>7} {:>7} {:>8} {:>7} {:>13}",
+                    "store", "window", "secs", "frames", "slots", "empty", "out-of-stock"
+                );
                 for r in rows {
-                    println!("{:<10} {:>12} {:>7} {:>7} {:>8} {:>7} {:>13}", r.store_id, r.window_start_unix, r.window_secs, r.frames, r.slot_observations, r.empty_slot_observations, r.out_of_stock_events);
+                    println!(
+                        "{:<10} {:>12} {:>7} {:>7} {:>8} {:>7} {:>13}",
+                        r.store_id,
+                        r.window_start_unix,
+                        r.window_secs,
+                        r.frames,
+                        r.slot_observations,
+                        r.empty_slot_observations,
+                        r.out_of_stock_events
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -296,9 +336,15 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 .map_err(status)?
                 .into_inner()
                 .nodes;
-            println!("{:<16} {:>15} {:>9}  backend", "node", "last seen (ms)", "version");
+            println!(
+                "{:<16} {:>15} {:>9}  backend",
+                "node", "last seen (ms)", "version"
+            );
             for n in nodes {
-                println!("{:<16} {:>15} {:>9}  {}", n.node_id, n.last_seen_unix_ms, n.installed_version, n.backend);
+                println!(
+                    "{:<16} {:>15} {:>9}  {}",
+                    n.node_id, n.last_seen_unix_ms, n.installed_version, n.backend
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -347,11 +393,37 @@ async fn enroll(args: EnrollArgs) -> anyhow::Result<ExitCode> {
 
 async fn round(command: RoundCommand) -> anyhow::Result<ExitCode> {
     match command {
-        RoundCommand::Start { connection, lineage, strategy, target_clients, min_clients, deadline_secs, local_steps, batch_size, learning_rate, clip_norm, noise_multiplier, detach } => {
+        RoundCommand::Start {
+            connection,
+            lineage,
+            strategy,
+            target_clients,
+            min_clients,
+            deadline_secs,
+            local_steps,
+            batch_size,
+            learning_rate,
+            clip_norm,
+            noise_multiplier,
+            detach,
+        } => {
             let mut admin = connect(&connection).await?;
-            let spec = pb::RoundSpec { strategy, target_clients, min_clients, deadline_secs, local_steps, batch_size, learning_rate, clip_norm, noise_multiplier };
+            let spec = pb::RoundSpec {
+                strategy,
+                target_clients,
+                min_clients,
+                deadline_secs,
+                local_steps,
+                batch_size,
+                learning_rate,
+                clip_norm,
+                noise_multiplier,
+            };
             let round = admin
-                .start_round(pb::StartRoundRequest { lineage, spec: Some(spec) })
+                .start_round(pb::StartRoundRequest {
+                    lineage,
+                    spec: Some(spec),
+                })
                 .await
                 .map_err(status)?
                 .into_inner();
@@ -361,27 +433,52 @@ async fn round(command: RoundCommand) -> anyhow::Result<ExitCode> {
             }
             watch(&mut admin, round.round_id).await
         }
-        RoundCommand::Get { connection, round_id } => {
+        RoundCommand::Get {
+            connection,
+            round_id,
+        } => {
             let mut admin = connect(&connection).await?;
-            let round = admin.get_round(pb::GetRoundRequest { round_id }).await.map_err(status)?.into_inner();
+            let round = admin
+                .get_round(pb::GetRoundRequest { round_id })
+                .await
+                .map_err(status)?
+                .into_inner();
             print_round(&round);
             Ok(ExitCode::SUCCESS)
         }
-        RoundCommand::List { connection, lineage } => {
+        RoundCommand::List {
+            connection,
+            lineage,
+        } => {
             let mut admin = connect(&connection).await?;
-            let rounds = admin.list_rounds(pb::ListRoundsRequest { lineage }).await.map_err(status)?.into_inner().rounds;
+            let rounds = admin
+                .list_rounds(pb::ListRoundsRequest { lineage })
+                .await
+                .map_err(status)?
+                .into_inner()
+                .rounds;
             for round in &rounds {
                 print_round(round);
             }
             Ok(ExitCode::SUCCESS)
         }
-        RoundCommand::Watch { connection, round_id } => {
+        RoundCommand::Watch {
+            connection,
+            round_id,
+        } => {
             let mut admin = connect(&connection).await?;
             watch(&mut admin, round_id).await
         }
-        RoundCommand::Cancel { connection, round_id } => {
+        RoundCommand::Cancel {
+            connection,
+            round_id,
+        } => {
             let mut admin = connect(&connection).await?;
-            let round = admin.cancel_round(pb::GetRoundRequest { round_id }).await.map_err(status)?.into_inner();
+            let round = admin
+                .cancel_round(pb::GetRoundRequest { round_id })
+                .await
+                .map_err(status)?
+                .into_inner();
             print_round(&round);
             Ok(ExitCode::SUCCESS)
         }
@@ -389,7 +486,11 @@ async fn round(command: RoundCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn watch(admin: &mut client::AdminClient, round_id: String) -> anyhow::Result<ExitCode> {
-    let mut stream = admin.watch_round(pb::GetRoundRequest { round_id }).await.map_err(status)?.into_inner();
+    let mut stream = admin
+        .watch_round(pb::GetRoundRequest { round_id })
+        .await
+        .map_err(status)?
+        .into_inner();
     let mut last = None;
     while let Some(round) = stream.message().await.map_err(status)? {
         print_round(&round);
@@ -421,19 +522,31 @@ fn print_round(round: &pb::Round) {
 }
 
 async fn connect(connection: &Connection) -> anyhow::Result<client::AdminClient> {
-    client::admin(&connection.coordinator, &connection.server_name, &connection.bundle).await
+    client::admin(
+        &connection.coordinator,
+        &connection.server_name,
+        &connection.bundle,
+    )
+    .await
 }
 
 fn status(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("coordinator refused: {} ({:?})", status.message(), status.code())
+    anyhow::anyhow!(
+        "coordinator refused: {} ({:?})",
+        status.message(),
+        status.code()
+    )
 }
 
 fn read_config(path: &Path) -> anyhow::Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("cannot read configuration {}", path.display()))
+    std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read configuration {}", path.display()))
 }
 
 fn base_dir(path: &Path) -> &Path {
-    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
 }
 
 /// Completes on SIGTERM or Ctrl-C.

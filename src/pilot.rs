@@ -169,7 +169,14 @@ pub async fn run(options: PilotOptions) -> anyhow::Result<PilotSummary> {
     })
 }
 
-type Driven = (u64, Vec<RoundSummary>, Vec<NodeSummary>, MetricTotals, f32, f32);
+type Driven = (
+    u64,
+    Vec<RoundSummary>,
+    Vec<NodeSummary>,
+    MetricTotals,
+    f32,
+    f32,
+);
 
 async fn drive(
     sandbox: &mut Sandbox,
@@ -179,15 +186,16 @@ async fn drive(
 ) -> anyhow::Result<Driven> {
     let trusted = load_verifying_key(&sandbox.signing_public_key())?;
     status.set_message("waiting for every store to install the initial model");
-    sandbox.wait_for_installed(1, Duration::from_secs(120)).await?;
+    sandbox
+        .wait_for_installed(1, Duration::from_secs(120))
+        .await?;
     let initial_accuracy = accuracy_of(sandbox, 1, &trusted, options).await?;
 
     let mut rounds = Vec::new();
-    let style = ProgressStyle::with_template(
-        "round {prefix:>2} [{bar:20}] {pos}/{len} updates  {msg}",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar())
-    .progress_chars("=> ");
+    let style =
+        ProgressStyle::with_template("round {prefix:>2} [{bar:20}] {pos}/{len} updates  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
     for n in 1..=options.rounds {
         status.set_message(format!("round {n} of {}", options.rounds));
         let bar = bars.add(ProgressBar::new(options.stores as u64));
@@ -212,7 +220,11 @@ async fn drive(
             })
             .await?;
         if round.state != pb::RoundState::Published as i32 {
-            bar.abandon_with_message(format!("{}: {}", state_name(round.state), round.failure_reason));
+            bar.abandon_with_message(format!(
+                "{}: {}",
+                state_name(round.state),
+                round.failure_reason
+            ));
             bail!(
                 "round {} ended {}: {}",
                 round.round_id,
@@ -236,8 +248,12 @@ async fn drive(
         });
     }
     let final_version = rounds.last().map_or(1, |r| r.published_version);
-    status.set_message(format!("waiting for every store to install v{final_version}"));
-    sandbox.wait_for_installed(final_version, Duration::from_secs(120)).await?;
+    status.set_message(format!(
+        "waiting for every store to install v{final_version}"
+    ));
+    sandbox
+        .wait_for_installed(final_version, Duration::from_secs(120))
+        .await?;
     status.set_message("waiting for the stores' metric windows to sync");
     wait_for_metric_sync(sandbox, Duration::from_secs(60)).await;
     let metrics = metric_totals(sandbox).await?;
@@ -333,21 +349,81 @@ pub fn state_name(state: i32) -> &'static str {
 pub fn render(summary: &PilotSummary) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let _ = writeln!(out, "\nBackroom pilot: {} stores, {} DP-FedAvg rounds on lineage {:?} ({:.0} s)", summary.stores, summary.rounds, summary.lineage, summary.seconds);
+    let _ = writeln!(
+        out,
+        "\nBackroom pilot: {} stores, {} DP-FedAvg rounds on lineage {:?} ({:.0} s)",
+        summary.stores, summary.rounds, summary.lineage, summary.seconds
+    );
     let _ = writeln!(out, "  data directory      {}", summary.data_dir);
-    let _ = writeln!(out, "  held-out accuracy   v{} {:.1}%  ->  v{} {:.1}%   ({} test crops)", summary.initial_version, summary.initial_accuracy * 100.0, summary.final_version, summary.final_accuracy * 100.0, summary.test_samples);
-    let _ = writeln!(out, "  differential privacy  clip norm C = {}, noise multiplier z = {} (central noise N(0, (zC)^2) on the sum)", summary.clip_norm, summary.noise_multiplier);
-    let _ = writeln!(out, "                        epsilon: not computed (the privacy accountant is not built yet)");
-    let _ = writeln!(out, "\n  round  version  updates  refused  accuracy  seconds");
+    let _ = writeln!(
+        out,
+        "  held-out accuracy   v{} {:.1}%  ->  v{} {:.1}%   ({} test crops)",
+        summary.initial_version,
+        summary.initial_accuracy * 100.0,
+        summary.final_version,
+        summary.final_accuracy * 100.0,
+        summary.test_samples
+    );
+    let _ = writeln!(
+        out,
+        "  differential privacy  clip norm C = {}, noise multiplier z = {} (central noise N(0, (zC)^2) on the sum)",
+        summary.clip_norm, summary.noise_multiplier
+    );
+    let _ = writeln!(
+        out,
+        "                        epsilon: not computed (the privacy accountant is not built yet)"
+    );
+    let _ = writeln!(
+        out,
+        "\n  round  version  updates  refused  accuracy  seconds"
+    );
     for (i, r) in summary.per_round.iter().enumerate() {
-        let _ = writeln!(out, "  {:>5}  {:>7}  {:>7}  {:>7}  {:>7.1}%  {:>7.1}", i + 1, r.published_version, r.updates_accepted, r.updates_refused, r.accuracy * 100.0, r.seconds);
+        let _ = writeln!(
+            out,
+            "  {:>5}  {:>7}  {:>7}  {:>7}  {:>7.1}%  {:>7.1}",
+            i + 1,
+            r.published_version,
+            r.updates_accepted,
+            r.updates_refused,
+            r.accuracy * 100.0,
+            r.seconds
+        );
     }
-    let _ = writeln!(out, "\n  store     installed  backend        rounds  frames  windows synced");
+    let _ = writeln!(
+        out,
+        "\n  store     installed  backend        rounds  frames  windows synced"
+    );
     for n in &summary.nodes {
-        let _ = writeln!(out, "  {:<8}  v{:<8}  {:<13}  {:>6}  {:>6}  {:>14}", n.id, n.installed_version, n.backend, n.rounds_trained, n.frames_processed, n.windows_synced);
+        let _ = writeln!(
+            out,
+            "  {:<8}  v{:<8}  {:<13}  {:>6}  {:>6}  {:>14}",
+            n.id,
+            n.installed_version,
+            n.backend,
+            n.rounds_trained,
+            n.frames_processed,
+            n.windows_synced
+        );
     }
     let m = &summary.metrics;
-    let _ = writeln!(out, "\n  shelf metrics operations see (hourly windows synced to the coordinator):");
-    let _ = writeln!(out, "    {} windows from {} stores, {} frames, {} slot observations, {} empty ({:.1}%), {} out-of-stock events", m.windows, m.stores, m.frames, m.slot_observations, m.empty_slot_observations, if m.slot_observations > 0 { m.empty_slot_observations as f64 * 100.0 / m.slot_observations as f64 } else { 0.0 }, m.out_of_stock_events);
+    let _ = writeln!(
+        out,
+        "\n  shelf metrics operations see (hourly windows synced to the coordinator):"
+    );
+    let _ = writeln!(
+        out,
+        "    {} windows from {} stores, {} frames, {} slot observations, {} empty ({:.1}%), {} out-of-stock events",
+        m.windows,
+        m.stores,
+        m.frames,
+        m.slot_observations,
+        m.empty_slot_observations,
+        if m.slot_observations > 0 {
+            m.empty_slot_observations as f64 * 100.0 / m.slot_observations as f64
+        } else {
+            0.0
+        },
+        m.out_of_stock_events
+    );
     out
 }

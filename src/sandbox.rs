@@ -91,7 +91,13 @@ impl Sandbox {
         let (coordinator_shutdown, rx) = watch::channel(false);
         let coordinator_task = tokio::spawn(coordinator.serve(wait_true(rx)));
 
-        let admin_bundle = issue_bundle(&coordinator_dir, Role::Admin, "pilot-admin", &options.data_dir.join("bundles/pilot-admin")).await?;
+        let admin_bundle = issue_bundle(
+            &coordinator_dir,
+            Role::Admin,
+            "pilot-admin",
+            &options.data_dir.join("bundles/pilot-admin"),
+        )
+        .await?;
         let admin = client::admin(&coordinator_url, "localhost", &admin_bundle).await?;
         let mut sandbox = Self {
             options,
@@ -184,7 +190,9 @@ impl Sandbox {
 
     /// Path of the coordinator's model-signing public key.
     pub fn signing_public_key(&self) -> PathBuf {
-        self.coordinator_dir.join("pki").join("model-signing.pub.pem")
+        self.coordinator_dir
+            .join("pki")
+            .join("model-signing.pub.pem")
     }
 
     /// Waits until every node reports `version` installed.
@@ -199,7 +207,10 @@ impl Sandbox {
             .await;
             match waited {
                 Ok(Ok(_)) => {}
-                Ok(Err(_)) => bail!("node {} stopped before installing version {version}", node.store_id),
+                Ok(Err(_)) => bail!(
+                    "node {} stopped before installing version {version}",
+                    node.store_id
+                ),
                 Err(_) => {
                     let s = node.status.borrow().clone();
                     bail!(
@@ -258,8 +269,12 @@ impl Sandbox {
         for node in self.nodes {
             match tokio::time::timeout(Duration::from_secs(30), node.task).await {
                 Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(error))) => tracing::warn!(store = %node.store_id, "node ended with an error: {error:#}"),
-                Ok(Err(error)) => tracing::warn!(store = %node.store_id, %error, "node task failed"),
+                Ok(Ok(Err(error))) => {
+                    tracing::warn!(store = %node.store_id, "node ended with an error: {error:#}")
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(store = %node.store_id, %error, "node task failed")
+                }
                 Err(_) => tracing::warn!(store = %node.store_id, "node did not stop within 30 s"),
             }
         }

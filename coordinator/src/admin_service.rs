@@ -41,7 +41,10 @@ impl AdminService for AdminApi {
             .spec
             .ok_or_else(|| Status::invalid_argument("spec is required"))?;
         let spec = spec_from_proto(&spec)?;
-        let round = self.core.start_round(&start.lineage, spec, &peer.name).await?;
+        let round = self
+            .core
+            .start_round(&start.lineage, spec, &peer.name)
+            .await?;
         Ok(Response::new(round_to_proto(&round)))
     }
 
@@ -59,7 +62,11 @@ impl AdminService for AdminApi {
         request: Request<pb::ListRoundsRequest>,
     ) -> Result<Response<pb::ListRoundsResponse>, Status> {
         require(&request, Role::Admin)?;
-        let rounds = self.core.store.list_rounds(&request.into_inner().lineage).await?;
+        let rounds = self
+            .core
+            .store
+            .list_rounds(&request.into_inner().lineage)
+            .await?;
         Ok(Response::new(pb::ListRoundsResponse {
             rounds: rounds.iter().map(round_to_proto).collect(),
         }))
@@ -83,7 +90,8 @@ impl AdminService for AdminApi {
                 return;
             }
             while !last.state.is_final() && !core.is_shutting_down() {
-                core.wait_for_change(&mut changes, Duration::from_secs(5)).await;
+                core.wait_for_change(&mut changes, Duration::from_secs(5))
+                    .await;
                 match core.round(&round_id).await {
                     Ok(now) => {
                         if now != last {
@@ -119,7 +127,11 @@ impl AdminService for AdminApi {
         request: Request<pb::ListModelsRequest>,
     ) -> Result<Response<pb::ListModelsResponse>, Status> {
         require(&request, Role::Admin)?;
-        let rows = self.core.store.list_versions(&request.into_inner().lineage).await?;
+        let rows = self
+            .core
+            .store
+            .list_versions(&request.into_inner().lineage)
+            .await?;
         Ok(Response::new(pb::ListModelsResponse {
             models: rows.into_iter().map(version_to_proto).collect(),
         }))

@@ -13,9 +13,8 @@ pub fn peer<T>(request: &Request<T>) -> Result<Peer, Status> {
     let leaf = certs
         .first()
         .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-    peer_from_der(leaf.as_ref()).ok_or_else(|| {
-        Status::unauthenticated("client certificate carries no Backroom identity")
-    })
+    peer_from_der(leaf.as_ref())
+        .ok_or_else(|| Status::unauthenticated("client certificate carries no Backroom identity"))
 }
 
 /// The caller, if it has `role`; `PermissionDenied` otherwise.

@@ -106,7 +106,9 @@ impl CoordinatorConfig {
         }
         if let Some(lineage) = raw.lineage {
             if crate::identity::validate_name(&lineage).is_err() {
-                problems.push(format!("lineage {lineage:?} must use a-z, 0-9, '-', '_', '.'"));
+                problems.push(format!(
+                    "lineage {lineage:?} must use a-z, 0-9, '-', '_', '.'"
+                ));
             }
             config.lineage = lineage;
         }
@@ -115,7 +117,9 @@ impl CoordinatorConfig {
         }
         if let Some(secs) = raw.heartbeat_interval_secs {
             if !(1..=3600).contains(&secs) {
-                problems.push(format!("heartbeat_interval_secs must be in 1..=3600, got {secs}"));
+                problems.push(format!(
+                    "heartbeat_interval_secs must be in 1..=3600, got {secs}"
+                ));
             }
             config.heartbeat_interval_secs = secs;
         }
@@ -127,7 +131,9 @@ impl CoordinatorConfig {
         }
         if let Some(bytes) = raw.max_update_bytes {
             if bytes < 1024 {
-                problems.push(format!("max_update_bytes must be at least 1024, got {bytes}"));
+                problems.push(format!(
+                    "max_update_bytes must be at least 1024, got {bytes}"
+                ));
             }
             config.max_update_bytes = bytes;
         }
@@ -162,7 +168,10 @@ impl CoordinatorConfig {
 }
 
 fn default_database_url(data_dir: &Path) -> String {
-    format!("sqlite://{}?mode=rwc", data_dir.join("coordinator.db").display())
+    format!(
+        "sqlite://{}?mode=rwc",
+        data_dir.join("coordinator.db").display()
+    )
 }
 
 #[cfg(test)]
@@ -191,10 +200,22 @@ mod config_tests {
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
-        for needle in ["data_dir", "listen", "heartbeat_interval_secs", "overselect"] {
+        for needle in [
+            "data_dir",
+            "listen",
+            "heartbeat_interval_secs",
+            "overselect",
+        ] {
             assert!(err.contains(needle), "{needle} missing from {err}");
         }
-        let unknown = CoordinatorConfig::from_toml_str("data_dir = \"x\"\nlisen = \"a\"\n", Path::new("/"));
-        assert!(unknown.err().map(|e| e.to_string()).unwrap_or_default().contains("lisen"));
+        let unknown =
+            CoordinatorConfig::from_toml_str("data_dir = \"x\"\nlisen = \"a\"\n", Path::new("/"));
+        assert!(
+            unknown
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+                .contains("lisen")
+        );
     }
 }

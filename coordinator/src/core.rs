@@ -190,7 +190,11 @@ impl Core {
                 .await?
                 .map_or(0, |v| v.version);
             let now = tokio::time::Instant::now();
-            if task.is_some() || latest > installed_version || now >= until || self.is_shutting_down() {
+            if task.is_some()
+                || latest > installed_version
+                || now >= until
+                || self.is_shutting_down()
+            {
                 return Ok((task, latest));
             }
             self.wait_for_change(&mut changes, until - now).await;
@@ -340,7 +344,11 @@ impl Core {
     // ---- metrics ----
 
     /// Stores metric batches exactly once each. Returns (accepted, duplicates).
-    pub async fn sync_metrics(&self, store_id: &str, batches: &[MetricBatch]) -> Result<(u32, u32)> {
+    pub async fn sync_metrics(
+        &self,
+        store_id: &str,
+        batches: &[MetricBatch],
+    ) -> Result<(u32, u32)> {
         if batches.len() > 1000 {
             return Err(CoordinatorError::InvalidArgument(format!(
                 "{} batches in one call; send at most 1000",
@@ -348,7 +356,8 @@ impl Core {
             )));
         }
         for (i, b) in batches.iter().enumerate() {
-            validate_batch(b).map_err(|m| CoordinatorError::InvalidArgument(format!("batch {i}: {m}")))?;
+            validate_batch(b)
+                .map_err(|m| CoordinatorError::InvalidArgument(format!("batch {i}: {m}")))?;
         }
         let (mut accepted, mut duplicates) = (0, 0);
         let now = now_unix_ms();
@@ -379,7 +388,10 @@ fn validate_batch(b: &MetricBatch) -> std::result::Result<(), String> {
         return Err("idempotency_key must have 1 to 200 characters".into());
     }
     if b.window_secs == 0 || b.window_secs > 86_400 {
-        return Err(format!("window_secs must be in 1..=86400, got {}", b.window_secs));
+        return Err(format!(
+            "window_secs must be in 1..=86400, got {}",
+            b.window_secs
+        ));
     }
     if b.empty_slot_observations > b.slot_observations {
         return Err("empty_slot_observations exceeds slot_observations".into());

@@ -25,7 +25,13 @@ pub fn spawn(core: Arc<Core>, round_id: String) {
                 let reason = error.to_string();
                 let _ = core
                     .store
-                    .transition(&round_id, round.state, RoundState::Failed, &reason, now_unix_ms())
+                    .transition(
+                        &round_id,
+                        round.state,
+                        RoundState::Failed,
+                        &reason,
+                        now_unix_ms(),
+                    )
                     .await;
             }
             core.notify();
@@ -101,7 +107,8 @@ async fn sample(core: &Core, round: &RoundRecord) -> Result<()> {
         if core.round(&round.round_id).await?.state != RoundState::Sampling {
             return Ok(());
         }
-        core.wait_for_change(&mut changes, Duration::from_millis(500)).await;
+        core.wait_for_change(&mut changes, Duration::from_millis(500))
+            .await;
         if core.is_shutting_down() {
             return Ok(());
         }
@@ -125,9 +132,8 @@ async fn wait_for_updates(core: &Core, round: &RoundRecord) -> Result<()> {
             return if accepted >= min {
                 move_to(core, &current, RoundState::Aggregating, "").await
             } else {
-                let reason = format!(
-                    "only {accepted} valid update(s) by the deadline, minimum is {min}"
-                );
+                let reason =
+                    format!("only {accepted} valid update(s) by the deadline, minimum is {min}");
                 move_to(core, &current, RoundState::Failed, &reason).await
             };
         }
@@ -196,7 +202,11 @@ async fn aggregate(core: &Arc<Core>, round: &RoundRecord) -> Result<()> {
     .await
     .map_err(|e| CoordinatorError::Internal(format!("aggregation task failed: {e}")))??;
     let version = row.version;
-    if core.store.publish(&round.round_id, &row, now_unix_ms()).await? {
+    if core
+        .store
+        .publish(&round.round_id, &row, now_unix_ms())
+        .await?
+    {
         info!(
             round_id = %round.round_id,
             version,

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -40,9 +40,7 @@ pub enum IdentityError {
     Certificate(#[from] rcgen::Error),
     #[error("signing key in {path} is not valid: {reason}")]
     SigningKey { path: PathBuf, reason: String },
-    #[error(
-        "invalid identity name {0:?}: use 1 to 64 characters from a-z, 0-9, '-', '_' and '.'"
-    )]
+    #[error("invalid identity name {0:?}: use 1 to 64 characters from a-z, 0-9, '-', '_' and '.'")]
     InvalidName(String),
     #[error("bundle directory {0} already holds a certificate; remove it first")]
     BundleExists(PathBuf),

@@ -53,8 +53,9 @@ impl Coordinator {
     /// Opens (or creates) the data directory, CA, signing key and database; publishes version 1
     /// of the lineage if none exists; resumes unfinished rounds; binds the listener.
     pub async fn start(config: CoordinatorConfig) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!("cannot create data directory {}", config.data_dir.display())
+        })?;
         let pki_dir = config.pki_dir();
         let server_names = config.server_names.clone();
         let ca = tokio::task::spawn_blocking(move || {
@@ -117,7 +118,10 @@ impl Coordinator {
     }
 
     /// Serves until `shutdown` completes, then stops long polls and drains connections.
-    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let Self {
             core,
             listener,

@@ -38,13 +38,21 @@ type ChunkStream = Pin<Box<dyn Stream<Item = Result<ModelChunk, Status>> + Send>
 
 #[tonic::async_trait]
 impl NodeService for NodeApi {
-    async fn hello(&self, request: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {
+    async fn hello(
+        &self,
+        request: Request<HelloRequest>,
+    ) -> Result<Response<HelloResponse>, Status> {
         let peer = require(&request, Role::Node)?;
         let hello = request.into_inner();
         check_text("lineage", &hello.lineage)?;
         check_text("backend", &hello.backend)?;
         self.core
-            .node_seen(&peer.name, &hello.lineage, hello.installed_version, &hello.backend)
+            .node_seen(
+                &peer.name,
+                &hello.lineage,
+                hello.installed_version,
+                &hello.backend,
+            )
             .await?;
         tracing::info!(node_id = %peer.name, installed_version = hello.installed_version, backend = %hello.backend, "node said hello");
         Ok(Response::new(HelloResponse {
@@ -62,7 +70,12 @@ impl NodeService for NodeApi {
         check_text("lineage", &beat.lineage)?;
         check_text("backend", &beat.backend)?;
         self.core
-            .node_seen(&peer.name, &beat.lineage, beat.installed_version, &beat.backend)
+            .node_seen(
+                &peer.name,
+                &beat.lineage,
+                beat.installed_version,
+                &beat.backend,
+            )
             .await?;
         Ok(Response::new(HeartbeatResponse {}))
     }
@@ -105,7 +118,10 @@ impl NodeService for NodeApi {
                 ))
             })?;
         let weights = tokio::fs::read(&row.weights_path).await.map_err(|e| {
-            Status::from(CoordinatorError::io(format!("cannot read {}", row.weights_path), e))
+            Status::from(CoordinatorError::io(
+                format!("cannot read {}", row.weights_path),
+                e,
+            ))
         })?;
         tracing::info!(node_id = %peer.name, lineage = %row.lineage, version = row.version, "serving model");
         let sha = Sha256::digest(&weights).to_vec();
@@ -154,7 +170,10 @@ impl NodeService for NodeApi {
             let mut assembler = UpdateAssembler::new(self.core.registry.num_parameters());
             loop {
                 let chunk = stream.message().await.map_err(|s| {
-                    CoordinatorError::InvalidArgument(format!("upload stream broke: {}", s.message()))
+                    CoordinatorError::InvalidArgument(format!(
+                        "upload stream broke: {}",
+                        s.message()
+                    ))
                 })?;
                 match chunk.and_then(|c| c.kind) {
                     Some(update_chunk::Kind::Data(data)) => {
@@ -170,7 +189,9 @@ impl NodeService for NodeApi {
                         return assembler.finish(&trailer.sha256);
                     }
                     Some(update_chunk::Kind::Header(_)) => {
-                        return Err(CoordinatorError::InvalidArgument("a second header chunk".into()));
+                        return Err(CoordinatorError::InvalidArgument(
+                            "a second header chunk".into(),
+                        ));
                     }
                     None => {
                         return Err(CoordinatorError::InvalidArgument(
@@ -182,12 +203,11 @@ impl NodeService for NodeApi {
         }
         .await;
         let accepted = match result {
-            Ok((delta, norm)) => {
-                self.core
-                    .accept_update(&round, &peer.name, delta, norm, header.num_examples)
-                    .await
-                    .map(|count| (norm, count))
-            }
+            Ok((delta, norm)) => self
+                .core
+                .accept_update(&round, &peer.name, delta, norm, header.num_examples)
+                .await
+                .map(|count| (norm, count)),
             Err(error) => Err(error),
         };
         match accepted {

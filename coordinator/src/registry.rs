@@ -104,7 +104,10 @@ impl Registry {
                 row.weights_path, row.weights_sha256
             )));
         }
-        Ok(backroom_models::from_safetensors(&self.inner.layout, &bytes)?)
+        Ok(backroom_models::from_safetensors(
+            &self.inner.layout,
+            &bytes,
+        )?)
     }
 
     /// Writes the weights of a new version and signs its manifest. The caller records the
@@ -144,7 +147,10 @@ impl Registry {
         };
         let manifest_bytes = manifest.to_bytes();
         let signature = sign_manifest(&manifest_bytes, &self.inner.signing_key);
-        write_durably(&dir.join(format!("v{version}.manifest.json")), &manifest_bytes)?;
+        write_durably(
+            &dir.join(format!("v{version}.manifest.json")),
+            &manifest_bytes,
+        )?;
         write_durably(&dir.join(format!("v{version}.manifest.sig")), &signature)?;
         Ok(VersionRow {
             lineage: lineage.to_owned(),

@@ -206,7 +206,11 @@ mod round_tests {
             noise_multiplier: -1.0,
             ..spec()
         };
-        let message = bad.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        let message = bad
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(message.contains("min_clients"), "{message}");
         assert!(message.contains("clip_norm"), "{message}");
         assert!(message.contains("noise_multiplier"), "{message}");
@@ -221,7 +225,15 @@ mod round_tests {
         assert!(!Published.can_move_to(Failed));
         assert!(!Training.can_move_to(Sampling));
         assert!(!Pending.can_move_to(Published));
-        for s in [Pending, Sampling, Training, Aggregating, Published, Failed, Cancelled] {
+        for s in [
+            Pending,
+            Sampling,
+            Training,
+            Aggregating,
+            Published,
+            Failed,
+            Cancelled,
+        ] {
             assert_eq!(RoundState::parse(s.as_str()), Some(s));
         }
     }

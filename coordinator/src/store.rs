@@ -5,7 +5,10 @@
 use std::str::FromStr;
 
 use sqlx::Row;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
 
 use crate::error::{CoordinatorError, Result};
 use crate::round::{RoundRecord, RoundSpec, RoundState};

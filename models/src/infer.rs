@@ -62,9 +62,8 @@ impl LoadedModel {
                     .try_into_vec_as::<i64>()
                     .map_err(|err| ModelError::Backend(format!("reading predictions: {err}")))?;
                 for id in ids {
-                    let class = u8::try_from(id).map_err(|_| {
-                        ModelError::Backend(format!("argmax returned class {id}"))
-                    })?;
+                    let class = u8::try_from(id)
+                        .map_err(|_| ModelError::Backend(format!("argmax returned class {id}")))?;
                     classes.push(class);
                 }
             }
@@ -82,11 +81,7 @@ impl LoadedModel {
             ));
         }
         let predicted = self.predict(images)?;
-        let correct = predicted
-            .iter()
-            .zip(labels)
-            .filter(|(p, l)| p == l)
-            .count();
+        let correct = predicted.iter().zip(labels).filter(|(p, l)| p == l).count();
         Ok(correct as f32 / n as f32)
     }
 }

@@ -45,7 +45,7 @@ pub const NUM_CLASSES: usize = 2;
 /// Class names, indexed by class id: 0 = stocked, 1 = empty.
 pub const CLASS_NAMES: [&str; NUM_CLASSES] = ["stocked", "empty"];
 
-/// Everything that can go wrong in this crate. Messages are lower-case sentences fragments so
+/// Everything that can go wrong in this crate. Messages are lower-case sentence fragments so
 /// callers can embed them (`"loading weights: {err}"`).
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {

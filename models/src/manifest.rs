@@ -71,7 +71,9 @@ pub enum VerifyError {
     WrongLineage { expected: String, found: String },
     #[error("manifest is for architecture {found:?}, expected {expected:?}")]
     WrongArchitecture { expected: String, found: String },
-    #[error("version {offered} is not newer than the installed version {installed} (rollback refused)")]
+    #[error(
+        "version {offered} is not newer than the installed version {installed} (rollback refused)"
+    )]
     NotNewer { installed: u64, offered: u64 },
     #[error("manifest expired at {expires_unix_ms} ms (now {now_unix_ms} ms)")]
     Expired {

@@ -31,6 +31,13 @@ pub struct ShelfNetConfig {
     pub hidden: usize,
 }
 
+impl Default for ShelfNetConfig {
+    /// The standard net, same as [`ShelfNetConfig::new`].
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl ShelfNetConfig {
     /// Checks the configuration is within the supported range.
     pub fn validate(&self) -> Result<(), ModelError> {

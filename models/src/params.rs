@@ -40,7 +40,10 @@ pub fn parameter_layout(config: &ShelfNetConfig) -> Vec<TensorSpec> {
     let [c1, c2, c3] = config.conv_channels;
     let mut layout = Vec::with_capacity(10);
     for (i, (c_in, c_out)) in [(CHANNELS, c1), (c1, c2), (c2, c3)].into_iter().enumerate() {
-        layout.push(spec(&format!("conv{}.weight", i + 1), vec![c_out, c_in, 3, 3]));
+        layout.push(spec(
+            &format!("conv{}.weight", i + 1),
+            vec![c_out, c_in, 3, 3],
+        ));
         layout.push(spec(&format!("conv{}.bias", i + 1), vec![c_out]));
     }
     layout.push(spec(
@@ -69,7 +72,9 @@ static INIT_LOCK: Mutex<()> = Mutex::new(());
 /// generator at the same time (calls to this function are serialised).
 pub fn init_parameters(config: &ShelfNetConfig, seed: u64) -> Result<Vec<f32>, ModelError> {
     config.validate()?;
-    let _guard = INIT_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _guard = INIT_LOCK
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     catch_backend_panic("parameter initialisation", || {
         let device = Device::flex();
         device.seed(seed);
@@ -89,14 +94,15 @@ pub fn flatten(model: &ShelfNet) -> Result<Vec<f32>, ModelError> {
     Ok(flat)
 }
 
-/// Every float parameter of `model` as `(module path, shape, values)`, in Burn's traversal order.
-pub(crate) fn module_tensors(
-    model: &ShelfNet,
-) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>, ModelError> {
+/// One parameter tensor read from a module: `(module path, shape, values)`.
+pub(crate) type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
+/// Every float parameter of `model`, in Burn's traversal order.
+pub(crate) fn module_tensors(model: &ShelfNet) -> Result<Vec<NamedTensor>, ModelError> {
     #[derive(Default)]
     struct Collector {
         path: Vec<String>,
-        tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+        tensors: Vec<NamedTensor>,
         error: Option<ModelError>,
     }
     impl ModuleVisitor for Collector {
@@ -229,8 +235,10 @@ pub fn to_safetensors(layout: &[TensorSpec], params: &[f32]) -> Result<Vec<u8>, 
 pub fn from_safetensors(layout: &[TensorSpec], bytes: &[u8]) -> Result<Vec<f32>, ModelError> {
     let file = SafeTensors::deserialize(bytes)
         .map_err(|err| ModelError::Safetensors(format!("malformed buffer: {err}")))?;
-    let wanted: HashMap<&str, &TensorSpec> =
-        layout.iter().map(|spec| (spec.name.as_str(), spec)).collect();
+    let wanted: HashMap<&str, &TensorSpec> = layout
+        .iter()
+        .map(|spec| (spec.name.as_str(), spec))
+        .collect();
     if let Some(extra) = file.names().into_iter().find(|n| !wanted.contains_key(n)) {
         return Err(ModelError::Safetensors(format!(
             "unexpected tensor {extra:?}"
@@ -238,9 +246,9 @@ pub fn from_safetensors(layout: &[TensorSpec], bytes: &[u8]) -> Result<Vec<f32>,
     }
     let mut flat = Vec::with_capacity(layout.iter().map(TensorSpec::numel).sum());
     for spec in layout {
-        let view = file.tensor(&spec.name).map_err(|_| {
-            ModelError::Safetensors(format!("missing tensor {:?}", spec.name))
-        })?;
+        let view = file
+            .tensor(&spec.name)
+            .map_err(|_| ModelError::Safetensors(format!("missing tensor {:?}", spec.name)))?;
         if view.dtype() != Dtype::F32 {
             return Err(ModelError::Safetensors(format!(
                 "tensor {:?} has dtype {:?}, expected F32",

@@ -17,7 +17,9 @@ fn standard() -> ShelfNetConfig {
 
 /// Deterministic finite values, distinct from any Burn initialisation.
 fn pattern(n: usize) -> Vec<f32> {
-    (0..n).map(|i| ((i as f32) * 0.618_034).sin() * 0.1).collect()
+    (0..n)
+        .map(|i| ((i as f32) * 0.618_034).sin() * 0.1)
+        .collect()
 }
 
 /// `n` examples: class 0 ("stocked") are bright noisy crops, class 1 ("empty") dark ones.
@@ -27,7 +29,11 @@ fn bright_dark(n: usize, seed: u64) -> (Vec<f32>, Vec<u8>) {
     let mut labels = Vec::with_capacity(n);
     for i in 0..n {
         let label = (i % 2) as u8;
-        let (lo, hi) = if label == 0 { (0.45, 0.95) } else { (0.05, 0.55) };
+        let (lo, hi) = if label == 0 {
+            (0.45, 0.95)
+        } else {
+            (0.05, 0.55)
+        };
         images.extend((0..IMAGE_NUMEL).map(|_| rng.random_range(lo..hi)));
         labels.push(label);
     }
@@ -64,7 +70,12 @@ fn layout_matches_num_parameters_and_standard_shapes() {
 
 #[test]
 fn layout_names_and_shapes_are_burn_module_paths() {
-    for config in [standard(), ShelfNetConfig::new().with_conv_channels([4, 6, 10]).with_hidden(7)] {
+    for config in [
+        standard(),
+        ShelfNetConfig::new()
+            .with_conv_channels([4, 6, 10])
+            .with_hidden(7),
+    ] {
         let params = pattern(num_parameters(&config));
         let model = unflatten(&config, &params, &Device::flex()).unwrap();
         let burn_side: Vec<(String, Vec<usize>)> = module_tensors(&model)
@@ -90,7 +101,11 @@ fn flatten_of_unflatten_is_exact() {
     let model = unflatten(&config, &params, &Device::flex()).unwrap();
     let back = flatten(&model).unwrap();
     assert_eq!(back.len(), params.len());
-    assert!(back.iter().zip(&params).all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert!(
+        back.iter()
+            .zip(&params)
+            .all(|(a, b)| a.to_bits() == b.to_bits())
+    );
     // Also through an autodiff device.
     let model = unflatten(&config, &params, &Device::flex().autodiff()).unwrap();
     assert_eq!(flatten(&model).unwrap(), params);
@@ -141,9 +156,17 @@ fn safetensors_roundtrip_is_exact_with_module_path_names() {
     let layout = parameter_layout(&config);
     let params = init_parameters(&config, 3).unwrap();
     let bytes = to_safetensors(&layout, &params).unwrap();
-    assert_eq!(to_safetensors(&layout, &params).unwrap(), bytes, "deterministic");
+    assert_eq!(
+        to_safetensors(&layout, &params).unwrap(),
+        bytes,
+        "deterministic"
+    );
     let back = from_safetensors(&layout, &bytes).unwrap();
-    assert!(back.iter().zip(&params).all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert!(
+        back.iter()
+            .zip(&params)
+            .all(|(a, b)| a.to_bits() == b.to_bits())
+    );
     assert_eq!(back.len(), params.len());
 
     let file = SafeTensors::deserialize(&bytes).unwrap();
@@ -252,7 +275,10 @@ fn training_learns_bright_versus_dark() {
         &first.params,
         &images,
         &labels,
-        &TrainSettings { seed: 2, ..settings.clone() },
+        &TrainSettings {
+            seed: 2,
+            ..settings.clone()
+        },
     )
     .unwrap();
     assert!(
@@ -262,7 +288,12 @@ fn training_learns_bright_versus_dark() {
         second.mean_loss
     );
     let accuracy = evaluate(&dev, &config, &second.params, &test_images, &test_labels).unwrap();
-    assert!(accuracy >= 0.95, "accuracy {accuracy}, losses {} {}", first.mean_loss, second.mean_loss);
+    assert!(
+        accuracy >= 0.95,
+        "accuracy {accuracy}, losses {} {}",
+        first.mean_loss,
+        second.mean_loss
+    );
     let predicted = predict(&dev, &config, &second.params, &test_images).unwrap();
     assert_eq!(predicted.len(), 32);
     assert!(predicted.iter().all(|&c| usize::from(c) < NUM_CLASSES));
@@ -271,7 +302,9 @@ fn training_learns_bright_versus_dark() {
 #[test]
 fn training_is_deterministic_for_a_seed() {
     let dev = ComputeDevice::cpu();
-    let config = ShelfNetConfig::new().with_conv_channels([2, 2, 2]).with_hidden(4);
+    let config = ShelfNetConfig::new()
+        .with_conv_channels([2, 2, 2])
+        .with_hidden(4);
     let base = init_parameters(&config, 1).unwrap();
     let (images, labels) = bright_dark(6, 9);
     let settings = TrainSettings {
@@ -284,7 +317,11 @@ fn training_is_deterministic_for_a_seed() {
     let b = train_local(&dev, &config, &base, &images, &labels, &settings).unwrap();
     assert_eq!(a, b);
     // Batch larger than the data set is capped.
-    let big = TrainSettings { batch_size: 100, steps: 1, ..settings };
+    let big = TrainSettings {
+        batch_size: 100,
+        steps: 1,
+        ..settings
+    };
     let c = train_local(&dev, &config, &base, &images, &labels, &big).unwrap();
     assert_eq!(c.examples_seen, 6);
 }
@@ -304,24 +341,60 @@ fn training_rejects_bad_inputs() {
     let run = |base: &[f32], images: &[f32], labels: &[u8], s: &TrainSettings| {
         train_local(&dev, &config, base, images, labels, s)
     };
-    assert!(matches!(run(&base[1..], &images, &labels, &ok), Err(ModelError::ParameterCount { .. })));
+    assert!(matches!(
+        run(&base[1..], &images, &labels, &ok),
+        Err(ModelError::ParameterCount { .. })
+    ));
     let mut nan_base = base.clone();
     nan_base[3] = f32::INFINITY;
-    assert!(matches!(run(&nan_base, &images, &labels, &ok), Err(ModelError::NonFiniteParameter { index: 3 })));
-    assert!(matches!(run(&base, &images[1..], &labels, &ok), Err(ModelError::InvalidInput(_))));
-    assert!(matches!(run(&base, &images, &labels[..1], &ok), Err(ModelError::InvalidInput(_))));
-    assert!(matches!(run(&base, &images, &[0, 2], &ok), Err(ModelError::InvalidInput(_))));
-    assert!(matches!(run(&base, &[], &[], &ok), Err(ModelError::InvalidInput(_))));
+    assert!(matches!(
+        run(&nan_base, &images, &labels, &ok),
+        Err(ModelError::NonFiniteParameter { index: 3 })
+    ));
+    assert!(matches!(
+        run(&base, &images[1..], &labels, &ok),
+        Err(ModelError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        run(&base, &images, &labels[..1], &ok),
+        Err(ModelError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        run(&base, &images, &[0, 2], &ok),
+        Err(ModelError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        run(&base, &[], &[], &ok),
+        Err(ModelError::InvalidInput(_))
+    ));
     let mut nan_images = images.clone();
     nan_images[10] = f32::NAN;
-    assert!(matches!(run(&base, &nan_images, &labels, &ok), Err(ModelError::InvalidInput(_))));
+    assert!(matches!(
+        run(&base, &nan_images, &labels, &ok),
+        Err(ModelError::InvalidInput(_))
+    ));
     for bad in [
-        TrainSettings { steps: 0, ..ok.clone() },
-        TrainSettings { batch_size: 0, ..ok.clone() },
-        TrainSettings { learning_rate: f64::NAN, ..ok.clone() },
-        TrainSettings { learning_rate: -1.0, ..ok.clone() },
+        TrainSettings {
+            steps: 0,
+            ..ok.clone()
+        },
+        TrainSettings {
+            batch_size: 0,
+            ..ok.clone()
+        },
+        TrainSettings {
+            learning_rate: f64::NAN,
+            ..ok.clone()
+        },
+        TrainSettings {
+            learning_rate: -1.0,
+            ..ok.clone()
+        },
     ] {
-        assert!(matches!(run(&base, &images, &labels, &bad), Err(ModelError::InvalidSettings(_))));
+        assert!(matches!(
+            run(&base, &images, &labels, &bad),
+            Err(ModelError::InvalidSettings(_))
+        ));
     }
 }
 
@@ -339,7 +412,10 @@ fn predict_and_evaluate_reject_bad_inputs() {
         predict(&dev, &config, &params[1..], &images),
         Err(ModelError::ParameterCount { .. })
     ));
-    assert_eq!(predict(&dev, &config, &params, &[]).unwrap(), Vec::<u8>::new());
+    assert_eq!(
+        predict(&dev, &config, &params, &[]).unwrap(),
+        Vec::<u8>::new()
+    );
     assert_eq!(predict(&dev, &config, &params, &images).unwrap().len(), 3);
     assert!(evaluate(&dev, &config, &params, &images[1..], &labels).is_err());
     assert!(evaluate(&dev, &config, &params, &images, &labels[..2]).is_err());
@@ -352,13 +428,17 @@ fn predict_and_evaluate_reject_bad_inputs() {
 #[test]
 fn loaded_model_matches_predict_across_batches() {
     let dev = ComputeDevice::cpu();
-    let config = ShelfNetConfig::new().with_conv_channels([2, 2, 2]).with_hidden(4);
+    let config = ShelfNetConfig::new()
+        .with_conv_channels([2, 2, 2])
+        .with_hidden(4);
     let params = init_parameters(&config, 4).unwrap();
     let (images, _) = bright_dark(infer::INFERENCE_BATCH + 3, 3);
     let loaded = LoadedModel::new(&dev, &config, &params).unwrap();
     let all = loaded.predict(&images).unwrap();
     assert_eq!(all.len(), infer::INFERENCE_BATCH + 3);
-    let tail = loaded.predict(&images[infer::INFERENCE_BATCH * IMAGE_NUMEL..]).unwrap();
+    let tail = loaded
+        .predict(&images[infer::INFERENCE_BATCH * IMAGE_NUMEL..])
+        .unwrap();
     assert_eq!(&all[infer::INFERENCE_BATCH..], tail.as_slice());
     assert_eq!(loaded.config(), &config);
 }
@@ -386,7 +466,10 @@ fn backend_choice_parses_and_displays() {
         assert_eq!(choice.to_string().parse::<BackendChoice>().unwrap(), choice);
     }
     let err = "cuda".parse::<BackendChoice>().unwrap_err();
-    assert_eq!(err.to_string(), "unknown backend \"cuda\", expected one of auto, wgpu, cpu");
+    assert_eq!(
+        err.to_string(),
+        "unknown backend \"cuda\", expected one of auto, wgpu, cpu"
+    );
 }
 
 #[test]
@@ -406,7 +489,10 @@ fn device_selection_never_panics() {
         Err(err) => assert!(matches!(err, ModelError::DeviceUnavailable(_))),
     }
     // Cached: a second probe answers the same way.
-    assert_eq!(select_device(BackendChoice::Auto).unwrap().is_gpu(), auto.is_gpu());
+    assert_eq!(
+        select_device(BackendChoice::Auto).unwrap().is_gpu(),
+        auto.is_gpu()
+    );
 }
 
 #[test]
@@ -414,50 +500,32 @@ fn config_roundtrips_through_json_and_validates() {
     let config = standard();
     assert_eq!(config.conv_channels, [8, 16, 32]);
     assert_eq!(config.hidden, 32);
+    assert_eq!(ShelfNetConfig::default(), config);
+    assert_eq!(
+        serde_json::to_string(&config).unwrap(),
+        r#"{"conv_channels":[8,16,32],"hidden":32}"#
+    );
     let json = serde_json::to_value(&config).unwrap();
     let map: HashMap<String, serde_json::Value> = serde_json::from_value(json.clone()).unwrap();
     assert_eq!(map.len(), 2);
     let back: ShelfNetConfig = serde_json::from_value(json).unwrap();
     assert_eq!(back, config);
     let text = burn::config::config_to_json(&config);
-    assert_eq!(ShelfNetConfig::load_binary(text.as_bytes()).unwrap(), config);
-    assert!(ShelfNetConfig::new().with_conv_channels([8, 0, 32]).validate().is_err());
-    assert!(ShelfNetConfig::new().with_hidden(100_000).validate().is_err());
-    assert!(config.validate().is_ok());
-}
-
-/// `cargo test --release -p backroom-models -- --ignored --nocapture cpu_timings`
-#[test]
-#[ignore = "timing report, not a check"]
-fn cpu_timings() {
-    use std::time::Instant;
-    let dev = ComputeDevice::cpu();
-    let config = standard();
-    let base = init_parameters(&config, 1).unwrap();
-    let (images, labels) = bright_dark(256, 1);
-    let run = |steps: usize| {
-        let settings = TrainSettings {
-            steps,
-            batch_size: 32,
-            learning_rate: 0.01,
-            seed: 0,
-        };
-        let start = Instant::now();
-        train_local(&dev, &config, &base, &images, &labels, &settings).unwrap();
-        start.elapsed().as_secs_f64() * 1000.0
-    };
-    run(2);
-    let (short, long) = (run(5), run(25));
-    eprintln!("train: {:.1} ms per step at batch 32", (long - short) / 20.0);
-    let loaded = LoadedModel::new(&dev, &config, &base).unwrap();
-    let batch = &images[..32 * IMAGE_NUMEL];
-    loaded.predict(batch).unwrap();
-    let start = Instant::now();
-    for _ in 0..20 {
-        loaded.predict(batch).unwrap();
-    }
-    eprintln!(
-        "inference: {:.1} ms per batch of 32",
-        start.elapsed().as_secs_f64() * 1000.0 / 20.0
+    assert_eq!(
+        ShelfNetConfig::load_binary(text.as_bytes()).unwrap(),
+        config
     );
+    assert!(
+        ShelfNetConfig::new()
+            .with_conv_channels([8, 0, 32])
+            .validate()
+            .is_err()
+    );
+    assert!(
+        ShelfNetConfig::new()
+            .with_hidden(100_000)
+            .validate()
+            .is_err()
+    );
+    assert!(config.validate().is_ok());
 }

@@ -91,7 +91,9 @@ pub fn train_local(
         return Err(ModelError::Diverged(format!("mean loss is {mean_loss}")));
     }
     if let Some(index) = params.iter().position(|v| !v.is_finite()) {
-        return Err(ModelError::Diverged(format!("parameter {index} is not finite")));
+        return Err(ModelError::Diverged(format!(
+            "parameter {index} is not finite"
+        )));
     }
     Ok(TrainOutcome {
         params,
@@ -151,7 +153,7 @@ fn run_sgd(
 
 /// Validates an image buffer (and labels, when given) and returns the number of examples.
 pub(crate) fn check_examples(images: &[f32], labels: Option<&[u8]>) -> Result<usize, ModelError> {
-    if images.len() % IMAGE_NUMEL != 0 {
+    if !images.len().is_multiple_of(IMAGE_NUMEL) {
         return Err(ModelError::InvalidInput(format!(
             "image buffer has {} values, not a multiple of {IMAGE_NUMEL} (3x64x64)",
             images.len()

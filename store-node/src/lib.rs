@@ -13,6 +13,7 @@ pub mod camera;
 pub mod config;
 pub mod metrics_sync;
 pub mod model_store;
+pub mod model_stream;
 mod session;
 pub mod trainer;
 pub mod transport;
@@ -141,7 +142,12 @@ pub(crate) fn describe_status(status: &tonic::Status) -> String {
     let mut line = format!("{} (code {:?})", status.message(), status.code());
     let mut source = std::error::Error::source(status);
     while let Some(cause) = source {
-        line.push_str(&format!(": {cause}"));
+        // Transport errors repeat their text down the chain; keep each piece once.
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
         source = cause.source();
     }
     line

@@ -43,7 +43,11 @@ async fn rounds_publish_signed_versions_installed_by_every_node_with_exact_aggre
     assert_eq!(updates.len(), 3, "one stored update per node");
     for (path, delta) in &updates {
         let norm = l2(delta);
-        assert!(norm <= 0.5 * (1.0 + 1e-5), "{} has norm {norm} above C", path.display());
+        assert!(
+            norm <= 0.5 * (1.0 + 1e-5),
+            "{} has norm {norm} above C",
+            path.display()
+        );
         assert!(norm > 0.0, "{} is an empty delta", path.display());
     }
     let mean = mean_of(&updates);
@@ -54,7 +58,10 @@ async fn rounds_publish_signed_versions_installed_by_every_node_with_exact_aggre
         .zip(&mean)
         .map(|((a, b), m)| (f64::from(*b) - f64::from(*a) - m).abs())
         .fold(0.0f64, f64::max);
-    assert!(worst <= 1e-6, "aggregate differs from the mean of clipped deltas by {worst}");
+    assert!(
+        worst <= 1e-6,
+        "aggregate differs from the mean of clipped deltas by {worst}"
+    );
     sandbox
         .wait_for_installed(2, Duration::from_secs(120))
         .await
@@ -80,8 +87,14 @@ async fn rounds_publish_signed_versions_installed_by_every_node_with_exact_aggre
     let avg = residual.iter().sum::<f64>() / n;
     let std = (residual.iter().map(|r| (r - avg).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
     let expected = f64::from(z) * 0.5 / 3.0;
-    assert!((std / expected - 1.0).abs() < 0.05, "noise std {std}, expected {expected}");
-    assert!(avg.abs() < 6.0 * expected / n.sqrt(), "noise mean {avg} is biased");
+    assert!(
+        (std / expected - 1.0).abs() < 0.05,
+        "noise std {std}, expected {expected}"
+    );
+    assert!(
+        avg.abs() < 6.0 * expected / n.sqrt(),
+        "noise mean {avg} is biased"
+    );
 
     // Every node installs the newest signed version; its manifest records the DP parameters.
     sandbox
@@ -89,28 +102,43 @@ async fn rounds_publish_signed_versions_installed_by_every_node_with_exact_aggre
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
     for node in &sandbox.nodes {
-        assert_eq!(node.status.borrow().installed_version, 3, "{}", node.store_id);
+        assert_eq!(
+            node.status.borrow().installed_version,
+            3,
+            "{}",
+            node.store_id
+        );
     }
     let models = sandbox
         .admin
-        .list_models(pb::ListModelsRequest { lineage: sandbox.lineage.clone() })
+        .list_models(pb::ListModelsRequest {
+            lineage: sandbox.lineage.clone(),
+        })
         .await
         .unwrap_or_else(|s| panic!("{s}"))
         .into_inner()
         .models;
-    assert_eq!(models.iter().map(|m| m.version).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        models.iter().map(|m| m.version).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
     let manifest = Manifest::from_bytes(&models[2].manifest).unwrap_or_else(|e| panic!("{e}"));
-    let dp = manifest.dp.unwrap_or_else(|| panic!("v3 manifest has no DP parameters"));
+    let dp = manifest
+        .dp
+        .unwrap_or_else(|| panic!("v3 manifest has no DP parameters"));
     assert_eq!((dp.clip_norm, dp.noise_multiplier, dp.clients), (0.5, z, 3));
     assert_eq!(manifest.parent_version, 2);
 
     // Metric windows from the nodes arrive, each exactly once.
     for node in &sandbox.nodes {
         let mut status = node.status.clone();
-        tokio::time::timeout(Duration::from_secs(60), status.wait_for(|s| s.windows_synced >= 1))
-            .await
-            .unwrap_or_else(|_| panic!("{} synced no metric window", node.store_id))
-            .unwrap_or_else(|e| panic!("{e}"));
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            status.wait_for(|s| s.windows_synced >= 1),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{} synced no metric window", node.store_id))
+        .unwrap_or_else(|e| panic!("{e}"));
     }
     let rows = sandbox
         .admin
@@ -119,7 +147,10 @@ async fn rounds_publish_signed_versions_installed_by_every_node_with_exact_aggre
         .unwrap_or_else(|s| panic!("{s}"))
         .into_inner()
         .rows;
-    let keys: BTreeSet<_> = rows.iter().map(|r| (r.store_id.clone(), r.window_start_unix)).collect();
+    let keys: BTreeSet<_> = rows
+        .iter()
+        .map(|r| (r.store_id.clone(), r.window_start_unix))
+        .collect();
     assert_eq!(keys.len(), rows.len(), "a window was counted twice");
     assert!(keys.iter().map(|k| &k.0).collect::<BTreeSet<_>>().len() == 3);
 
@@ -143,12 +174,16 @@ async fn rounds_publish_signed_versions_installed_by_every_node_with_exact_aggre
         out_of_stock_events: 2,
     };
     let first = node
-        .sync_metrics(pb::SyncMetricsRequest { batches: vec![batch.clone()] })
+        .sync_metrics(pb::SyncMetricsRequest {
+            batches: vec![batch.clone()],
+        })
         .await
         .unwrap_or_else(|s| panic!("{s}"))
         .into_inner();
     let again = node
-        .sync_metrics(pb::SyncMetricsRequest { batches: vec![batch.clone(), batch] })
+        .sync_metrics(pb::SyncMetricsRequest {
+            batches: vec![batch.clone(), batch],
+        })
         .await
         .unwrap_or_else(|s| panic!("{s}"))
         .into_inner();
@@ -156,7 +191,10 @@ async fn rounds_publish_signed_versions_installed_by_every_node_with_exact_aggre
     assert_eq!((again.accepted, again.duplicates), (0, 2));
     let rows = sandbox
         .admin
-        .query_metrics(pb::QueryMetricsRequest { from_unix: 1_000, to_unix: 1_001 })
+        .query_metrics(pb::QueryMetricsRequest {
+            from_unix: 1_000,
+            to_unix: 1_001,
+        })
         .await
         .unwrap_or_else(|s| panic!("{s}"))
         .into_inner()

@@ -55,7 +55,10 @@ async fn callers_without_a_valid_certificate_or_with_the_wrong_role_are_refused(
     let anonymous = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&ca))
         .domain_name("localhost");
-    assert!(!admin_call_succeeds(&url, anonymous).await, "a client without a certificate got in");
+    assert!(
+        !admin_call_succeeds(&url, anonymous).await,
+        "a client without a certificate got in"
+    );
 
     // An admin certificate from another CA.
     let other = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -68,12 +71,20 @@ async fn callers_without_a_valid_certificate_or_with_the_wrong_role_are_refused(
         .ca_certificate(Certificate::from_pem(&ca))
         .identity(Identity::from_pem(read(&rogue.cert()), read(&rogue.key())))
         .domain_name("localhost");
-    assert!(!admin_call_succeeds(&url, foreign).await, "a certificate from another CA got in");
+    assert!(
+        !admin_call_succeeds(&url, foreign).await,
+        "a certificate from another CA got in"
+    );
 
     // A node certificate calling an admin RPC, and an admin certificate calling a node RPC.
-    let node_bundle = issue_bundle(&sandbox.coordinator_dir, Role::Node, "store-7", &dir.path().join("store-7"))
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let node_bundle = issue_bundle(
+        &sandbox.coordinator_dir,
+        Role::Node,
+        "store-7",
+        &dir.path().join("store-7"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
     let channel = backroom::client::connect(&url, "localhost", &node_bundle)
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
@@ -84,11 +95,19 @@ async fn callers_without_a_valid_certificate_or_with_the_wrong_role_are_refused(
         .unwrap_or_else(|| panic!("a node certificate called an admin RPC"));
     assert_eq!(denied.code(), Code::PermissionDenied, "{denied}");
     let start = AdminServiceClient::new(channel.clone())
-        .start_round(pb::StartRoundRequest { lineage: "shelfnet".into(), spec: Some(spec(1, 0.0)) })
+        .start_round(pb::StartRoundRequest {
+            lineage: "shelfnet".into(),
+            spec: Some(spec(1, 0.0)),
+        })
         .await;
     assert_eq!(start.err().map(|s| s.code()), Some(Code::PermissionDenied));
     // The node certificate is fine for the node service.
-    assert!(NodeServiceClient::new(channel).hello(pb::HelloRequest::default()).await.is_ok());
+    assert!(
+        NodeServiceClient::new(channel)
+            .hello(pb::HelloRequest::default())
+            .await
+            .is_ok()
+    );
     let admin_channel = backroom::client::connect(&url, "localhost", &sandbox.admin_bundle)
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
@@ -122,21 +141,29 @@ async fn flip_version_column(db: &std::path::Path, column: &str, version: i64) -
 }
 
 async fn set_version_column(pool: &sqlx::SqlitePool, column: &str, version: i64, value: &[u8]) {
-    sqlx::query(&format!("UPDATE model_versions SET {column} = ? WHERE version = ?"))
-        .bind(value)
-        .bind(version)
-        .execute(pool)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    sqlx::query(&format!(
+        "UPDATE model_versions SET {column} = ? WHERE version = ?"
+    ))
+    .bind(value)
+    .bind(version)
+    .execute(pool)
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
 }
 
 async fn expect_refusal_keeping_v1(sandbox: &mut backroom::sandbox::Sandbox, what: &str) {
-    sandbox.restart_node(2).await.unwrap_or_else(|e| panic!("{e:#}"));
-    let mut status = sandbox.nodes[2].status.clone();
-    tokio::time::timeout(Duration::from_secs(120), status.wait_for(|s| s.refused_models >= 1))
+    sandbox
+        .restart_node(2)
         .await
-        .unwrap_or_else(|_| panic!("node did not refuse a model with altered {what}"))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let mut status = sandbox.nodes[2].status.clone();
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        status.wait_for(|s| s.refused_models >= 1),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("node did not refuse a model with altered {what}"))
+    .unwrap_or_else(|e| panic!("{e}"));
     let frames_before = status.borrow().frames_processed;
     tokio::time::timeout(
         Duration::from_secs(30),
@@ -145,12 +172,23 @@ async fn expect_refusal_keeping_v1(sandbox: &mut backroom::sandbox::Sandbox, wha
     .await
     .unwrap_or_else(|_| panic!("node stopped serving after refusing altered {what}"))
     .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(status.borrow().installed_version, 1, "altered {what} was installed");
-    sandbox.stop_node(2).await.unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(
+        status.borrow().installed_version,
+        1,
+        "altered {what} was installed"
+    );
+    sandbox
+        .stop_node(2)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 /// Waits until the coordinator last saw `node_id` more than `window` ago.
-async fn wait_until_offline(sandbox: &mut backroom::sandbox::Sandbox, node_id: &str, window: Duration) {
+async fn wait_until_offline(
+    sandbox: &mut backroom::sandbox::Sandbox,
+    node_id: &str,
+    window: Duration,
+) {
     let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let nodes = sandbox
@@ -164,11 +202,17 @@ async fn wait_until_offline(sandbox: &mut backroom::sandbox::Sandbox, node_id: &
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
-        let last_seen = nodes.iter().find(|n| n.node_id == node_id).map_or(0, |n| n.last_seen_unix_ms);
+        let last_seen = nodes
+            .iter()
+            .find(|n| n.node_id == node_id)
+            .map_or(0, |n| n.last_seen_unix_ms);
         if now - last_seen > window.as_millis() as i64 + 500 {
             return;
         }
-        assert!(tokio::time::Instant::now() < give_up, "{node_id} still looks online");
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "{node_id} still looks online"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
@@ -186,13 +230,29 @@ async fn a_node_refuses_a_model_altered_by_one_byte_and_keeps_its_old_one() {
         .wait_for_installed(1, Duration::from_secs(120))
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
-    sandbox.stop_node(2).await.unwrap_or_else(|e| panic!("{e:#}"));
+    sandbox
+        .stop_node(2)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
     wait_until_offline(&mut sandbox, "store-3", Duration::from_secs(6)).await;
     let round = run_round(&mut sandbox, spec(2, 0.0)).await;
     assert_eq!(round.published_version, 2);
+    // Let the two running nodes install v2 before anything is altered.
+    for index in 0..2 {
+        let mut status = sandbox.nodes[index].status.clone();
+        tokio::time::timeout(
+            Duration::from_secs(120),
+            status.wait_for(|s| s.installed_version == 2),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("node {index} did not install v2"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
 
     // Weights altered by one byte.
-    let weights = sandbox.coordinator_dir.join("models/shelfnet/v2.safetensors");
+    let weights = sandbox
+        .coordinator_dir
+        .join("models/shelfnet/v2.safetensors");
     let original = read(&weights);
     let mut tampered = original.clone();
     let last = tampered.len() - 1;
@@ -214,7 +274,10 @@ async fn a_node_refuses_a_model_altered_by_one_byte_and_keeps_its_old_one() {
     }
 
     // Untouched, the same version installs: the refusals were the tampering's doing.
-    sandbox.restart_node(2).await.unwrap_or_else(|e| panic!("{e:#}"));
+    sandbox
+        .restart_node(2)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
     sandbox
         .wait_for_installed(2, Duration::from_secs(120))
         .await
@@ -233,9 +296,15 @@ async fn upload(
     sha256: Vec<u8>,
 ) -> Result<pb::UploadUpdateResponse, tonic::Status> {
     use pb::update_chunk::Kind;
-    let mut chunks = vec![pb::UpdateChunk { kind: Some(Kind::Header(header)) }];
-    chunks.extend(data.into_iter().map(|d| pb::UpdateChunk { kind: Some(Kind::Data(d)) }));
-    chunks.push(pb::UpdateChunk { kind: Some(Kind::Trailer(pb::UpdateTrailer { sha256 })) });
+    let mut chunks = vec![pb::UpdateChunk {
+        kind: Some(Kind::Header(header)),
+    }];
+    chunks.extend(data.into_iter().map(|d| pb::UpdateChunk {
+        kind: Some(Kind::Data(d)),
+    }));
+    chunks.push(pb::UpdateChunk {
+        kind: Some(Kind::Trailer(pb::UpdateTrailer { sha256 })),
+    });
     client
         .upload_update(tokio_stream::iter(chunks))
         .await
@@ -250,15 +319,23 @@ async fn bad_updates_are_refused_with_clear_statuses_and_the_round_continues() {
         .wait_for_installed(1, Duration::from_secs(120))
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
-    let bundle = issue_bundle(&sandbox.coordinator_dir, Role::Node, "store-rogue", &dir.path().join("rogue"))
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let bundle = issue_bundle(
+        &sandbox.coordinator_dir,
+        Role::Node,
+        "store-rogue",
+        &dir.path().join("rogue"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
     let channel = backroom::client::connect(&sandbox.coordinator_url, "localhost", &bundle)
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
     let mut rogue = NodeServiceClient::new(channel).max_decoding_message_size(8 << 20);
     rogue
-        .hello(pb::HelloRequest { lineage: "shelfnet".into(), ..Default::default() })
+        .hello(pb::HelloRequest {
+            lineage: "shelfnet".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_or_else(|s| panic!("{s}"));
 
@@ -266,14 +343,21 @@ async fn bad_updates_are_refused_with_clear_statuses_and_the_round_continues() {
         .admin
         .start_round(pb::StartRoundRequest {
             lineage: "shelfnet".into(),
-            spec: Some(pb::RoundSpec { min_clients: 3, ..spec(4, 0.0) }),
+            spec: Some(pb::RoundSpec {
+                min_clients: 3,
+                ..spec(4, 0.0)
+            }),
         })
         .await
         .unwrap_or_else(|s| panic!("{s}"))
         .into_inner();
     let task = loop {
         let reply = rogue
-            .poll_task(pb::PollTaskRequest { lineage: "shelfnet".into(), installed_version: 1, wait_secs: 10 })
+            .poll_task(pb::PollTaskRequest {
+                lineage: "shelfnet".into(),
+                installed_version: 1,
+                wait_secs: 10,
+            })
             .await
             .unwrap_or_else(|s| panic!("{s}"))
             .into_inner();
@@ -291,39 +375,111 @@ async fn bad_updates_are_refused_with_clear_statuses_and_the_round_continues() {
     };
     let sha = |bytes: &[u8]| Sha256::digest(bytes).to_vec();
     let mut refusals: Vec<(&str, tonic::Status)> = Vec::new();
-    let mut refuse = |what: &'static str, result: Result<pb::UploadUpdateResponse, tonic::Status>| {
-        match result {
+    let mut refuse =
+        |what: &'static str, result: Result<pb::UploadUpdateResponse, tonic::Status>| match result {
             Ok(_) => panic!("coordinator accepted an update with {what}"),
             Err(status) => refusals.push((what, status)),
-        }
-    };
+        };
 
     // Wrong length, declared and actual.
     let short = to_bytes(&vec![0.0; n - 1]);
-    refuse("a wrong declared length", upload(&mut rogue, pb::UpdateHeader { num_parameters: task.num_parameters - 1, ..header.clone() }, vec![short.clone()], sha(&short)).await);
-    refuse("too few values", upload(&mut rogue, header.clone(), vec![short.clone()], sha(&short)).await);
+    refuse(
+        "a wrong declared length",
+        upload(
+            &mut rogue,
+            pb::UpdateHeader {
+                num_parameters: task.num_parameters - 1,
+                ..header.clone()
+            },
+            vec![short.clone()],
+            sha(&short),
+        )
+        .await,
+    );
+    refuse(
+        "too few values",
+        upload(&mut rogue, header.clone(), vec![short.clone()], sha(&short)).await,
+    );
     // NaN and infinity.
     let mut values = vec![0.0f32; n];
     values[17] = f32::NAN;
     let nan = to_bytes(&values);
-    refuse("a NaN", upload(&mut rogue, header.clone(), nan.chunks(1 << 20).map(<[u8]>::to_vec).collect(), sha(&nan)).await);
+    refuse(
+        "a NaN",
+        upload(
+            &mut rogue,
+            header.clone(),
+            nan.chunks(1 << 20).map(<[u8]>::to_vec).collect(),
+            sha(&nan),
+        )
+        .await,
+    );
     values[17] = f32::INFINITY;
     let inf = to_bytes(&values);
-    refuse("an infinity", upload(&mut rogue, header.clone(), vec![inf.clone()], sha(&inf)).await);
+    refuse(
+        "an infinity",
+        upload(&mut rogue, header.clone(), vec![inf.clone()], sha(&inf)).await,
+    );
     // Norm above C.
     let big = to_bytes(&vec![0.01f32; n]);
-    refuse("a norm above C", upload(&mut rogue, header.clone(), vec![big.clone()], sha(&big)).await);
+    refuse(
+        "a norm above C",
+        upload(&mut rogue, header.clone(), vec![big.clone()], sha(&big)).await,
+    );
     // More data than declared: refused at the chunk that overflows, not buffered.
     let zeros = to_bytes(&vec![0.0f32; n]);
-    refuse("extra data", upload(&mut rogue, header.clone(), vec![zeros.clone(), vec![0u8; 1 << 20], vec![0u8; 1 << 20]], sha(&zeros)).await);
+    refuse(
+        "extra data",
+        upload(
+            &mut rogue,
+            header.clone(),
+            vec![zeros.clone(), vec![0u8; 1 << 20], vec![0u8; 1 << 20]],
+            sha(&zeros),
+        )
+        .await,
+    );
     // A single message above the size limit, and a declared size above the limit.
-    refuse("an oversized chunk", upload(&mut rogue, header.clone(), vec![vec![0u8; 3 << 20]], sha(&zeros)).await);
-    refuse("an oversized declaration", upload(&mut rogue, pb::UpdateHeader { num_parameters: 1 << 40, ..header.clone() }, vec![], sha(&zeros)).await);
+    refuse(
+        "an oversized chunk",
+        upload(
+            &mut rogue,
+            header.clone(),
+            vec![vec![0u8; 3 << 20]],
+            sha(&zeros),
+        )
+        .await,
+    );
+    refuse(
+        "an oversized declaration",
+        upload(
+            &mut rogue,
+            pb::UpdateHeader {
+                num_parameters: 1 << 40,
+                ..header.clone()
+            },
+            vec![],
+            sha(&zeros),
+        )
+        .await,
+    );
     // A checksum that does not match.
-    refuse("a bad checksum", upload(&mut rogue, header.clone(), vec![zeros.clone()], vec![0u8; 32]).await);
+    refuse(
+        "a bad checksum",
+        upload(
+            &mut rogue,
+            header.clone(),
+            vec![zeros.clone()],
+            vec![0u8; 32],
+        )
+        .await,
+    );
 
     let expectations = [
-        ("a wrong declared length", Code::InvalidArgument, "parameters"),
+        (
+            "a wrong declared length",
+            Code::InvalidArgument,
+            "parameters",
+        ),
         ("too few values", Code::InvalidArgument, "bytes"),
         ("a NaN", Code::InvalidArgument, "not finite"),
         ("an infinity", Code::InvalidArgument, "not finite"),
@@ -332,33 +488,64 @@ async fn bad_updates_are_refused_with_clear_statuses_and_the_round_continues() {
         ("a bad checksum", Code::InvalidArgument, "SHA-256"),
     ];
     for (what, code, needle) in expectations {
-        let status = &refusals.iter().find(|(w, _)| *w == what).unwrap_or_else(|| panic!("{what}")).1;
+        let status = &refusals
+            .iter()
+            .find(|(w, _)| *w == what)
+            .unwrap_or_else(|| panic!("{what}"))
+            .1;
         assert_eq!(status.code(), code, "{what}: {status}");
-        assert!(status.message().contains(needle), "{what}: unclear message {:?}", status.message());
+        assert!(
+            status.message().contains(needle),
+            "{what}: unclear message {:?}",
+            status.message()
+        );
     }
-    let oversized = &refusals.iter().find(|(w, _)| *w == "an oversized chunk").unwrap_or_else(|| panic!("oversized")).1;
-    assert!(matches!(oversized.code(), Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument | Code::Internal), "{oversized}");
+    let oversized = &refusals
+        .iter()
+        .find(|(w, _)| *w == "an oversized chunk")
+        .unwrap_or_else(|| panic!("oversized"))
+        .1;
+    assert!(
+        matches!(
+            oversized.code(),
+            Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument | Code::Internal
+        ),
+        "{oversized}"
+    );
 
     // The round is still training, and a valid update from the same node is accepted.
     let current = sandbox
         .admin
-        .get_round(pb::GetRoundRequest { round_id: round.round_id.clone() })
+        .get_round(pb::GetRoundRequest {
+            round_id: round.round_id.clone(),
+        })
         .await
         .unwrap_or_else(|s| panic!("{s}"))
         .into_inner();
-    assert!(current.updates_refused >= 7, "refusals counted: {}", current.updates_refused);
+    assert!(
+        current.updates_refused >= 7,
+        "refusals counted: {}",
+        current.updates_refused
+    );
     let mut small = vec![0.0f32; n];
     small[0] = 0.25;
     let good = to_bytes(&small);
-    upload(&mut rogue, header.clone(), good.chunks(1 << 20).map(<[u8]>::to_vec).collect(), sha(&good))
-        .await
-        .unwrap_or_else(|s| panic!("a valid update was refused: {s}"));
+    upload(
+        &mut rogue,
+        header.clone(),
+        good.chunks(1 << 20).map(<[u8]>::to_vec).collect(),
+        sha(&good),
+    )
+    .await
+    .unwrap_or_else(|s| panic!("a valid update was refused: {s}"));
     let duplicate = upload(&mut rogue, header.clone(), vec![good.clone()], sha(&good)).await;
     assert_eq!(duplicate.err().map(|s| s.code()), Some(Code::AlreadyExists));
 
     let mut watch = sandbox
         .admin
-        .watch_round(pb::GetRoundRequest { round_id: round.round_id.clone() })
+        .watch_round(pb::GetRoundRequest {
+            round_id: round.round_id.clone(),
+        })
         .await
         .unwrap_or_else(|s| panic!("{s}"))
         .into_inner();
@@ -366,7 +553,12 @@ async fn bad_updates_are_refused_with_clear_statuses_and_the_round_continues() {
     while let Some(update) = watch.message().await.unwrap_or_else(|s| panic!("{s}")) {
         last = update;
     }
-    assert_eq!(last.state, pb::RoundState::Published as i32, "{}", last.failure_reason);
+    assert_eq!(
+        last.state,
+        pb::RoundState::Published as i32,
+        "{}",
+        last.failure_reason
+    );
     assert_eq!(last.updates_accepted, 4);
     shutdown(sandbox).await;
 }

@@ -65,12 +65,21 @@ pub fn round_updates(sandbox: &Sandbox, round_id: &str) -> Vec<(PathBuf, Vec<f32
 pub fn params_of(sandbox: &Sandbox, version: u64) -> Vec<f32> {
     let key = backroom::evaluate::load_verifying_key(&sandbox.signing_public_key())
         .unwrap_or_else(|e| panic!("{e:#}"));
-    backroom::evaluate::load_verified_params(&sandbox.coordinator_dir, &sandbox.lineage, version, &key)
-        .unwrap_or_else(|e| panic!("{e:#}"))
+    backroom::evaluate::load_verified_params(
+        &sandbox.coordinator_dir,
+        &sandbox.lineage,
+        version,
+        &key,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 pub fn l2(values: &[f32]) -> f64 {
-    values.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt()
+    values
+        .iter()
+        .map(|v| f64::from(*v).powi(2))
+        .sum::<f64>()
+        .sqrt()
 }
 
 pub async fn run_round(sandbox: &mut Sandbox, spec: pb::RoundSpec) -> pb::Round {

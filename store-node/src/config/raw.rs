@@ -1,0 +1,282 @@
+//! The raw layer: the TOML file as written (unknown fields refused), and its validation into
+//! [`NodeConfig`], collecting every problem.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use backroom_models::BackendChoice;
+use serde::Deserialize;
+
+use super::{
+    CameraSettings, ConfigError, DEFAULT_LINEAGE, DEFAULT_MAX_MODEL_BYTES,
+    DEFAULT_METRIC_WINDOW_SECS, DEFAULT_POLL_WAIT_SECS, DEFAULT_TLS_SERVER_NAME,
+    DEFAULT_TRAIN_SAMPLES, DataSettings, MAX_POLL_WAIT_SECS, NodeConfig,
+};
+
+/// The file as written. Numbers are wide signed integers so that a negative or oversized value
+/// gets a precise message from validation instead of a type error.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNodeConfig {
+    pub coordinator_url: Option<String>,
+    pub tls_server_name: Option<String>,
+    pub bundle_dir: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub lineage: Option<String>,
+    pub backend: Option<String>,
+    pub metric_window_secs: Option<i64>,
+    pub poll_wait_secs: Option<i64>,
+    pub max_model_bytes: Option<i64>,
+    pub data: Option<RawDataConfig>,
+    pub camera: Option<RawCameraConfig>,
+}
+
+/// `[data]`: the node's local labelled samples.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDataConfig {
+    pub world_seed: Option<i64>,
+    pub store_index: Option<i64>,
+    pub train_samples: Option<i64>,
+}
+
+/// `[camera]`: the simulated camera replay.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCameraConfig {
+    pub camera_id: Option<i64>,
+    pub slots: Option<i64>,
+    pub seconds_per_frame: Option<i64>,
+    pub frame_interval_ms: Option<i64>,
+    pub start_unix: Option<i64>,
+}
+
+/// Where the node's local training data comes from.
+impl RawNodeConfig {
+    /// Turns the raw layer into a [`NodeConfig`], collecting every problem.
+    pub fn validate(self, base_dir: &Path) -> Result<NodeConfig, ConfigError> {
+        let mut problems = Vec::new();
+        let p = &mut problems;
+
+        let coordinator_url = required("coordinator_url", self.coordinator_url, p);
+        if let Some(url) = &coordinator_url {
+            check_url(url, p);
+        }
+        let tls_server_name = self
+            .tls_server_name
+            .unwrap_or_else(|| DEFAULT_TLS_SERVER_NAME.to_owned());
+        check_non_empty("tls_server_name", &tls_server_name, p);
+        let bundle_dir = required_dir("bundle_dir", self.bundle_dir, base_dir, p);
+        let data_dir = required_dir("data_dir", self.data_dir, base_dir, p);
+        let lineage = self.lineage.unwrap_or_else(|| DEFAULT_LINEAGE.to_owned());
+        check_lineage(&lineage, p);
+        let backend = match self.backend.as_deref() {
+            None => Some(BackendChoice::Auto),
+            Some(text) => match text.parse::<BackendChoice>() {
+                Ok(choice) => Some(choice),
+                Err(_) => {
+                    p.push(format!(
+                        "backend must be one of \"auto\", \"wgpu\", \"cpu\", got {text:?}"
+                    ));
+                    None
+                }
+            },
+        };
+        let window = DEFAULT_METRIC_WINDOW_SECS.into();
+        let metric_window_secs = ranged(
+            "metric_window_secs",
+            self.metric_window_secs,
+            window,
+            1,
+            7 * 86_400,
+            p,
+        );
+        let poll = DEFAULT_POLL_WAIT_SECS.into();
+        let max_poll = MAX_POLL_WAIT_SECS.into();
+        let poll_wait_secs = ranged("poll_wait_secs", self.poll_wait_secs, poll, 1, max_poll, p);
+        let max_model = i64::try_from(DEFAULT_MAX_MODEL_BYTES).unwrap_or(i64::MAX);
+        let max_model_bytes = ranged(
+            "max_model_bytes",
+            self.max_model_bytes,
+            max_model,
+            1,
+            i64::MAX,
+            p,
+        );
+
+        let data = validate_data(self.data, p);
+        let camera = validate_camera(self.camera.unwrap_or_default(), p);
+
+        match (coordinator_url, bundle_dir, data_dir, backend, data, camera) {
+            (
+                Some(coordinator_url),
+                Some(bundle_dir),
+                Some(data_dir),
+                Some(backend),
+                Some(data),
+                Some(camera),
+            ) if problems.is_empty() => Ok(NodeConfig {
+                coordinator_url,
+                tls_server_name,
+                bundle_dir,
+                data_dir,
+                lineage,
+                backend,
+                data,
+                camera,
+                metric_window_secs: u32::try_from(metric_window_secs).unwrap_or(0),
+                poll_wait_secs: u32::try_from(poll_wait_secs).unwrap_or(0),
+                max_model_bytes: u64::try_from(max_model_bytes).unwrap_or(0),
+            }),
+            _ => Err(ConfigError { problems }),
+        }
+    }
+}
+
+fn validate_data(raw: Option<RawDataConfig>, p: &mut Vec<String>) -> Option<DataSettings> {
+    let Some(raw) = raw else {
+        p.push("[data] section is missing (needs world_seed and store_index)".to_owned());
+        return None;
+    };
+    let world_seed = required("data.world_seed", raw.world_seed, p);
+    if world_seed.is_some_and(|s| s < 0) {
+        p.push("data.world_seed must not be negative".to_owned());
+    }
+    let store_index = required("data.store_index", raw.store_index, p);
+    let store_index =
+        store_index.and_then(|v| in_range("data.store_index", v, 0, u32::MAX.into(), p));
+    let default_samples = i64::try_from(DEFAULT_TRAIN_SAMPLES).unwrap_or(256);
+    let samples = ranged(
+        "data.train_samples",
+        raw.train_samples,
+        default_samples,
+        1,
+        1 << 20,
+        p,
+    );
+    Some(DataSettings {
+        world_seed: u64::try_from(world_seed?).ok()?,
+        store_index: u32::try_from(store_index?).ok()?,
+        train_samples: usize::try_from(samples).ok()?,
+    })
+}
+
+fn validate_camera(raw: RawCameraConfig, p: &mut Vec<String>) -> Option<CameraSettings> {
+    let d = CameraSettings::default();
+    let camera_id = ranged(
+        "camera.camera_id",
+        raw.camera_id,
+        d.camera_id.into(),
+        0,
+        u32::MAX.into(),
+        p,
+    );
+    let slots = ranged("camera.slots", raw.slots, 12, 1, 4096, p);
+    let spf = ranged(
+        "camera.seconds_per_frame",
+        raw.seconds_per_frame,
+        d.seconds_per_frame,
+        1,
+        86_400,
+        p,
+    );
+    let interval = ranged(
+        "camera.frame_interval_ms",
+        raw.frame_interval_ms,
+        1000,
+        1,
+        3_600_000,
+        p,
+    );
+    let start_unix = raw.start_unix.unwrap_or(d.start_unix);
+    Some(CameraSettings {
+        camera_id: u32::try_from(camera_id).ok()?,
+        slots: usize::try_from(slots).ok()?,
+        seconds_per_frame: spf,
+        frame_interval: Duration::from_millis(u64::try_from(interval).ok()?),
+        start_unix,
+    })
+}
+
+fn required<T>(name: &str, value: Option<T>, problems: &mut Vec<String>) -> Option<T> {
+    if value.is_none() {
+        problems.push(format!("{name} is required"));
+    }
+    value
+}
+
+/// `value` (or `default` when absent) if it lies in `[min, max]`; otherwise records a problem and
+/// returns `default` so later checks can go on.
+fn ranged(
+    name: &str,
+    value: Option<i64>,
+    default: i64,
+    min: i64,
+    max: i64,
+    p: &mut Vec<String>,
+) -> i64 {
+    match value {
+        None => default,
+        Some(v) => in_range(name, v, min, max, p).unwrap_or(default),
+    }
+}
+
+fn in_range(name: &str, value: i64, min: i64, max: i64, p: &mut Vec<String>) -> Option<i64> {
+    if (min..=max).contains(&value) {
+        Some(value)
+    } else {
+        p.push(format!(
+            "{name} must be between {min} and {max}, got {value}"
+        ));
+        None
+    }
+}
+
+pub(super) fn check_url(url: &str, problems: &mut Vec<String>) {
+    if !url.starts_with("https://") {
+        problems.push(format!(
+            "coordinator_url must start with https:// (no plaintext), got {url:?}"
+        ));
+    } else if tonic::transport::Endpoint::from_shared(url.to_owned()).is_err() {
+        problems.push(format!("coordinator_url is not a valid URL: {url:?}"));
+    }
+}
+
+pub(super) fn check_non_empty(name: &str, value: &str, problems: &mut Vec<String>) {
+    if value.trim().is_empty() {
+        problems.push(format!("{name} must not be empty"));
+    }
+}
+
+pub(super) fn check_lineage(lineage: &str, problems: &mut Vec<String>) {
+    let valid = lineage
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if lineage.is_empty() || !valid {
+        problems.push(format!(
+            "lineage must be non-empty and use only letters, digits, '-' and '_', got {lineage:?}"
+        ));
+    }
+}
+
+fn required_dir(
+    name: &str,
+    value: Option<PathBuf>,
+    base_dir: &Path,
+    problems: &mut Vec<String>,
+) -> Option<PathBuf> {
+    let path = required(name, value, problems)?;
+    if path.as_os_str().is_empty() {
+        problems.push(format!("{name} must not be empty"));
+        return None;
+    }
+    Some(resolve(base_dir, path))
+}
+
+fn resolve(base_dir: &Path, path: PathBuf) -> PathBuf {
+    if path.is_absolute() {
+        path
+    } else {
+        base_dir.join(path)
+    }
+}

@@ -1,0 +1,195 @@
+//! Window aggregation and model stream assembly.
+
+use backroom_proto::MAX_CHUNK_BYTES;
+use backroom_proto::v1::{ModelChunk, ModelHeader, ModelTrailer, model_chunk};
+use sha2::{Digest, Sha256};
+
+use crate::camera::{ClosedWindow, SLOT_EMPTY as E, SLOT_STOCKED as S, WindowAggregator};
+use crate::model_stream::{ChunkKind, ModelAssembler, StreamError};
+
+// ---- windows ----
+
+#[test]
+fn frames_are_grouped_into_windows_and_closed_when_a_new_one_starts() {
+    let mut agg = WindowAggregator::new(4, 3600);
+    assert_eq!(agg.observe(7200, &[S, S, E]), None);
+    assert_eq!(agg.observe(7200 + 1800, &[S, E, E]), None);
+    assert_eq!(agg.observe(7200 + 3599, &[E, E, E]), None);
+    let closed = agg.observe(10_800, &[E, S, S]).expect("window closed");
+    assert_eq!(
+        closed,
+        ClosedWindow {
+            camera_id: 4,
+            window_start_unix: 7200,
+            window_secs: 3600,
+            frames: 3,
+            slot_observations: 9,
+            empty_slot_observations: 6,
+            out_of_stock_events: 2,
+        }
+    );
+    let current = agg.current().expect("open window");
+    assert_eq!(
+        (
+            current.window_start_unix,
+            current.frames,
+            current.out_of_stock_events
+        ),
+        (10_800, 1, 0)
+    );
+    // A jump over several windows closes only the one that had frames.
+    let closed = agg
+        .observe(10_800 + 5 * 3600 + 10, &[S, E, S])
+        .expect("closed");
+    assert_eq!(
+        (
+            closed.window_start_unix,
+            closed.frames,
+            closed.out_of_stock_events
+        ),
+        (10_800, 1, 0)
+    );
+}
+
+#[test]
+fn out_of_stock_counts_only_stocked_to_empty_transitions() {
+    let mut agg = WindowAggregator::new(0, 60);
+    agg.observe(0, &[S, S, E, E]);
+    agg.observe(1, &[E, S, S, E]); // slot 0 stocked -> empty: 1 event
+    agg.observe(2, &[E, E, S, E]); // slot 1: 1 event (slot 0 stays empty: none)
+    agg.forget_previous(); // a skipped frame: no transition across the gap
+    agg.observe(3, &[S, S, S, S]);
+    agg.observe(4, &[E, E, E, E]); // 4 events
+    // A transition across a window boundary counts in the new window.
+    let closed = agg.observe(60, &[S, S, S, S]).expect("closed");
+    assert_eq!(closed.out_of_stock_events, 6);
+    assert_eq!(closed.frames, 5);
+    let closed = {
+        agg.observe(61, &[E, S, S, S]);
+        agg.observe(120, &[E, E, E, E]).expect("closed")
+    };
+    assert_eq!(closed.out_of_stock_events, 1);
+    assert_eq!(closed.window_start_unix, 60);
+}
+
+#[test]
+fn window_start_floors_negative_times() {
+    let agg = WindowAggregator::new(0, 3600);
+    assert_eq!(agg.window_start(-1), -3600);
+    assert_eq!(agg.window_start(0), 0);
+    assert_eq!(agg.window_start(3599), 0);
+}
+
+// ---- model stream assembly ----
+
+fn header(size: u64) -> ModelChunk {
+    ModelChunk {
+        kind: Some(model_chunk::Kind::Header(ModelHeader {
+            manifest: b"{}".to_vec(),
+            signature: vec![0; 64],
+            weights_size: size,
+        })),
+    }
+}
+
+fn data(bytes: &[u8]) -> ModelChunk {
+    ModelChunk {
+        kind: Some(model_chunk::Kind::Data(bytes.to_vec())),
+    }
+}
+
+fn trailer(bytes: &[u8]) -> ModelChunk {
+    ModelChunk {
+        kind: Some(model_chunk::Kind::Trailer(ModelTrailer {
+            sha256: Sha256::digest(bytes).to_vec(),
+        })),
+    }
+}
+
+#[test]
+fn a_well_formed_stream_assembles() {
+    let mut asm = ModelAssembler::new(100);
+    assert_eq!(asm.push(header(6)), Ok(ChunkKind::Header));
+    assert_eq!(asm.push(data(b"abc")), Ok(ChunkKind::Data));
+    assert_eq!(asm.push(data(b"def")), Ok(ChunkKind::Data));
+    assert_eq!(asm.push(trailer(b"abcdef")), Ok(ChunkKind::Trailer));
+    let model = asm.finish().expect("complete");
+    assert_eq!(model.weights, b"abcdef");
+    assert_eq!(model.manifest, b"{}");
+}
+
+#[test]
+fn streams_that_break_the_protocol_are_refused() {
+    let mut asm = ModelAssembler::new(100);
+    assert_eq!(asm.push(data(b"x")), Err(StreamError::MissingHeader));
+    assert_eq!(
+        ModelAssembler::new(100).finish().err(),
+        Some(StreamError::MissingHeader)
+    );
+
+    let mut asm = ModelAssembler::new(100);
+    assert_eq!(
+        asm.push(header(101)),
+        Err(StreamError::AnnouncedTooLarge {
+            announced: 101,
+            limit: 100
+        })
+    );
+
+    let mut asm = ModelAssembler::new(100);
+    asm.push(header(4)).expect("header");
+    asm.push(data(b"abc")).expect("data");
+    assert_eq!(
+        asm.push(data(b"de")),
+        Err(StreamError::Oversize {
+            announced: 4,
+            received: 5
+        })
+    );
+
+    let mut asm = ModelAssembler::new(100);
+    asm.push(header(4)).expect("header");
+    asm.push(data(b"abc")).expect("data");
+    assert_eq!(
+        asm.push(trailer(b"abc")),
+        Err(StreamError::SizeMismatch {
+            announced: 4,
+            received: 3
+        })
+    );
+
+    let mut asm = ModelAssembler::new(100);
+    asm.push(header(3)).expect("header");
+    asm.push(data(b"abc")).expect("data");
+    assert!(matches!(
+        asm.push(trailer(b"abd")),
+        Err(StreamError::TrailerMismatch { .. })
+    ));
+
+    let mut asm = ModelAssembler::new(100);
+    asm.push(header(3)).expect("header");
+    asm.push(data(b"abc")).expect("data");
+    assert_eq!(asm.finish().err(), Some(StreamError::MissingTrailer));
+
+    let mut asm = ModelAssembler::new(100);
+    asm.push(header(3)).expect("header");
+    assert_eq!(asm.push(header(3)), Err(StreamError::DuplicateHeader));
+
+    let mut asm = ModelAssembler::new(100);
+    asm.push(header(0)).expect("header");
+    asm.push(trailer(b"")).expect("trailer");
+    assert_eq!(asm.push(data(b"")), Err(StreamError::ChunkAfterTrailer));
+    assert_eq!(
+        ModelAssembler::new(1).push(ModelChunk { kind: None }),
+        Err(StreamError::EmptyChunk)
+    );
+
+    let big = u64::try_from(MAX_CHUNK_BYTES * 4).expect("fits");
+    let mut asm = ModelAssembler::new(big);
+    asm.push(header(big)).expect("header");
+    let chunk = vec![0u8; MAX_CHUNK_BYTES + 1];
+    assert_eq!(
+        asm.push(data(&chunk)),
+        Err(StreamError::ChunkTooLarge(MAX_CHUNK_BYTES + 1))
+    );
+}

@@ -1,0 +1,153 @@
+//! Configuration parsing and validation.
+
+use std::path::Path;
+use std::time::Duration;
+
+use backroom_models::BackendChoice;
+
+use crate::config::NodeConfig;
+
+// ---- configuration ----
+
+const FULL_TOML: &str = r#"
+coordinator_url = "https://127.0.0.1:7443"
+tls_server_name = "coordinator.backroom"
+bundle_dir = "bundle"
+data_dir = "/var/lib/backroom"
+lineage = "shelfnet"
+backend = "cpu"
+metric_window_secs = 600
+poll_wait_secs = 10
+max_model_bytes = 1048576
+
+[data]
+world_seed = 42
+store_index = 3
+train_samples = 128
+
+[camera]
+camera_id = 7
+slots = 16
+seconds_per_frame = 30
+frame_interval_ms = 250
+start_unix = 1704067200
+"#;
+
+#[test]
+fn a_full_file_parses_and_resolves_relative_paths() {
+    let config = NodeConfig::from_toml_str(FULL_TOML, Path::new("/etc/backroom")).expect("valid");
+    assert_eq!(config.coordinator_url, "https://127.0.0.1:7443");
+    assert_eq!(config.tls_server_name, "coordinator.backroom");
+    assert_eq!(config.bundle_dir, Path::new("/etc/backroom/bundle"));
+    assert_eq!(config.data_dir, Path::new("/var/lib/backroom"));
+    assert_eq!(config.backend, BackendChoice::Cpu);
+    assert_eq!(config.metric_window_secs, 600);
+    assert_eq!(config.poll_wait_secs, 10);
+    assert_eq!(config.max_model_bytes, 1_048_576);
+    assert_eq!(
+        (
+            config.data.world_seed,
+            config.data.store_index,
+            config.data.train_samples
+        ),
+        (42, 3, 128)
+    );
+    assert_eq!(config.camera.camera_id, 7);
+    assert_eq!(config.camera.slots, 16);
+    assert_eq!(config.camera.seconds_per_frame, 30);
+    assert_eq!(config.camera.frame_interval, Duration::from_millis(250));
+    assert_eq!(config.camera.start_unix, 1_704_067_200);
+    assert!(config.validate().is_ok());
+}
+
+#[test]
+fn a_minimal_file_takes_the_defaults() {
+    let text = "coordinator_url = \"https://c:7443\"\nbundle_dir = \"b\"\ndata_dir = \"d\"\n\
+                [data]\nworld_seed = 1\nstore_index = 0\n";
+    let config = NodeConfig::from_toml_str(text, Path::new("/x")).expect("valid");
+    assert_eq!(config.tls_server_name, "localhost");
+    assert_eq!(config.lineage, "shelfnet");
+    assert_eq!(config.backend, BackendChoice::Auto);
+    assert_eq!(config.metric_window_secs, 3600);
+    assert_eq!(config.poll_wait_secs, 20);
+    assert_eq!(config.max_model_bytes, 256 * 1024 * 1024);
+    assert_eq!(config.data_dir, Path::new("/x/d"));
+}
+
+#[test]
+fn every_problem_is_reported_together() {
+    let text = r#"
+coordinator_url = "http://plaintext:80"
+lineage = "bad lineage!"
+backend = "tpu"
+poll_wait_secs = 600
+metric_window_secs = 0
+[data]
+world_seed = -1
+train_samples = 0
+[camera]
+slots = 0
+frame_interval_ms = -5
+"#;
+    let error = NodeConfig::from_toml_str(text, Path::new("/")).expect_err("invalid");
+    let all = error.problems.join("\n");
+    for needle in [
+        "coordinator_url must start with https://",
+        "bundle_dir is required",
+        "data_dir is required",
+        "lineage must be",
+        "backend must be one of",
+        "poll_wait_secs must be between 1 and 60",
+        "metric_window_secs must be between",
+        "data.world_seed must not be negative",
+        "data.store_index is required",
+        "data.train_samples must be between",
+        "camera.slots must be between",
+        "camera.frame_interval_ms must be between",
+    ] {
+        assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+    }
+    assert_eq!(error.problems.len(), 12, "{all}");
+    let shown = error.to_string();
+    assert!(
+        shown.contains("12 problem(s)") && shown.contains("\n  - backend"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn unknown_fields_are_refused_at_every_level() {
+    let top = format!("{FULL_TOML}\n");
+    let top = top.replace(
+        "lineage = \"shelfnet\"",
+        "lineage = \"shelfnet\"\nlinage = \"typo\"",
+    );
+    let error = NodeConfig::from_toml_str(&top, Path::new("/")).expect_err("unknown field");
+    assert!(error.problems[0].contains("linage"), "{error}");
+    let nested = FULL_TOML.replace("slots = 16", "slots = 16\nfps = 3");
+    let error = NodeConfig::from_toml_str(&nested, Path::new("/")).expect_err("unknown field");
+    assert!(error.problems[0].contains("fps"), "{error}");
+}
+
+#[test]
+fn a_config_built_in_code_is_validated_too() {
+    let data = crate::DataSettings {
+        world_seed: 1,
+        store_index: 0,
+        train_samples: 16,
+    };
+    let mut config = NodeConfig::new("https://127.0.0.1:1", "/b", "/d", data);
+    assert!(config.validate().is_ok());
+    config.poll_wait_secs = 0;
+    config.camera.slots = 0;
+    let error = config.validate().expect_err("invalid");
+    assert_eq!(error.problems.len(), 2, "{error}");
+}
+
+#[test]
+fn the_example_file_is_valid() {
+    let text = include_str!("../../node.example.toml");
+    let config = NodeConfig::from_toml_str(text, Path::new("/srv/node")).expect("valid example");
+    assert_eq!(config.bundle_dir, Path::new("/srv/node/bundle"));
+    assert_eq!(config.max_model_bytes, 256 * 1024 * 1024);
+}

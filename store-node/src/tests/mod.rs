@@ -1,0 +1,6 @@
+//! Unit tests of the node's pure parts and its local stores.
+
+mod camera_stream;
+mod config;
+mod stores;
+mod trainer;

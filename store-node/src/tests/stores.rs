@@ -1,0 +1,307 @@
+//! The model store, the metric queue and the bundle.
+
+use std::path::Path;
+use std::time::Duration;
+
+use backroom_models::manifest::{MANIFEST_FORMAT, Manifest, sha256_hex, sign_manifest};
+use backroom_models::{ARCHITECTURE_ID, ShelfNetConfig};
+use ed25519_dalek::SigningKey;
+
+use crate::camera::ClosedWindow;
+use crate::metrics_sync::{MetricQueue, idempotency_key, to_batch};
+use crate::model_store::{
+    MANIFEST_FILE, ModelStore, ModelStoreError, SIGNATURE_FILE, WEIGHTS_FILE,
+};
+use crate::transport::{Backoff, TransportError, backoff_ceiling, load_bundle};
+
+// ---- model store ----
+
+fn signing_key() -> SigningKey {
+    SigningKey::from_bytes(&[11u8; 32])
+}
+
+/// A signed, valid ShelfNet version: (manifest bytes, signature, weights).
+fn signed_version(version: u64, expires_unix_ms: i64) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let config = ShelfNetConfig::new();
+    let layout = backroom_models::parameter_layout(&config);
+    let params = backroom_models::init_parameters(&config, 5).expect("init");
+    let weights = backroom_models::to_safetensors(&layout, &params).expect("safetensors");
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        lineage: "shelfnet".into(),
+        version,
+        parent_version: version - 1,
+        round_id: String::new(),
+        architecture: ARCHITECTURE_ID.into(),
+        architecture_config: serde_json::to_value(&config).expect("json"),
+        num_parameters: backroom_models::num_parameters(&config) as u64,
+        weights_sha256: sha256_hex(&weights),
+        weights_size: weights.len() as u64,
+        dp: None,
+        epsilon_spent: None,
+        created_unix_ms: 1,
+        expires_unix_ms,
+    };
+    let bytes = manifest.to_bytes();
+    let signature = sign_manifest(&bytes, &signing_key()).to_vec();
+    (bytes, signature, weights)
+}
+
+fn store_in(dir: &Path) -> ModelStore {
+    ModelStore::new(
+        dir.join("model"),
+        signing_key().verifying_key(),
+        "shelfnet".into(),
+        1 << 30,
+    )
+}
+
+#[test]
+fn an_installed_model_reloads_and_a_tampered_one_is_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = store_in(tmp.path());
+    assert!(store.load_installed(0).expect("empty dir").is_none());
+
+    let (manifest, signature, weights) = signed_version(1, i64::MAX);
+    let verified = store
+        .verify(manifest, signature, weights, 0, Some(1_000))
+        .expect("valid version");
+    let installed = store.install(verified).expect("install");
+    assert_eq!(installed.version(), 1);
+    let reloaded = store
+        .load_installed(1_000)
+        .expect("reload")
+        .expect("a model");
+    assert_eq!(reloaded.version(), 1);
+    assert_eq!(reloaded.params, installed.params);
+    assert!(!store.dir().join(format!(".{WEIGHTS_FILE}.tmp")).exists());
+
+    // One flipped byte in the weights: the hash no longer matches.
+    let weights_path = store.dir().join(WEIGHTS_FILE);
+    let mut weights = std::fs::read(&weights_path).expect("read");
+    let last = weights.len() - 1;
+    weights[last] ^= 0x40;
+    std::fs::write(&weights_path, &weights).expect("write");
+    let error = store.load_installed(1_000).expect_err("tampered weights");
+    assert!(matches!(error, ModelStoreError::Refused { .. }), "{error}");
+    assert!(error.to_string().contains("SHA-256"), "{error}");
+}
+
+#[test]
+fn a_tampered_manifest_or_foreign_signature_is_refused_on_reload() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = store_in(tmp.path());
+    let (manifest, signature, weights) = signed_version(2, i64::MAX);
+    let verified = store
+        .verify(manifest.clone(), signature, weights, 0, Some(0))
+        .expect("valid");
+    store.install(verified).expect("install");
+
+    let text = String::from_utf8(manifest)
+        .expect("utf8")
+        .replace("\"version\":2", "\"version\":9");
+    std::fs::write(store.dir().join(MANIFEST_FILE), text).expect("write");
+    let error = store.load_installed(0).expect_err("tampered manifest");
+    assert!(error.to_string().contains("signature"), "{error}");
+
+    let other = ModelStore::new(
+        store.dir().to_owned(),
+        SigningKey::from_bytes(&[12u8; 32]).verifying_key(),
+        "shelfnet".into(),
+        1 << 30,
+    );
+    let (manifest, signature, weights) = signed_version(3, i64::MAX);
+    std::fs::write(store.dir().join(MANIFEST_FILE), &manifest).expect("write");
+    std::fs::write(store.dir().join(SIGNATURE_FILE), &signature).expect("write");
+    std::fs::write(store.dir().join(WEIGHTS_FILE), &weights).expect("write");
+    assert!(store.load_installed(0).is_ok());
+    assert!(other.load_installed(0).is_err(), "a key it does not trust");
+}
+
+#[test]
+fn expiry_refuses_a_download_but_only_warns_on_reload() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = store_in(tmp.path());
+    let (manifest, signature, weights) = signed_version(1, 5_000);
+    let refused = store.verify(
+        manifest.clone(),
+        signature.clone(),
+        weights.clone(),
+        0,
+        Some(6_000),
+    );
+    assert!(refused.is_err());
+    let verified = store
+        .verify(manifest, signature, weights, 0, Some(1_000))
+        .expect("not expired yet");
+    store.install(verified).expect("install");
+    let reloaded = store.load_installed(6_000).expect("expired but verified");
+    assert_eq!(reloaded.map(|m| m.version()), Some(1));
+}
+
+#[test]
+fn rollback_and_oversize_are_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (manifest, signature, weights) = signed_version(2, i64::MAX);
+    let store = store_in(tmp.path());
+    let error = store.verify(
+        manifest.clone(),
+        signature.clone(),
+        weights.clone(),
+        2,
+        Some(0),
+    );
+    assert!(error.is_err_and(|e| e.to_string().contains("not newer")));
+    let small = ModelStore::new(
+        tmp.path().join("m"),
+        signing_key().verifying_key(),
+        "shelfnet".into(),
+        16,
+    );
+    let error = small.verify(manifest, signature, weights, 0, Some(0));
+    assert!(error.is_err_and(|e| e.to_string().contains("max_model_bytes")));
+}
+
+// ---- metric queue ----
+
+fn window(start: i64) -> ClosedWindow {
+    ClosedWindow {
+        camera_id: 2,
+        window_start_unix: start,
+        window_secs: 3600,
+        frames: 60,
+        slot_observations: 720,
+        empty_slot_observations: 40,
+        out_of_stock_events: 3,
+    }
+}
+
+#[tokio::test]
+async fn the_metric_queue_is_idempotent() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let queue = MetricQueue::open(tmp.path()).await.expect("open");
+    let key = idempotency_key("store-1", 2, 3600);
+    assert_eq!(key, "store-1:2:3600");
+    assert!(queue.enqueue(&key, &window(3600), 1).await.expect("insert"));
+    assert!(
+        !queue
+            .enqueue(&key, &window(3600), 2)
+            .await
+            .expect("ignored")
+    );
+    let other = idempotency_key("store-1", 2, 7200);
+    assert!(
+        queue
+            .enqueue(&other, &window(7200), 3)
+            .await
+            .expect("insert")
+    );
+
+    let pending = queue.unsynced(100).await.expect("read");
+    assert_eq!(pending.len(), 2);
+    assert_eq!(pending[0].idempotency_key, key);
+    assert_eq!(pending[0].window, window(3600));
+    let batch = to_batch(&pending[0]);
+    assert_eq!(
+        (batch.frames, batch.out_of_stock_events, batch.camera_id),
+        (60, 3, 2)
+    );
+    assert_eq!(queue.unsynced(1).await.expect("read").len(), 1);
+
+    assert_eq!(
+        queue
+            .mark_synced(std::slice::from_ref(&key), 10)
+            .await
+            .expect("mark"),
+        1
+    );
+    assert_eq!(
+        queue
+            .mark_synced(std::slice::from_ref(&key), 11)
+            .await
+            .expect("mark"),
+        0
+    );
+    assert_eq!(queue.pending_count().await.expect("count"), 1);
+    // Closing the same window again after it was synced changes nothing.
+    assert!(
+        !queue
+            .enqueue(&key, &window(3600), 12)
+            .await
+            .expect("ignored")
+    );
+    assert_eq!(queue.pending_count().await.expect("count"), 1);
+    queue.close().await;
+
+    // Reopening keeps the state (and runs no migration twice).
+    let queue = MetricQueue::open(tmp.path()).await.expect("reopen");
+    assert_eq!(queue.unsynced(100).await.expect("read").len(), 1);
+    assert_eq!(queue.stored_node_id().await.expect("read"), None);
+    queue.store_node_id("store-1", 1).await.expect("store");
+    queue.store_node_id("store-2", 2).await.expect("store");
+    assert_eq!(
+        queue.stored_node_id().await.expect("read").as_deref(),
+        Some("store-2")
+    );
+    queue.close().await;
+}
+
+// ---- transport ----
+
+#[test]
+fn backoff_grows_and_is_capped() {
+    let base = Duration::from_millis(500);
+    let max = Duration::from_secs(30);
+    assert_eq!(backoff_ceiling(0, base, max), base);
+    assert_eq!(backoff_ceiling(3, base, max), Duration::from_secs(4));
+    assert_eq!(backoff_ceiling(40, base, max), max);
+    let mut backoff = Backoff::new(base, max);
+    for attempt in 0..50 {
+        let delay = backoff.next_delay();
+        let ceiling = backoff_ceiling(attempt, base, max);
+        assert!(
+            delay <= ceiling && delay >= ceiling / 2,
+            "attempt {attempt}: {delay:?}"
+        );
+    }
+    backoff.reset();
+    assert!(backoff.next_delay() <= base);
+}
+
+#[test]
+fn a_missing_bundle_file_is_named() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let error = load_bundle(tmp.path()).expect_err("empty bundle");
+    assert!(matches!(error, TransportError::ReadBundleFile { .. }));
+    assert!(error.to_string().contains("ca.pem"), "{error}");
+    std::fs::write(tmp.path().join("ca.pem"), "not a pem").expect("write");
+    let error = load_bundle(tmp.path()).expect_err("bad ca");
+    assert!(
+        error.to_string().contains("ca.pem") && error.to_string().contains("PEM"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_complete_bundle_loads_with_its_signing_key() {
+    use ed25519_dalek::pkcs8::EncodePublicKey;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cert = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+    std::fs::write(tmp.path().join("ca.pem"), cert).expect("write");
+    std::fs::write(tmp.path().join("cert.pem"), cert).expect("write");
+    let key = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+    std::fs::write(tmp.path().join("key.pem"), key).expect("write");
+    let error = load_bundle(tmp.path()).expect_err("no signing key yet");
+    assert!(
+        error.to_string().contains("model-signing.pub.pem"),
+        "{error}"
+    );
+    let public = signing_key().verifying_key();
+    let pem = public
+        .to_public_key_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+        .expect("pem");
+    std::fs::write(tmp.path().join("model-signing.pub.pem"), pem).expect("write");
+    let bundle = load_bundle(tmp.path()).expect("complete bundle");
+    assert_eq!(bundle.model_signing_key, public);
+    assert!(!format!("{bundle:?}").contains("PRIVATE"));
+}
