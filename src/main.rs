@@ -93,6 +93,9 @@ struct PilotArgs {
     /// Noise multiplier z: central noise N(0, (zC)^2) per coordinate on the sum of deltas.
     #[arg(long, default_value_t = 0.01)]
     noise_multiplier: f32,
+    /// Labelled shelf crops each store fine-tunes on.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(16..=100_000))]
+    train_samples: u32,
     /// Seed of the synthetic shelf world.
     #[arg(long, default_value_t = 2024)]
     seed: u64,
@@ -361,6 +364,7 @@ async fn run_pilot(args: PilotArgs) -> anyhow::Result<ExitCode> {
         clip_norm: args.clip_norm,
         noise_multiplier: args.noise_multiplier,
         world_seed: args.seed,
+        train_samples: args.train_samples as usize,
         progress: !args.json,
         ..PilotOptions::default()
     };
@@ -387,7 +391,8 @@ async fn enroll(args: EnrollArgs) -> anyhow::Result<ExitCode> {
     })
     .await
     .context("enrolment task failed")??;
-    println!("wrote a {role} bundle to {}", bundle.dir.display());
+    let article = if role == Role::Admin { "an" } else { "a" };
+    println!("wrote {article} {role} bundle to {}", bundle.dir.display());
     Ok(ExitCode::SUCCESS)
 }
 

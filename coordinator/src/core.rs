@@ -180,6 +180,9 @@ impl Core {
     ) -> Result<(Option<TrainTask>, u64)> {
         let mut changes = self.subscribe();
         let until = tokio::time::Instant::now() + wait;
+        self.store
+            .node_polled(node_id, lineage, installed_version, now_unix_ms())
+            .await?;
         loop {
             changes.borrow_and_update();
             self.store.touch_node(node_id, now_unix_ms()).await?;

@@ -434,6 +434,30 @@ impl Store {
         Ok(())
     }
 
+    /// Records a poll: the node is online and runs `installed_version` of `lineage`.
+    pub async fn node_polled(
+        &self,
+        node_id: &str,
+        lineage: &str,
+        installed_version: u64,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO nodes (node_id, first_seen_unix_ms, last_seen_unix_ms, lineage, \
+             installed_version) VALUES (?, ?, ?, ?, ?) ON CONFLICT (node_id) DO UPDATE SET \
+             last_seen_unix_ms = excluded.last_seen_unix_ms, lineage = excluded.lineage, \
+             installed_version = excluded.installed_version",
+        )
+        .bind(node_id)
+        .bind(now)
+        .bind(now)
+        .bind(lineage)
+        .bind(to_i64(installed_version))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     pub async fn list_nodes(&self) -> Result<Vec<NodeRow>> {
         let rows = sqlx::query("SELECT * FROM nodes ORDER BY node_id")
             .fetch_all(&self.pool)
