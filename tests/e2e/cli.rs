@@ -1,0 +1,75 @@
+//! The `backroom` binary as a user runs it.
+
+use std::process::Command;
+
+fn backroom() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_backroom"))
+}
+
+#[test]
+fn pilot_json_reports_accuracy_rounds_and_every_node() {
+    let output = backroom()
+        .args(["pilot", "--json", "--rounds", "2", "--local-steps", "5"])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run backroom: {e}"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "pilot failed: {stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {stderr}"));
+    for key in [
+        "initial_accuracy",
+        "final_accuracy",
+        "rounds",
+        "clip_norm",
+        "noise_multiplier",
+    ] {
+        assert!(summary.get(key).is_some(), "summary lacks {key}: {summary}");
+    }
+    assert_eq!(summary["rounds"], 2);
+    let nodes = summary["nodes"].as_array().cloned().unwrap_or_default();
+    assert_eq!(nodes.len(), 3, "{summary}");
+    for node in &nodes {
+        assert!(
+            node["id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("store-"))
+        );
+        assert_eq!(node["installed_version"], 3, "{node}");
+    }
+}
+
+#[test]
+fn a_bad_configuration_lists_every_problem_and_exits_64() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let coordinator = dir.path().join("coordinator.toml");
+    std::fs::write(
+        &coordinator,
+        "listen = \"nowhere\"\nheartbeat_interval_secs = 0\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let output = backroom()
+        .args(["coordinator", "--config"])
+        .arg(&coordinator)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    for needle in ["data_dir", "listen", "heartbeat_interval_secs"] {
+        assert!(stderr.contains(needle), "{needle} not reported: {stderr}");
+    }
+
+    let node = dir.path().join("node.toml");
+    std::fs::write(
+        &node,
+        "coordinator_url = \"https://127.0.0.1:1\"\nbackend = \"tpu\"\nunknown_key = 1\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let output = backroom()
+        .args(["node", "--config"])
+        .arg(&node)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("unknown_key"), "{stderr}");
+}
