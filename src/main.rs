@@ -83,12 +83,12 @@ struct PilotArgs {
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
     rounds: u32,
     /// Local SGD steps per round on each node.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 60)]
     local_steps: u32,
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.01)]
     learning_rate: f32,
     /// L2 clip norm C of every client delta.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 5.0)]
     clip_norm: f32,
     /// Noise multiplier z: central noise N(0, (zC)^2) per coordinate on the sum of deltas.
     #[arg(long, default_value_t = 0.01)]
@@ -153,13 +153,13 @@ enum RoundCommand {
         min_clients: u32,
         #[arg(long, default_value_t = 600)]
         deadline_secs: u32,
-        #[arg(long, default_value_t = 30)]
+        #[arg(long, default_value_t = 60)]
         local_steps: u32,
         #[arg(long, default_value_t = 32)]
         batch_size: u32,
-        #[arg(long, default_value_t = 0.05)]
+        #[arg(long, default_value_t = 0.01)]
         learning_rate: f32,
-        #[arg(long, default_value_t = 2.0)]
+        #[arg(long, default_value_t = 5.0)]
         clip_norm: f32,
         #[arg(long, default_value_t = 0.01)]
         noise_multiplier: f32,

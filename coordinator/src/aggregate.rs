@@ -1,6 +1,7 @@
 //! Streaming DP-FedAvg: clipped deltas are summed one at a time (memory O(parameters), never
 //! O(clients × parameters)), then central Gaussian noise N(0, (zC)²) is added to every coordinate
-//! of the sum, which is divided by the number of aggregated updates.
+//! of the sum, which is divided by the expected number of clients (the round's target; the
+//! actual count if more arrived), as in DP-FedAvg with a fixed denominator.
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -43,11 +44,17 @@ impl DpFedAvg {
         self.count
     }
 
-    /// The noised mean: (Σ deltas + N(0, σ²)) / n with σ = noise_multiplier × clip_norm. The
-    /// noise comes from a ChaCha generator seeded from the operating system (a CSPRNG).
-    pub fn finish(self, clip_norm: f32, noise_multiplier: f32) -> Result<Vec<f32>> {
+    /// The noised average: (Σ deltas + N(0, σ²)) / max(expected_clients, n) with
+    /// σ = noise_multiplier × clip_norm. The noise comes from a ChaCha generator seeded from the
+    /// operating system (a CSPRNG).
+    pub fn finish(
+        self,
+        clip_norm: f32,
+        noise_multiplier: f32,
+        expected_clients: usize,
+    ) -> Result<Vec<f32>> {
         let mut rng = StdRng::from_os_rng();
-        self.finish_with_rng(clip_norm, noise_multiplier, &mut rng)
+        self.finish_with_rng(clip_norm, noise_multiplier, expected_clients, &mut rng)
     }
 
     /// As [`DpFedAvg::finish`] with a given generator (tests use a seeded one).
@@ -55,6 +62,7 @@ impl DpFedAvg {
         mut self,
         clip_norm: f32,
         noise_multiplier: f32,
+        expected_clients: usize,
         rng: &mut (impl rand::CryptoRng + rand::Rng),
     ) -> Result<Vec<f32>> {
         if self.count == 0 {
@@ -70,7 +78,7 @@ impl DpFedAvg {
                 *s += normal.sample(rng);
             }
         }
-        let n = self.count as f64;
+        let n = self.count.max(expected_clients) as f64;
         Ok(self.sum.iter().map(|s| (s / n) as f32).collect())
     }
 }
@@ -111,15 +119,19 @@ mod aggregate_tests {
         let mut agg = DpFedAvg::new(3);
         agg.add(&[1.0, 2.0, 3.0]).ok();
         agg.add(&[3.0, 2.0, -3.0]).ok();
-        let mean = agg.finish(1.0, 0.0).unwrap_or_default();
+        let mean = agg.finish(1.0, 0.0, 2).unwrap_or_default();
         assert_eq!(mean, vec![2.0, 2.0, 0.0]);
+        let mut agg = DpFedAvg::new(1);
+        agg.add(&[3.0]).ok();
+        // One of two expected clients answered: the fixed denominator halves the update.
+        assert_eq!(agg.finish(1.0, 0.0, 2).unwrap_or_default(), vec![1.5]);
     }
 
     #[test]
     fn refuses_wrong_length_and_empty() {
         let mut agg = DpFedAvg::new(3);
         assert!(agg.add(&[1.0]).is_err());
-        assert!(agg.finish(1.0, 1.0).is_err());
+        assert!(agg.finish(1.0, 1.0, 1).is_err());
     }
 
     #[test]
@@ -134,7 +146,9 @@ mod aggregate_tests {
             agg.add(&vec![0.0; n]).ok();
         }
         let mut rng = StdRng::seed_from_u64(7);
-        let mean = agg.finish_with_rng(clip, z, &mut rng).unwrap_or_default();
+        let mean = agg
+            .finish_with_rng(clip, z, k, &mut rng)
+            .unwrap_or_default();
         let var = mean.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / n as f64;
         let expected = f64::from(z * clip) / k as f64;
         let ratio = var.sqrt() / expected;

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::error::{CoordinatorError, Result};
-use crate::registry::{Registry, now_unix_ms, write_durably};
+use crate::registry::{Registry, create_dir_durably, now_unix_ms, write_durably};
 use crate::round::{RoundRecord, RoundSpec, RoundState};
 use crate::store::{MetricBatchRow, NodeRow, Store, UpdateRow};
 
@@ -295,20 +295,21 @@ impl Core {
         num_examples: u64,
     ) -> Result<u32> {
         let clip = f64::from(round.spec.clip_norm);
-        if norm > clip * (1.0 + 1e-5) {
+        if norm > clip {
             return Err(CoordinatorError::InvalidArgument(format!(
                 "update norm {norm:.6} exceeds the round's clip norm {clip}; clip before upload"
             )));
         }
         let dir = self.settings.updates_dir.join(&round.round_id);
-        let path = dir.join(format!("{node_id}.f32"));
-        let path_for_write = path.clone();
-        let digest = tokio::task::spawn_blocking(move || -> Result<String> {
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| CoordinatorError::io(format!("cannot create {}", dir.display()), e))?;
+        let node = node_id.to_owned();
+        let (path, digest) = tokio::task::spawn_blocking(move || -> Result<(PathBuf, String)> {
+            create_dir_durably(&dir)?;
             let bytes: Vec<u8> = delta.iter().flat_map(|v| v.to_le_bytes()).collect();
-            write_durably(&path_for_write, &bytes)?;
-            Ok(backroom_models::manifest::sha256_hex(&bytes))
+            let digest = backroom_models::manifest::sha256_hex(&bytes);
+            // Named by content, so two concurrent uploads of one node never share a file.
+            let path = dir.join(format!("{node}-{}.f32", &digest[..16]));
+            write_durably(&path, &bytes)?;
+            Ok((path, digest))
         })
         .await
         .map_err(|e| CoordinatorError::Internal(format!("update write task failed: {e}")))??;
@@ -325,6 +326,13 @@ impl Core {
             })
             .await?;
         if !inserted {
+            let _ = tokio::fs::remove_file(&path).await;
+            if !self.store.has_update(&round.round_id, node_id).await? {
+                return Err(CoordinatorError::DeadlineExceeded(format!(
+                    "round {} stopped accepting updates before this one was complete",
+                    round.round_id
+                )));
+            }
             return Err(CoordinatorError::AlreadyExists(format!(
                 "node {node_id} already sent its update for round {}",
                 round.round_id

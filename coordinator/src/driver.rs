@@ -77,7 +77,10 @@ async fn sample(core: &Core, round: &RoundRecord) -> Result<()> {
     loop {
         changes.borrow_and_update();
         let now = now_unix_ms();
-        let mut online = core.store.online_nodes(now - online_window).await?;
+        let mut online = core
+            .store
+            .online_nodes(&round.lineage, now - online_window)
+            .await?;
         let min = round.spec.min_clients as usize;
         if online.len() >= min {
             // Over-select to absorb stragglers.
@@ -171,9 +174,18 @@ async fn aggregate(core: &Arc<Core>, round: &RoundRecord) -> Result<()> {
         let mut sum = DpFedAvg::new(n);
         for update in &updates {
             let delta = read_update_blob(std::path::Path::new(&update.blob_path), n)?;
+            let digest = backroom_models::manifest::sha256_hex(
+                &delta.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+            );
+            if digest != update.sha256 {
+                return Err(CoordinatorError::Internal(format!(
+                    "stored update {} does not match its recorded SHA-256",
+                    update.blob_path
+                )));
+            }
             // Never trust a stored norm either: re-check before the delta is summed.
             let norm = l2_norm(&delta);
-            if norm > f64::from(spec.clip_norm) * (1.0 + 1e-5) {
+            if norm > f64::from(spec.clip_norm) {
                 warn!(round_id, node_id = %update.node_id, norm, "stored update above clip norm skipped");
                 continue;
             }
@@ -186,7 +198,11 @@ async fn aggregate(core: &Arc<Core>, round: &RoundRecord) -> Result<()> {
                 spec.min_clients
             )));
         }
-        let mean = sum.finish(spec.clip_norm, spec.noise_multiplier)?;
+        let mean = sum.finish(
+            spec.clip_norm,
+            spec.noise_multiplier,
+            spec.target_clients as usize,
+        )?;
         let params: Vec<f32> = base_params.iter().zip(&mean).map(|(b, d)| b + d).collect();
         let provenance = Provenance {
             round_id: round_id.clone(),

@@ -12,7 +12,6 @@ use backroom_proto::v1::{
     SyncMetricsResponse, UpdateChunk, UploadUpdateResponse, model_chunk, update_chunk,
 };
 use futures::Stream;
-use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::require;
@@ -124,7 +123,9 @@ impl NodeService for NodeApi {
             ))
         })?;
         tracing::info!(node_id = %peer.name, lineage = %row.lineage, version = row.version, "serving model");
-        let sha = Sha256::digest(&weights).to_vec();
+        // The recorded digest (hashing here would block the runtime); the node checks the
+        // weights against the signed manifest in any case.
+        let sha = hex::decode(&row.weights_sha256).unwrap_or_default();
         let mut chunks = Vec::with_capacity(weights.len() / MAX_CHUNK_BYTES + 3);
         chunks.push(Ok(ModelChunk {
             kind: Some(model_chunk::Kind::Header(ModelHeader {

@@ -121,8 +121,7 @@ impl Registry {
     ) -> Result<VersionRow> {
         let weights = backroom_models::to_safetensors(&self.inner.layout, params)?;
         let dir = self.inner.models_dir.join(lineage);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| CoordinatorError::io(format!("cannot create {}", dir.display()), e))?;
+        create_dir_durably(&dir)?;
         let path = dir.join(format!("v{version}.safetensors"));
         write_durably(&path, &weights)?;
 
@@ -170,7 +169,8 @@ impl Registry {
 /// the old file or the whole new one.
 pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    let tmp = path.with_extension("tmp");
+    let suffix: u64 = rand::random();
+    let tmp = path.with_extension(format!("{suffix:016x}.tmp"));
     let context = |what: &str| format!("cannot {what} {}", tmp.display());
     let mut file =
         std::fs::File::create(&tmp).map_err(|e| CoordinatorError::io(context("create"), e))?;
@@ -184,6 +184,32 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
         && let Ok(dir) = std::fs::File::open(parent)
     {
         let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+/// Creates `dir` (and missing parents) and fsyncs each parent of a created directory, so the new
+/// directory entries survive a power loss.
+pub fn create_dir_durably(dir: &Path) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut current = Some(dir);
+    while let Some(d) = current {
+        if d.exists() {
+            break;
+        }
+        missing.push(d.to_owned());
+        current = d.parent();
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| CoordinatorError::io(format!("cannot create {}", dir.display()), e))?;
+    for created in missing.iter().rev() {
+        if let Some(parent) = created.parent()
+            && let Ok(handle) = std::fs::File::open(parent)
+        {
+            handle.sync_all().map_err(|e| {
+                CoordinatorError::io(format!("cannot sync {}", parent.display()), e)
+            })?;
+        }
     }
     Ok(())
 }

@@ -145,7 +145,16 @@ impl Store {
         .bind(round.created_unix_ms)
         .bind(round.updated_unix_ms)
         .execute(&self.pool)
-        .await?;
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                CoordinatorError::FailedPrecondition(format!(
+                    "lineage {} already has a running round; wait for it or cancel it",
+                    round.lineage
+                ))
+            }
+            other => other.into(),
+        })?;
         Ok(())
     }
 
@@ -353,11 +362,15 @@ impl Store {
 
     // ---- updates ----
 
-    /// Records an accepted update. Returns false if this node already has one in this round.
+    /// Records an accepted update, in one statement, only while its round is still training and
+    /// before the deadline. Returns false if nothing was recorded (the node already has an update
+    /// in this round, or the round stopped accepting updates meanwhile).
     pub async fn insert_update(&self, row: &UpdateRow) -> Result<bool> {
         let result = sqlx::query(
             "INSERT INTO round_updates (round_id, node_id, num_examples, norm, sha256, \
-             blob_path, received_unix_ms) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+             blob_path, received_unix_ms) SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM \
+             rounds WHERE round_id = ? AND state = 'training' AND training_deadline_unix_ms > ?) \
+             ON CONFLICT DO NOTHING",
         )
         .bind(&row.round_id)
         .bind(&row.node_id)
@@ -365,6 +378,8 @@ impl Store {
         .bind(row.norm)
         .bind(&row.sha256)
         .bind(&row.blob_path)
+        .bind(row.received_unix_ms)
+        .bind(&row.round_id)
         .bind(row.received_unix_ms)
         .execute(&self.pool)
         .await?;
@@ -475,12 +490,14 @@ impl Store {
             .collect()
     }
 
-    /// Nodes seen at or after `since_unix_ms`.
-    pub async fn online_nodes(&self, since_unix_ms: i64) -> Result<Vec<String>> {
+    /// Nodes of `lineage` seen at or after `since_unix_ms`.
+    pub async fn online_nodes(&self, lineage: &str, since_unix_ms: i64) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar(
-            "SELECT node_id FROM nodes WHERE last_seen_unix_ms >= ? ORDER BY node_id",
+            "SELECT node_id FROM nodes WHERE last_seen_unix_ms >= ? AND lineage = ? \
+             ORDER BY node_id",
         )
         .bind(since_unix_ms)
+        .bind(lineage)
         .fetch_all(&self.pool)
         .await?)
     }

@@ -28,6 +28,8 @@ pub enum ClipError {
     InvalidClipNorm(f32),
     #[error("delta holds a non-finite value at index {index}")]
     NonFinite { index: usize },
+    #[error("delta norm {norm} is still above the clip norm {clip_norm} after clipping")]
+    StillAboveClip { norm: f64, clip_norm: f32 },
 }
 
 /// What clipping did.
@@ -90,6 +92,9 @@ pub fn clip_l2(delta: &mut [f32], clip_norm: f32) -> Result<ClipOutcome, ClipErr
         }
         scale_total *= scale;
         norm = l2_norm(delta);
+    }
+    if norm > limit {
+        return Err(ClipError::StillAboveClip { norm, clip_norm });
     }
     Ok(ClipOutcome {
         norm_before,
@@ -313,6 +318,12 @@ async fn upload(
                     updates_received = response.updates_received,
                     "update accepted"
                 );
+                ctx.update_status(|s| s.rounds_trained += 1);
+                return;
+            }
+            Err(status) if attempt > 1 && status.code() == tonic::Code::AlreadyExists => {
+                // An earlier attempt reached the coordinator and was recorded.
+                info!(%round_id, "update was already accepted by an earlier attempt");
                 ctx.update_status(|s| s.rounds_trained += 1);
                 return;
             }

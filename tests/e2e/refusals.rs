@@ -351,20 +351,24 @@ async fn bad_updates_are_refused_with_clear_statuses_and_the_round_continues() {
         .await
         .unwrap_or_else(|s| panic!("{s}"))
         .into_inner();
-    let task = loop {
-        let reply = rogue
-            .poll_task(pb::PollTaskRequest {
-                lineage: "shelfnet".into(),
-                installed_version: 1,
-                wait_secs: 10,
-            })
-            .await
-            .unwrap_or_else(|s| panic!("{s}"))
-            .into_inner();
-        if let Some(task) = reply.task {
-            break task;
+    let task = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let reply = rogue
+                .poll_task(pb::PollTaskRequest {
+                    lineage: "shelfnet".into(),
+                    installed_version: 1,
+                    wait_secs: 10,
+                })
+                .await
+                .unwrap_or_else(|s| panic!("{s}"))
+                .into_inner();
+            if let Some(task) = reply.task {
+                break task;
+            }
         }
-    };
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the rogue node was never sampled"));
     assert_eq!(task.round_id, round.round_id);
     let n = usize::try_from(task.num_parameters).unwrap_or(0);
     let header = pb::UpdateHeader {
@@ -450,7 +454,7 @@ async fn bad_updates_are_refused_with_clear_statuses_and_the_round_continues() {
         .await,
     );
     refuse(
-        "an oversized declaration",
+        "an absurd declared length",
         upload(
             &mut rogue,
             pb::UpdateHeader {
@@ -486,6 +490,11 @@ async fn bad_updates_are_refused_with_clear_statuses_and_the_round_continues() {
         ("a norm above C", Code::InvalidArgument, "clip norm"),
         ("extra data", Code::InvalidArgument, "longer than"),
         ("a bad checksum", Code::InvalidArgument, "SHA-256"),
+        (
+            "an absurd declared length",
+            Code::InvalidArgument,
+            "parameters",
+        ),
     ];
     for (what, code, needle) in expectations {
         let status = &refusals
@@ -523,7 +532,7 @@ async fn bad_updates_are_refused_with_clear_statuses_and_the_round_continues() {
         .unwrap_or_else(|s| panic!("{s}"))
         .into_inner();
     assert!(
-        current.updates_refused >= 7,
+        current.updates_refused >= 9,
         "refusals counted: {}",
         current.updates_refused
     );

@@ -1,0 +1,4 @@
+-- At most one unfinished round per lineage, so two concurrent StartRound calls can never both
+-- run (and write the same next version).
+CREATE UNIQUE INDEX rounds_one_active_per_lineage ON rounds (lineage)
+    WHERE state NOT IN ('published', 'failed', 'cancelled');
