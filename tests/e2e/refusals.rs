@@ -571,3 +571,71 @@ async fn bad_updates_are_refused_with_clear_statuses_and_the_round_continues() {
     assert_eq!(last.updates_accepted, 4);
     shutdown(sandbox).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_above_the_size_limit_is_refused_from_its_header() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut options = test_options(dir.path(), 0);
+    // The model's update is ~287 KB; the limit is far below it.
+    options.coordinator = |c| c.max_update_bytes = 64 * 1024;
+    let mut sandbox = start(options).await;
+    let bundle = issue_bundle(
+        &sandbox.coordinator_dir,
+        Role::Node,
+        "store-big",
+        &dir.path().join("big"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let channel = backroom::client::connect(&sandbox.coordinator_url, "localhost", &bundle)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let mut node = NodeServiceClient::new(channel);
+    node.hello(pb::HelloRequest {
+        lineage: "shelfnet".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|s| panic!("{s}"));
+    sandbox
+        .admin
+        .start_round(pb::StartRoundRequest {
+            lineage: "shelfnet".into(),
+            spec: Some(spec(1, 0.0)),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("{s}"));
+    let task = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let reply = node
+                .poll_task(pb::PollTaskRequest {
+                    lineage: "shelfnet".into(),
+                    installed_version: 1,
+                    wait_secs: 10,
+                })
+                .await
+                .unwrap_or_else(|s| panic!("{s}"))
+                .into_inner();
+            if let Some(task) = reply.task {
+                break task;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the node was never sampled"));
+    let header = pb::UpdateHeader {
+        round_id: task.round_id.clone(),
+        base_version: task.base_version,
+        num_parameters: task.num_parameters,
+        num_examples: 1,
+    };
+    // The data that follows the header is never read: the header alone is refused.
+    let data = vec![vec![0u8; 1 << 20]; 4];
+    let refused = upload(&mut node, header, data, vec![0u8; 32])
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("an update above the size limit was accepted"));
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused}");
+    assert!(refused.message().contains("exceeds the limit"), "{refused}");
+    shutdown(sandbox).await;
+}
