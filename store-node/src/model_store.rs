@@ -17,6 +17,9 @@ use tracing::warn;
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const SIGNATURE_FILE: &str = "manifest.sig";
 pub const WEIGHTS_FILE: &str = "weights.safetensors";
+/// The highest version ever installed completely: a node never accepts an older or equal one,
+/// even after a crash part-way through an install left it with no loadable model.
+pub const FLOOR_FILE: &str = "version-floor";
 
 /// Why a model version was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -197,8 +200,16 @@ impl ModelStore {
         let manifest_bytes = read(&manifest_path)?;
         let signature = read(&signature_path)?;
         let weights = read(&weights_path)?;
+        // The files on disk must not be older than the last version installed.
+        let floor = self.rollback_floor();
         let verified = self
-            .verify(manifest_bytes, signature, weights, 0, None)
+            .verify(
+                manifest_bytes,
+                signature,
+                weights,
+                floor.saturating_sub(1),
+                None,
+            )
             .map_err(|reason| self.refused(reason))?;
         let manifest = &verified.model.manifest;
         if manifest.expires_unix_ms <= now_unix_ms {
@@ -234,7 +245,29 @@ impl ModelStore {
                 .map_err(|source| io_error("rename into place", &final_path, source))?;
         }
         sync_dir(&self.dir)?;
+        let version = verified.model.version();
+        if version > self.rollback_floor() {
+            let floor_path = self.dir.join(FLOOR_FILE);
+            let temp_path = self.dir.join(format!(".{FLOOR_FILE}.tmp"));
+            write_synced(&temp_path, version.to_string().as_bytes())?;
+            std::fs::rename(&temp_path, &floor_path)
+                .map_err(|source| io_error("rename into place", &floor_path, source))?;
+            sync_dir(&self.dir)?;
+        }
         Ok(verified.model)
+    }
+
+    /// The highest version this node ever installed completely (0 if none). A missing or
+    /// unreadable floor file counts as 0 with a warning.
+    pub fn rollback_floor(&self) -> u64 {
+        let path = self.dir.join(FLOOR_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => text.trim().parse().unwrap_or_else(|_| {
+                warn!(path = %path.display(), "unreadable rollback floor; treating it as 0");
+                0
+            }),
+            Err(_) => 0,
+        }
     }
 
     fn refused(&self, reason: ModelRefusal) -> ModelStoreError {

@@ -91,7 +91,12 @@ impl Updater {
             debug!(version, "version was refused recently; not retrying yet");
             return InstallOutcome::Refused;
         }
-        let installed = self.ctx.installed_version();
+        // Never below the durable floor: a crash part-way through an install must not open the
+        // door to an older signed version.
+        let installed = self
+            .ctx
+            .installed_version()
+            .max(self.ctx.model_store.rollback_floor());
         match self.download_and_verify(version, installed, shutdown).await {
             Ok(model) => {
                 info!(

@@ -88,6 +88,32 @@ fn an_installed_model_reloads_and_a_tampered_one_is_refused() {
 }
 
 #[test]
+fn the_rollback_floor_survives_a_broken_install() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = store_in(tmp.path());
+    assert_eq!(store.rollback_floor(), 0);
+    let (manifest, signature, weights) = signed_version(3, i64::MAX);
+    let verified = store
+        .verify(manifest, signature, weights, 0, Some(1_000))
+        .expect("valid version");
+    store.install(verified).expect("install");
+    assert_eq!(store.rollback_floor(), 3);
+    // A crash part-way through the next install leaves no loadable model ...
+    std::fs::remove_file(store.dir().join(WEIGHTS_FILE)).expect("remove");
+    assert!(store.load_installed(1_000).is_err());
+    // ... but an older signed version is still refused.
+    let (manifest, signature, weights) = signed_version(2, i64::MAX);
+    let older = store.verify(
+        manifest,
+        signature,
+        weights,
+        store.rollback_floor(),
+        Some(1_000),
+    );
+    assert!(older.is_err());
+}
+
+#[test]
 fn a_tampered_manifest_or_foreign_signature_is_refused_on_reload() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = store_in(tmp.path());
