@@ -285,6 +285,28 @@ async fn a_node_refuses_a_model_altered_by_one_byte_and_keeps_its_old_one() {
     shutdown(sandbox).await;
 }
 
+/// Long-polls as a node until the coordinator hands it a training task (at most 60 s).
+async fn wait_for_task(client: &mut NodeServiceClient<tonic::transport::Channel>) -> pb::TrainTask {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let reply = client
+                .poll_task(pb::PollTaskRequest {
+                    lineage: "shelfnet".into(),
+                    installed_version: 1,
+                    wait_secs: 10,
+                })
+                .await
+                .unwrap_or_else(|s| panic!("{s}"))
+                .into_inner();
+            if let Some(task) = reply.task {
+                return task;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the node was never sampled"))
+}
+
 fn to_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
@@ -351,24 +373,7 @@ async fn bad_updates_are_refused_with_clear_statuses_and_the_round_continues() {
         .await
         .unwrap_or_else(|s| panic!("{s}"))
         .into_inner();
-    let task = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            let reply = rogue
-                .poll_task(pb::PollTaskRequest {
-                    lineage: "shelfnet".into(),
-                    installed_version: 1,
-                    wait_secs: 10,
-                })
-                .await
-                .unwrap_or_else(|s| panic!("{s}"))
-                .into_inner();
-            if let Some(task) = reply.task {
-                break task;
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("the rogue node was never sampled"));
+    let task = wait_for_task(&mut rogue).await;
     assert_eq!(task.round_id, round.round_id);
     let n = usize::try_from(task.num_parameters).unwrap_or(0);
     let header = pb::UpdateHeader {
@@ -605,24 +610,7 @@ async fn an_update_above_the_size_limit_is_refused_from_its_header() {
         })
         .await
         .unwrap_or_else(|s| panic!("{s}"));
-    let task = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            let reply = node
-                .poll_task(pb::PollTaskRequest {
-                    lineage: "shelfnet".into(),
-                    installed_version: 1,
-                    wait_secs: 10,
-                })
-                .await
-                .unwrap_or_else(|s| panic!("{s}"))
-                .into_inner();
-            if let Some(task) = reply.task {
-                break task;
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("the node was never sampled"));
+    let task = wait_for_task(&mut node).await;
     let header = pb::UpdateHeader {
         round_id: task.round_id.clone(),
         base_version: task.base_version,
