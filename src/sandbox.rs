@@ -71,6 +71,7 @@ pub struct Sandbox {
     pub admin: AdminClient,
     pub nodes: Vec<SandboxNode>,
     pub lineage: String,
+    coordinator_config: CoordinatorConfig,
     coordinator_shutdown: watch::Sender<bool>,
     coordinator_task: JoinHandle<anyhow::Result<()>>,
 }
@@ -86,7 +87,10 @@ impl Sandbox {
         let mut config = CoordinatorConfig::for_data_dir(&coordinator_dir);
         (options.coordinator)(&mut config);
         let lineage = config.lineage.clone();
-        let coordinator = Coordinator::start(config).await?;
+        let coordinator = Coordinator::start(config.clone()).await?;
+        // A restarted coordinator comes back at the same address.
+        config.listen = coordinator.local_addr();
+        let coordinator_config = config;
         let coordinator_url = format!("https://{}", coordinator.local_addr());
         let (coordinator_shutdown, rx) = watch::channel(false);
         let coordinator_task = tokio::spawn(coordinator.serve(wait_true(rx)));
@@ -107,6 +111,7 @@ impl Sandbox {
             admin,
             nodes: Vec::new(),
             lineage,
+            coordinator_config,
             coordinator_shutdown,
             coordinator_task,
         };
@@ -185,6 +190,38 @@ impl Sandbox {
         ));
         node.status = status;
         node.shutdown = shutdown;
+        Ok(())
+    }
+
+    /// Stops the coordinator gracefully (nodes keep running and see it go away).
+    pub async fn stop_coordinator(&mut self) -> anyhow::Result<()> {
+        let _ = self.coordinator_shutdown.send(true);
+        let task = std::mem::replace(&mut self.coordinator_task, tokio::spawn(async { Ok(()) }));
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .context("coordinator did not stop within 30 s")?
+            .context("coordinator task failed")?
+    }
+
+    /// Starts the coordinator again on the same data directory and address.
+    pub async fn restart_coordinator(&mut self) -> anyhow::Result<()> {
+        let mut attempt = 0;
+        let coordinator = loop {
+            match Coordinator::start(self.coordinator_config.clone()).await {
+                Ok(coordinator) => break coordinator,
+                // The old listener may take a moment to release the port.
+                Err(error) if attempt < 20 => {
+                    attempt += 1;
+                    tracing::debug!("coordinator restart attempt {attempt}: {error:#}");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(error) => return Err(error),
+            }
+        };
+        let (shutdown, rx) = watch::channel(false);
+        self.coordinator_task = tokio::spawn(coordinator.serve(wait_true(rx)));
+        self.coordinator_shutdown = shutdown;
+        self.admin = client::admin(&self.coordinator_url, "localhost", &self.admin_bundle).await?;
         Ok(())
     }
 

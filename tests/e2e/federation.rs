@@ -200,3 +200,64 @@ async fn rounds_publish_signed_versions_installed_by_every_node_with_exact_aggre
 
     shutdown(sandbox).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metric_windows_queue_while_the_coordinator_is_away_and_arrive_once() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut sandbox = sandbox(dir.path(), 1).await;
+    let mut status = sandbox.nodes[0].status.clone();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        status.wait_for(|s| s.windows_synced >= 1),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("no window synced"))
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    sandbox
+        .stop_coordinator()
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    // The camera goes on: windows close and wait in the node's queue.
+    let synced_before = status.borrow().windows_synced;
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        status.wait_for(|s| s.windows_closed >= s.windows_synced + 3),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("no windows queued while the coordinator was away"))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(status.borrow().windows_synced <= synced_before + 1);
+
+    sandbox
+        .restart_coordinator()
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let closed = status.borrow().windows_closed;
+    tokio::time::timeout(
+        Duration::from_secs(90),
+        status.wait_for(|s| s.windows_synced >= closed),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("queued windows were not synced after the coordinator came back"))
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    let rows = sandbox
+        .admin
+        .query_metrics(pb::QueryMetricsRequest::default())
+        .await
+        .unwrap_or_else(|s| panic!("{s}"))
+        .into_inner()
+        .rows;
+    // Every hourly window from the first to the last is there, exactly once.
+    let starts: Vec<i64> = rows.iter().map(|r| r.window_start_unix).collect();
+    assert!(
+        starts.len() as u64 >= closed,
+        "{} rows for {closed} closed windows",
+        starts.len()
+    );
+    for pair in starts.windows(2) {
+        assert_eq!(pair[1] - pair[0], 3600, "gap or duplicate in {starts:?}");
+    }
+    shutdown(sandbox).await;
+}
