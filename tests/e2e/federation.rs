@@ -261,3 +261,119 @@ async fn metric_windows_queue_while_the_coordinator_is_away_and_arrive_once() {
     }
     shutdown(sandbox).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_resumes_after_a_coordinator_restart_without_losing_accepted_updates() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut sandbox = sandbox(dir.path(), 3).await;
+    sandbox
+        .wait_for_installed(1, Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    // Store 3 stops but still counts as online, so it is sampled and never answers: the round
+    // stays in `training` until its deadline, whatever the timing of the other two.
+    sandbox
+        .stop_node(2)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let round = sandbox
+        .admin
+        .start_round(pb::StartRoundRequest {
+            lineage: sandbox.lineage.clone(),
+            spec: Some(pb::RoundSpec {
+                min_clients: 2,
+                deadline_secs: 15,
+                ..spec(3, 0.0)
+            }),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("{s}"))
+        .into_inner();
+    // Wait for the first accepted update, then restart the coordinator mid-round.
+    tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            let now = sandbox
+                .admin
+                .get_round(pb::GetRoundRequest {
+                    round_id: round.round_id.clone(),
+                })
+                .await
+                .unwrap_or_else(|s| panic!("{s}"))
+                .into_inner();
+            if now.updates_accepted >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no update accepted"));
+    sandbox
+        .stop_coordinator()
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let db = sandbox.coordinator_dir.join("coordinator.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let state: String = sqlx::query_scalar("SELECT state FROM rounds WHERE round_id = ?")
+        .bind(&round.round_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    pool.close().await;
+    assert_eq!(
+        state, "training",
+        "the restart must interrupt a running round"
+    );
+    let kept = crate::support::round_updates(&sandbox, &round.round_id);
+    assert!(!kept.is_empty());
+    sandbox
+        .restart_coordinator()
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+
+    let mut watch = sandbox
+        .admin
+        .watch_round(pb::GetRoundRequest {
+            round_id: round.round_id.clone(),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("{s}"))
+        .into_inner();
+    let mut last = None;
+    while let Some(update) = watch.message().await.unwrap_or_else(|s| panic!("{s}")) {
+        last = Some(update);
+    }
+    let last = last.unwrap_or_else(|| panic!("no round state after the restart"));
+    assert_eq!(
+        last.state,
+        pb::RoundState::Published as i32,
+        "{}",
+        last.failure_reason
+    );
+    assert_eq!(last.updates_accepted, 2);
+    let after = crate::support::round_updates(&sandbox, &round.round_id);
+    for (path, _) in &kept {
+        assert!(
+            after.iter().any(|(p, _)| p == path),
+            "{} was lost",
+            path.display()
+        );
+    }
+    let models = sandbox
+        .admin
+        .list_models(pb::ListModelsRequest {
+            lineage: sandbox.lineage.clone(),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("{s}"))
+        .into_inner()
+        .models;
+    assert_eq!(
+        models.iter().map(|m| m.version).collect::<Vec<_>>(),
+        vec![1, 2],
+        "published once"
+    );
+    shutdown(sandbox).await;
+}
