@@ -9,7 +9,10 @@ use backroom_models::manifest::Manifest;
 use backroom_proto::v1 as pb;
 use backroom_proto::v1::node_service_client::NodeServiceClient;
 
-use crate::support::{l2, params_of, round_updates, run_round, sandbox, shutdown, spec};
+use crate::support::{
+    coordinator_db, l2, list_models, params_of, round_updates, run_round, sandbox, shutdown, spec,
+    wait_installed,
+};
 
 fn mean_of(updates: &[(std::path::PathBuf, Vec<f32>)]) -> Vec<f64> {
     let n = updates[0].1.len();
@@ -30,10 +33,7 @@ fn mean_of(updates: &[(std::path::PathBuf, Vec<f32>)]) -> Vec<f64> {
 async fn rounds_publish_signed_versions_installed_by_every_node_with_exact_aggregation() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let mut sandbox = sandbox(dir.path(), 3).await;
-    sandbox
-        .wait_for_installed(1, Duration::from_secs(120))
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    wait_installed(&sandbox, 1).await;
 
     // Round 1, noise off: the new model is base + mean of the clipped deltas, exactly.
     let round = run_round(&mut sandbox, spec(3, 0.0)).await;
@@ -58,10 +58,7 @@ async fn rounds_publish_signed_versions_installed_by_every_node_with_exact_aggre
         worst <= 1e-6,
         "aggregate differs from the mean of clipped deltas by {worst}"
     );
-    sandbox
-        .wait_for_installed(2, Duration::from_secs(120))
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    wait_installed(&sandbox, 2).await;
 
     // Round 2, noise on: the residual after removing the mean is N(0, (zC/n)^2) per coordinate.
     // With ~70k coordinates the sample standard deviation has a relative standard error of
@@ -93,10 +90,7 @@ async fn rounds_publish_signed_versions_installed_by_every_node_with_exact_aggre
     );
 
     // Every node installs the newest signed version; its manifest records the DP parameters.
-    sandbox
-        .wait_for_installed(3, Duration::from_secs(120))
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    wait_installed(&sandbox, 3).await;
     for node in &sandbox.nodes {
         assert_eq!(
             node.status.borrow().installed_version,
@@ -105,15 +99,7 @@ async fn rounds_publish_signed_versions_installed_by_every_node_with_exact_aggre
             node.store_id
         );
     }
-    let models = sandbox
-        .admin
-        .list_models(pb::ListModelsRequest {
-            lineage: sandbox.lineage.clone(),
-        })
-        .await
-        .unwrap_or_else(|s| panic!("{s}"))
-        .into_inner()
-        .models;
+    let models = list_models(&mut sandbox).await;
     assert_eq!(
         models.iter().map(|m| m.version).collect::<Vec<_>>(),
         vec![1, 2, 3]
@@ -266,10 +252,7 @@ async fn metric_windows_queue_while_the_coordinator_is_away_and_arrive_once() {
 async fn a_round_resumes_after_a_coordinator_restart_without_losing_accepted_updates() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let mut sandbox = sandbox(dir.path(), 3).await;
-    sandbox
-        .wait_for_installed(1, Duration::from_secs(120))
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    wait_installed(&sandbox, 1).await;
     // Store 3 stops but still counts as online, so it is sampled and never answers: the round
     // stays in `training` until its deadline, whatever the timing of the other two.
     sandbox
@@ -312,10 +295,7 @@ async fn a_round_resumes_after_a_coordinator_restart_without_losing_accepted_upd
         .stop_coordinator()
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
-    let db = sandbox.coordinator_dir.join("coordinator.db");
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let pool = coordinator_db(&sandbox).await;
     let state: String = sqlx::query_scalar("SELECT state FROM rounds WHERE round_id = ?")
         .bind(&round.round_id)
         .fetch_one(&pool)
@@ -361,15 +341,7 @@ async fn a_round_resumes_after_a_coordinator_restart_without_losing_accepted_upd
             path.display()
         );
     }
-    let models = sandbox
-        .admin
-        .list_models(pb::ListModelsRequest {
-            lineage: sandbox.lineage.clone(),
-        })
-        .await
-        .unwrap_or_else(|s| panic!("{s}"))
-        .into_inner()
-        .models;
+    let models = list_models(&mut sandbox).await;
     assert_eq!(
         models.iter().map(|m| m.version).collect::<Vec<_>>(),
         vec![1, 2],

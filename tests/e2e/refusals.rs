@@ -12,7 +12,9 @@ use sha2::{Digest, Sha256};
 use tonic::Code;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
-use crate::support::{run_round, sandbox, shutdown, spec, start, test_options};
+use crate::support::{
+    coordinator_db, run_round, sandbox, shutdown, spec, start, test_options, wait_installed,
+};
 
 fn read(path: &std::path::Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
@@ -121,22 +123,18 @@ async fn callers_without_a_valid_certificate_or_with_the_wrong_role_are_refused(
     shutdown(sandbox).await;
 }
 
-async fn flip_version_column(db: &std::path::Path, column: &str, version: i64) -> Vec<u8> {
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+async fn flip_version_column(pool: &sqlx::SqlitePool, column: &str, version: i64) -> Vec<u8> {
     let original: Vec<u8> = sqlx::query_scalar(&format!(
         "SELECT {column} FROM model_versions WHERE version = ?"
     ))
     .bind(version)
-    .fetch_one(&pool)
+    .fetch_one(pool)
     .await
     .unwrap_or_else(|e| panic!("{e}"));
     let mut tampered = original.clone();
     let middle = tampered.len() / 2;
     tampered[middle] ^= 0x01;
-    set_version_column(&pool, column, version, &tampered).await;
-    pool.close().await;
+    set_version_column(pool, column, version, &tampered).await;
     original
 }
 
@@ -226,10 +224,7 @@ async fn a_node_refuses_a_model_altered_by_one_byte_and_keeps_its_old_one() {
     options.poll_wait_secs = 2;
     options.coordinator = |c| c.online_window = Duration::from_secs(6);
     let mut sandbox = start(options).await;
-    sandbox
-        .wait_for_installed(1, Duration::from_secs(120))
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    wait_installed(&sandbox, 1).await;
     sandbox
         .stop_node(2)
         .await
@@ -262,26 +257,20 @@ async fn a_node_refuses_a_model_altered_by_one_byte_and_keeps_its_old_one() {
     std::fs::write(&weights, &original).unwrap_or_else(|e| panic!("{e}"));
 
     // Manifest and signature altered by one byte (the coordinator serves them from its database).
-    let db = sandbox.coordinator_dir.join("coordinator.db");
+    let pool = coordinator_db(&sandbox).await;
     for column in ["manifest", "signature"] {
-        let original = flip_version_column(&db, column, 2).await;
+        let original = flip_version_column(&pool, column, 2).await;
         expect_refusal_keeping_v1(&mut sandbox, column).await;
-        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
         set_version_column(&pool, column, 2, &original).await;
-        pool.close().await;
     }
+    pool.close().await;
 
     // Untouched, the same version installs: the refusals were the tampering's doing.
     sandbox
         .restart_node(2)
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
-    sandbox
-        .wait_for_installed(2, Duration::from_secs(120))
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    wait_installed(&sandbox, 2).await;
     shutdown(sandbox).await;
 }
 
@@ -337,10 +326,7 @@ async fn upload(
 async fn bad_updates_are_refused_with_clear_statuses_and_the_round_continues() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let mut sandbox = sandbox(dir.path(), 3).await;
-    sandbox
-        .wait_for_installed(1, Duration::from_secs(120))
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    wait_installed(&sandbox, 1).await;
     let bundle = issue_bundle(
         &sandbox.coordinator_dir,
         Role::Node,

@@ -102,3 +102,31 @@ pub async fn shutdown(sandbox: Sandbox) {
         panic!("sandbox did not shut down cleanly: {error:#}");
     }
 }
+
+/// Waits until every node of the sandbox runs `version` (at most 120 s).
+pub async fn wait_installed(sandbox: &Sandbox, version: u64) {
+    sandbox
+        .wait_for_installed(version, Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// The published versions of the sandbox's lineage, oldest first.
+pub async fn list_models(sandbox: &mut Sandbox) -> Vec<pb::ModelVersion> {
+    let lineage = sandbox.lineage.clone();
+    sandbox
+        .admin
+        .list_models(pb::ListModelsRequest { lineage })
+        .await
+        .unwrap_or_else(|s| panic!("{s}"))
+        .into_inner()
+        .models
+}
+
+/// A second connection to the coordinator's SQLite database (for tampering and inspection).
+pub async fn coordinator_db(sandbox: &Sandbox) -> sqlx::SqlitePool {
+    let db = sandbox.coordinator_dir.join("coordinator.db");
+    sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
