@@ -12,6 +12,8 @@ use backroom_proto::v1 as pb;
 use backroom_store_node::config::NodeConfig;
 use clap::{Args, Parser, Subcommand};
 
+mod privacy_cli;
+
 /// Exit code for configuration errors (EX_CONFIG-style usage error).
 const EXIT_CONFIG: u8 = 64;
 
@@ -68,6 +70,9 @@ enum Command {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Differential privacy: plan ε before rounds (`privacy epsilon ...`) or show a lineage's
+    /// budget, ε spent and ledger (`privacy <lineage>`).
+    Privacy(privacy_cli::PrivacyArgs),
 }
 
 #[derive(Args, Debug)]
@@ -93,6 +98,12 @@ struct PilotArgs {
     /// Noise multiplier z: central noise N(0, (zC)^2) per coordinate on the sum of deltas.
     #[arg(long, default_value_t = 0.01)]
     noise_multiplier: f32,
+    /// The lineage's ε budget; a round that would exceed it does not start.
+    #[arg(long, default_value_t = pilot::PILOT_EPSILON_BUDGET)]
+    epsilon_budget: f64,
+    /// The δ of the budget.
+    #[arg(long, default_value_t = 1e-5)]
+    delta: f64,
     /// Labelled shelf crops each store fine-tunes on.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(16..=100_000))]
     train_samples: u32,
@@ -121,7 +132,7 @@ struct EnrollArgs {
 }
 
 #[derive(Args, Debug, Clone)]
-struct Connection {
+pub(crate) struct Connection {
     /// Coordinator URL.
     #[arg(
         long,
@@ -163,6 +174,21 @@ enum RoundCommand {
         clip_norm: f32,
         #[arg(long, default_value_t = 0.01)]
         noise_multiplier: f32,
+        /// Where the noise is added: "central" (by the coordinator) or "distributed" (each node
+        /// adds its share).
+        #[arg(long, default_value = "central")]
+        noise_mode: String,
+        /// Adapt the clip norm towards this quantile of the update norms (e.g. 0.5); the clip
+        /// norm given is the starting point.
+        #[arg(long)]
+        adaptive_clipping_quantile: Option<f32>,
+        /// Step of the adaptive clip norm's geometric update.
+        #[arg(long, default_value_t = 0.2, requires = "adaptive_clipping_quantile")]
+        adaptive_clipping_learning_rate: f32,
+        /// Noise on the count of updates within the clip norm (must exceed noise multiplier / 2;
+        /// default max(target_clients / 20, noise multiplier)).
+        #[arg(long, requires = "adaptive_clipping_quantile")]
+        adaptive_clipping_count_stddev: Option<f32>,
         /// Return at once instead of following the round.
         #[arg(long)]
         detach: bool,
@@ -331,6 +357,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Privacy(args) => privacy_cli::run(args).await,
         Command::Nodes { connection } => {
             let mut admin = connect(&connection).await?;
             let nodes = admin
@@ -363,6 +390,8 @@ async fn run_pilot(args: PilotArgs) -> anyhow::Result<ExitCode> {
         learning_rate: args.learning_rate,
         clip_norm: args.clip_norm,
         noise_multiplier: args.noise_multiplier,
+        epsilon_budget: args.epsilon_budget,
+        delta: args.delta,
         world_seed: args.seed,
         train_samples: args.train_samples as usize,
         progress: !args.json,
@@ -410,6 +439,10 @@ async fn round(command: RoundCommand) -> anyhow::Result<ExitCode> {
             learning_rate,
             clip_norm,
             noise_multiplier,
+            noise_mode,
+            adaptive_clipping_quantile,
+            adaptive_clipping_learning_rate,
+            adaptive_clipping_count_stddev,
             detach,
         } => {
             let mut admin = connect(&connection).await?;
@@ -423,6 +456,17 @@ async fn round(command: RoundCommand) -> anyhow::Result<ExitCode> {
                 learning_rate,
                 clip_norm,
                 noise_multiplier,
+                noise_mode,
+                adaptive_clipping: adaptive_clipping_quantile.map(|target_quantile| {
+                    pb::AdaptiveClipping {
+                        target_quantile,
+                        learning_rate: adaptive_clipping_learning_rate,
+                        // Default: σ_b = m/20 as in Andrew et al. (2021), and at least z so
+                        // that the deltas keep most of the noise budget.
+                        count_stddev: adaptive_clipping_count_stddev
+                            .unwrap_or((target_clients as f32 / 20.0).max(noise_multiplier)),
+                    }
+                }),
             };
             let round = admin
                 .start_round(pb::StartRoundRequest {
@@ -517,6 +561,13 @@ fn print_round(round: &pb::Round) {
         round.spec.as_ref().map_or(0, |s| s.target_clients),
         round.updates_refused
     );
+    line.push_str(&format!("  q {:.4}", round.sampling_rate));
+    if let Some(epsilon) = round.epsilon_after {
+        line.push_str(&format!(
+            "  ε after {}",
+            backroom_coordinator::budget::format_epsilon(epsilon)
+        ));
+    }
     if round.published_version > 0 {
         line.push_str(&format!("  published v{}", round.published_version));
     }
@@ -526,7 +577,7 @@ fn print_round(round: &pb::Round) {
     println!("{line}");
 }
 
-async fn connect(connection: &Connection) -> anyhow::Result<client::AdminClient> {
+pub(crate) async fn connect(connection: &Connection) -> anyhow::Result<client::AdminClient> {
     client::admin(
         &connection.coordinator,
         &connection.server_name,
@@ -535,7 +586,7 @@ async fn connect(connection: &Connection) -> anyhow::Result<client::AdminClient>
     .await
 }
 
-fn status(status: tonic::Status) -> anyhow::Error {
+pub(crate) fn status(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!(
         "coordinator refused: {} ({:?})",
         status.message(),

@@ -8,8 +8,16 @@ use backroom_proto::v1 as pb;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use backroom_coordinator::budget::format_epsilon;
+
 use crate::evaluate::{held_out_accuracy, load_verified_params, load_verifying_key};
 use crate::sandbox::{Sandbox, SandboxOptions};
+
+/// The pilot's demonstration budget. Three stores cannot buy a small ε: noise that would make ε
+/// small (z ≈ 1) is ~100× the averaged signal of three 71,666-parameter deltas, so the pilot runs
+/// with little noise and a correspondingly large ε, and says so. Deployments with hundreds of
+/// stores per round get single-digit ε (see the summary's "at scale" line).
+pub const PILOT_EPSILON_BUDGET: f64 = 100_000.0;
 
 /// Knobs of the pilot (all have defaults that finish in a few minutes on 2 cores).
 #[derive(Clone, Debug)]
@@ -23,6 +31,9 @@ pub struct PilotOptions {
     pub learning_rate: f32,
     pub clip_norm: f32,
     pub noise_multiplier: f32,
+    /// The lineage's ε budget (ε_max) at δ = `delta`.
+    pub epsilon_budget: f64,
+    pub delta: f64,
     pub world_seed: u64,
     pub train_samples: usize,
     pub test_samples: usize,
@@ -41,6 +52,8 @@ impl Default for PilotOptions {
             learning_rate: 0.01,
             clip_norm: 5.0,
             noise_multiplier: 0.01,
+            epsilon_budget: PILOT_EPSILON_BUDGET,
+            delta: 1e-5,
             world_seed: 2024,
             train_samples: 512,
             test_samples: 1000,
@@ -66,6 +79,10 @@ pub struct RoundSummary {
     pub updates_accepted: u32,
     pub updates_refused: u32,
     pub accuracy: f32,
+    /// Poisson sampling rate q charged for the round.
+    pub sampling_rate: f64,
+    /// The lineage's ε after this round (`None`: infinite, i.e. no noise).
+    pub epsilon_after: Option<f64>,
     pub seconds: f64,
 }
 
@@ -77,6 +94,36 @@ pub struct MetricTotals {
     pub slot_observations: u64,
     pub empty_slot_observations: u64,
     pub out_of_stock_events: u64,
+}
+
+/// ε of a larger deployment with the same accountant, printed beside the pilot's.
+#[derive(Clone, Debug, Serialize)]
+pub struct AtScale {
+    pub stores: u32,
+    pub stores_per_round: u32,
+    pub noise_multiplier: f64,
+    pub rounds: u64,
+    pub epsilon: Option<f64>,
+}
+
+impl AtScale {
+    fn compute(delta: f64) -> anyhow::Result<Self> {
+        let (stores, stores_per_round, noise_multiplier, rounds) = (10_000u32, 100u32, 1.0, 100);
+        let event = backroom_coordinator::privacy::DpEvent {
+            sampling_rate: f64::from(stores_per_round) / f64::from(stores),
+            noise_multiplier,
+            rounds,
+        };
+        let report = backroom_coordinator::privacy::compute_epsilon(&[event], delta)
+            .map_err(|e| anyhow::anyhow!("privacy accounting: {e}"))?;
+        Ok(Self {
+            stores,
+            stores_per_round,
+            noise_multiplier,
+            rounds,
+            epsilon: report.epsilon.is_finite().then_some(report.epsilon),
+        })
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -92,8 +139,14 @@ pub struct PilotSummary {
     pub test_samples: usize,
     pub clip_norm: f32,
     pub noise_multiplier: f32,
-    /// ε is not computed yet: the privacy accountant is not built in this version.
+    /// ε spent by the lineage after the last round, at `delta` (`None`: infinite).
     pub epsilon: Option<f64>,
+    pub epsilon_budget: f64,
+    pub delta: f64,
+    /// Further rounds the budget allows at the pilot's settings.
+    pub rounds_remaining: Option<u64>,
+    /// For comparison: ε of a deployment with many stores (see [`AtScale`]).
+    pub at_scale: AtScale,
     pub per_round: Vec<RoundSummary>,
     pub nodes: Vec<NodeSummary>,
     pub metrics: MetricTotals,
@@ -136,6 +189,10 @@ pub async fn run(options: PilotOptions) -> anyhow::Result<PilotSummary> {
     ));
 
     let mut sandbox_options = SandboxOptions::new(&data_dir, options.stores);
+    sandbox_options.privacy_budget = backroom_coordinator::ledger::Budget {
+        epsilon_max: Some(options.epsilon_budget),
+        delta: options.delta,
+    };
     sandbox_options.world_seed = options.world_seed;
     sandbox_options.train_samples = options.train_samples;
     let mut sandbox = Sandbox::start(sandbox_options).await?;
@@ -143,8 +200,12 @@ pub async fn run(options: PilotOptions) -> anyhow::Result<PilotSummary> {
     status.set_message("stopping nodes and coordinator");
     let stopped = sandbox.shutdown().await;
     status.finish_and_clear();
-    let (initial, rounds, nodes, metrics, final_accuracy, initial_accuracy) = result?;
+    let (initial, rounds, nodes, metrics, final_accuracy, initial_accuracy, privacy) = result?;
     stopped?;
+    let delta = options.delta;
+    let at_scale = tokio::task::spawn_blocking(move || AtScale::compute(delta))
+        .await
+        .context("accounting task failed")??;
     Ok(PilotSummary {
         data_dir: if options.data_dir.is_some() {
             data_dir.display().to_string()
@@ -161,7 +222,11 @@ pub async fn run(options: PilotOptions) -> anyhow::Result<PilotSummary> {
         test_samples: options.test_samples,
         clip_norm: options.clip_norm,
         noise_multiplier: options.noise_multiplier,
-        epsilon: None,
+        epsilon: privacy.epsilon_spent,
+        epsilon_budget: options.epsilon_budget,
+        delta: options.delta,
+        rounds_remaining: privacy.rounds_remaining,
+        at_scale,
         per_round: rounds,
         nodes,
         metrics,
@@ -176,6 +241,7 @@ type Driven = (
     MetricTotals,
     f32,
     f32,
+    pb::PrivacyReport,
 );
 
 async fn drive(
@@ -211,6 +277,8 @@ async fn drive(
             learning_rate: options.learning_rate,
             clip_norm: options.clip_norm,
             noise_multiplier: options.noise_multiplier,
+            noise_mode: "central".into(),
+            adaptive_clipping: None,
         };
         let round_started = Instant::now();
         let round = sandbox
@@ -234,9 +302,13 @@ async fn drive(
         }
         let accuracy = accuracy_of(sandbox, round.published_version, &trusted, options).await?;
         bar.finish_with_message(format!(
-            "published v{}  held-out accuracy {:.1}%",
+            "published v{}  held-out accuracy {:.1}%  ε spent {} of {}",
             round.published_version,
-            accuracy * 100.0
+            accuracy * 100.0,
+            round
+                .epsilon_after
+                .map_or_else(|| "∞".to_owned(), format_epsilon),
+            format_epsilon(options.epsilon_budget),
         ));
         rounds.push(RoundSummary {
             round_id: round.round_id.clone(),
@@ -244,6 +316,8 @@ async fn drive(
             updates_accepted: round.updates_accepted,
             updates_refused: round.updates_refused,
             accuracy,
+            sampling_rate: round.sampling_rate,
+            epsilon_after: round.epsilon_after,
             seconds: round_started.elapsed().as_secs_f64(),
         });
     }
@@ -273,7 +347,23 @@ async fn drive(
         })
         .collect();
     let final_accuracy = rounds.last().map_or(initial_accuracy, |r| r.accuracy);
-    Ok((1, rounds, nodes, metrics, final_accuracy, initial_accuracy))
+    let privacy = sandbox
+        .admin
+        .get_privacy(pb::GetPrivacyRequest {
+            lineage: sandbox.lineage.clone(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("cannot read the privacy ledger: {}", s.message()))?
+        .into_inner();
+    Ok((
+        1,
+        rounds,
+        nodes,
+        metrics,
+        final_accuracy,
+        initial_accuracy,
+        privacy,
+    ))
 }
 
 async fn accuracy_of(
@@ -369,23 +459,42 @@ pub fn render(summary: &PilotSummary) -> String {
         "  differential privacy  clip norm C = {}, noise multiplier z = {} (central noise N(0, (zC)^2) on the sum)",
         summary.clip_norm, summary.noise_multiplier
     );
+    let epsilon = |e: Option<f64>| e.map_or_else(|| "∞".to_owned(), format_epsilon);
     let _ = writeln!(
         out,
-        "                        epsilon: not computed (the privacy accountant is not built yet)"
+        "                        ε spent {} of budget {} at δ = {:e}; {} more round(s) fit",
+        epsilon(summary.epsilon),
+        format_epsilon(summary.epsilon_budget),
+        summary.delta,
+        summary
+            .rounds_remaining
+            .map_or_else(|| "unknown".to_owned(), |r| r.to_string()),
     );
     let _ = writeln!(
         out,
-        "\n  round  version  updates  refused  accuracy  seconds"
+        "                        (3 stores cannot buy a small ε; with {} stores, {} per round, z = {} \
+         and {} rounds the same accountant gives ε = {})",
+        summary.at_scale.stores,
+        summary.at_scale.stores_per_round,
+        summary.at_scale.noise_multiplier,
+        summary.at_scale.rounds,
+        epsilon(summary.at_scale.epsilon),
+    );
+    let _ = writeln!(
+        out,
+        "\n  round  version  updates  refused  accuracy  q       ε after  seconds"
     );
     for (i, r) in summary.per_round.iter().enumerate() {
         let _ = writeln!(
             out,
-            "  {:>5}  {:>7}  {:>7}  {:>7}  {:>7.1}%  {:>7.1}",
+            "  {:>5}  {:>7}  {:>7}  {:>7}  {:>7.1}%  {:<6.3}  {:>7}  {:>7.1}",
             i + 1,
             r.published_version,
             r.updates_accepted,
             r.updates_refused,
             r.accuracy * 100.0,
+            r.sampling_rate,
+            epsilon(r.epsilon_after),
             r.seconds
         );
     }

@@ -2,6 +2,9 @@
 //! loopback, each node with its own bundle, data directory and slice of shelf data. The pilot
 //! and the end-to-end tests are both built on it.
 
+use backroom_coordinator::config::DEFAULT_BUDGET;
+use backroom_coordinator::ledger::Budget;
+use backroom_coordinator::wire_tap::WireTap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -28,6 +31,10 @@ pub struct SandboxOptions {
     pub camera: CameraSettings,
     /// Longest wait of a node's long poll.
     pub poll_wait_secs: u32,
+    /// The lineage's privacy budget (ε_max, δ) given to the coordinator.
+    pub privacy_budget: Budget,
+    /// Record the decrypted bytes of every connection to the coordinator ([`Sandbox::wire_tap`]).
+    pub tap_connections: bool,
     /// Applied to the coordinator's configuration before it starts.
     pub coordinator: fn(&mut CoordinatorConfig),
 }
@@ -46,6 +53,8 @@ impl SandboxOptions {
                 ..CameraSettings::default()
             },
             poll_wait_secs: 5,
+            privacy_budget: DEFAULT_BUDGET,
+            tap_connections: false,
             coordinator: |_| {},
         }
     }
@@ -71,6 +80,8 @@ pub struct Sandbox {
     pub admin: AdminClient,
     pub nodes: Vec<SandboxNode>,
     pub lineage: String,
+    /// Everything clients sent the coordinator, when `tap_connections` was set (across restarts).
+    pub wire_tap: Option<WireTap>,
     coordinator_config: CoordinatorConfig,
     coordinator_shutdown: watch::Sender<bool>,
     coordinator_task: JoinHandle<anyhow::Result<()>>,
@@ -85,9 +96,13 @@ impl Sandbox {
     pub async fn start(options: SandboxOptions) -> anyhow::Result<Self> {
         let coordinator_dir = options.data_dir.join("coordinator");
         let mut config = CoordinatorConfig::for_data_dir(&coordinator_dir);
+        config.privacy_budget = options.privacy_budget;
         (options.coordinator)(&mut config);
         let lineage = config.lineage.clone();
-        let coordinator = Coordinator::start(config.clone()).await?;
+        let mut coordinator = Coordinator::start(config.clone()).await?;
+        let wire_tap = options
+            .tap_connections
+            .then(|| coordinator.tap_connections());
         // A restarted coordinator comes back at the same address.
         config.listen = coordinator.local_addr();
         let coordinator_config = config;
@@ -111,6 +126,7 @@ impl Sandbox {
             admin,
             nodes: Vec::new(),
             lineage,
+            wire_tap,
             coordinator_config,
             coordinator_shutdown,
             coordinator_task,
@@ -206,7 +222,7 @@ impl Sandbox {
     /// Starts the coordinator again on the same data directory and address.
     pub async fn restart_coordinator(&mut self) -> anyhow::Result<()> {
         let mut attempt = 0;
-        let coordinator = loop {
+        let mut coordinator = loop {
             match Coordinator::start(self.coordinator_config.clone()).await {
                 Ok(coordinator) => break coordinator,
                 // The old listener may take a moment to release the port.
@@ -218,6 +234,9 @@ impl Sandbox {
                 Err(error) => return Err(error),
             }
         };
+        if let Some(tap) = &self.wire_tap {
+            coordinator.set_wire_tap(tap.clone());
+        }
         let (shutdown, rx) = watch::channel(false);
         self.coordinator_task = tokio::spawn(coordinator.serve(wait_true(rx)));
         self.coordinator_shutdown = shutdown;

@@ -11,9 +11,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::auth::require;
-use crate::core::Core;
+use crate::core::{Core, PrivacyState};
 use crate::identity::Role;
-use crate::round::{RoundRecord, RoundSpec, RoundState, Strategy};
+use crate::round::{AdaptiveClipping, NoiseMode, RoundRecord, RoundSpec, RoundState, Strategy};
 use crate::store::{MetricBatchRow, NodeRow, VersionRow};
 
 #[derive(Debug, Clone)]
@@ -167,6 +167,16 @@ impl AdminService for AdminApi {
             nodes: nodes.into_iter().map(node_to_proto).collect(),
         }))
     }
+
+    async fn get_privacy(
+        &self,
+        request: Request<pb::GetPrivacyRequest>,
+    ) -> Result<Response<pb::PrivacyReport>, Status> {
+        require(&request, Role::Admin)?;
+        let lineage = request.into_inner().lineage;
+        let report = self.core.privacy_state(&lineage).await?;
+        Ok(Response::new(privacy_to_proto(report)))
+    }
 }
 
 pub fn spec_from_proto(spec: &pb::RoundSpec) -> Result<RoundSpec, Status> {
@@ -176,7 +186,20 @@ pub fn spec_from_proto(spec: &pb::RoundSpec) -> Result<RoundSpec, Status> {
             spec.strategy
         ))
     })?;
+    let noise_mode = NoiseMode::parse(&spec.noise_mode).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "unknown noise_mode {:?}; use \"central\" or \"distributed\"",
+            spec.noise_mode
+        ))
+    })?;
+    let adaptive_clipping = spec.adaptive_clipping.map(|a| AdaptiveClipping {
+        target_quantile: a.target_quantile,
+        learning_rate: a.learning_rate,
+        count_stddev: a.count_stddev,
+    });
     Ok(RoundSpec {
+        adaptive_clipping,
+        noise_mode,
         strategy,
         target_clients: spec.target_clients,
         min_clients: spec.min_clients,
@@ -216,6 +239,12 @@ pub fn round_to_proto(round: &RoundRecord) -> pb::Round {
             learning_rate: round.spec.learning_rate,
             clip_norm: round.spec.clip_norm,
             noise_multiplier: round.spec.noise_multiplier,
+            noise_mode: round.spec.noise_mode.as_str().to_owned(),
+            adaptive_clipping: round.spec.adaptive_clipping.map(|a| pb::AdaptiveClipping {
+                target_quantile: a.target_quantile,
+                learning_rate: a.learning_rate,
+                count_stddev: a.count_stddev,
+            }),
         }),
         base_version: round.base_version,
         published_version: round.published_version,
@@ -226,6 +255,35 @@ pub fn round_to_proto(round: &RoundRecord) -> pb::Round {
         created_unix_ms: round.created_unix_ms,
         updated_unix_ms: round.updated_unix_ms,
         started_by: round.started_by.clone(),
+        sampling_rate: round.sampling_rate,
+        expected_clients: round.expected_clients,
+        epsilon_after: round.epsilon_after,
+        next_clip_norm: round.next_clip_norm.unwrap_or(0.0),
+    }
+}
+
+fn privacy_to_proto(report: PrivacyState) -> pb::PrivacyReport {
+    pb::PrivacyReport {
+        lineage: report.lineage,
+        epsilon_max: report.budget.epsilon_max,
+        delta: report.budget.delta,
+        epsilon_spent: report.epsilon_spent,
+        rdp_epsilon: report.rdp_epsilon,
+        pld_epsilon: report.pld_epsilon,
+        rounds_charged: report.rounds_charged,
+        rounds_remaining: report.rounds_remaining,
+        ledger: report
+            .ledger
+            .into_iter()
+            .map(|e| pb::LedgerEntry {
+                round_id: e.round_id,
+                sampling_rate: e.sampling_rate,
+                noise_multiplier: e.noise_multiplier,
+                status: e.status.as_str().to_owned(),
+                epsilon_after: e.epsilon_after,
+                created_unix_ms: e.created_unix_ms,
+            })
+            .collect(),
     }
 }
 

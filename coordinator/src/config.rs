@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::ledger::Budget;
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -22,6 +24,16 @@ struct RawConfig {
     sampling_timeout_secs: Option<u64>,
     overselect: Option<f32>,
     online_window_secs: Option<u64>,
+    privacy: Option<RawPrivacy>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPrivacy {
+    epsilon_max: Option<f64>,
+    delta: Option<f64>,
+    /// Must be `true` to run the lineage without an ε budget (no `epsilon_max`).
+    unlimited: Option<bool>,
 }
 
 /// Validated coordinator settings.
@@ -43,7 +55,15 @@ pub struct CoordinatorConfig {
     pub sampling_timeout: Duration,
     pub overselect: f32,
     pub online_window: Duration,
+    /// The lineage's privacy budget (ε_max, δ), written to the database at every start.
+    pub privacy_budget: Budget,
 }
+
+/// Default budget: ε ≤ 10 at δ = 1e-5 per lineage.
+pub const DEFAULT_BUDGET: Budget = Budget {
+    epsilon_max: Some(10.0),
+    delta: 1e-5,
+};
 
 #[derive(Debug, thiserror::Error)]
 #[error("invalid coordinator configuration:\n  - {}", problems.join("\n  - "))]
@@ -68,6 +88,7 @@ impl CoordinatorConfig {
             sampling_timeout: Duration::from_secs(120),
             overselect: 1.0,
             online_window: Duration::from_secs(60),
+            privacy_budget: DEFAULT_BUDGET,
         }
     }
 
@@ -154,6 +175,25 @@ impl CoordinatorConfig {
                 problems.push("online_window_secs must be > 0".to_owned());
             }
             config.online_window = Duration::from_secs(secs);
+        }
+        if let Some(privacy) = raw.privacy {
+            let unlimited = privacy.unlimited.unwrap_or(false);
+            if unlimited && privacy.epsilon_max.is_some() {
+                problems
+                    .push("privacy: set either epsilon_max or unlimited = true, not both".into());
+            }
+            let budget = Budget {
+                epsilon_max: if unlimited {
+                    None
+                } else {
+                    privacy.epsilon_max.or(DEFAULT_BUDGET.epsilon_max)
+                },
+                delta: privacy.delta.unwrap_or(DEFAULT_BUDGET.delta),
+            };
+            if let Err(problem) = budget.validate() {
+                problems.push(format!("privacy: {problem}"));
+            }
+            config.privacy_budget = budget;
         }
         if problems.is_empty() {
             Ok(config)

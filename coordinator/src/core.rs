@@ -25,6 +25,19 @@ pub struct Settings {
     pub updates_dir: PathBuf,
 }
 
+/// A lineage's privacy position, for `backroom privacy <lineage>`.
+#[derive(Clone, Debug)]
+pub struct PrivacyState {
+    pub lineage: String,
+    pub budget: crate::ledger::Budget,
+    pub epsilon_spent: Option<f64>,
+    pub rdp_epsilon: Option<f64>,
+    pub pld_epsilon: Option<f64>,
+    pub rounds_charged: u32,
+    pub rounds_remaining: Option<u64>,
+    pub ledger: Vec<crate::ledger::LedgerEntry>,
+}
+
 /// Shared state of one coordinator process.
 #[derive(Debug)]
 pub struct Core {
@@ -86,12 +99,28 @@ impl Core {
         let base = self.store.latest_version(lineage).await?.ok_or_else(|| {
             CoordinatorError::NotFound(format!("lineage {lineage:?} has no published model"))
         })?;
-        if let Some(active) = self.store.active_round(lineage).await? {
-            return Err(CoordinatorError::FailedPrecondition(format!(
-                "round {active} of lineage {lineage} is still running; wait for it or cancel it"
-            )));
+        let budget = self.store.budget(lineage).await?.ok_or_else(|| {
+            CoordinatorError::FailedPrecondition(format!(
+                "lineage {lineage:?} has no privacy budget configured"
+            ))
+        })?;
+        let mut spec = spec;
+        if spec.adaptive_clipping.is_some()
+            && let Some(clip_norm) = self.store.adaptive_clip_norm(lineage).await?
+        {
+            // The clip norm adapted by the last adaptive round replaces the requested start.
+            spec.clip_norm = clip_norm as f32;
         }
         let now = now_unix_ms();
+        let online_window =
+            i64::try_from(self.settings.online_window.as_millis()).unwrap_or(i64::MAX);
+        let online = self
+            .store
+            .online_nodes(lineage, now - online_window)
+            .await?
+            .len();
+        let (sampling_rate, expected_clients) =
+            crate::budget::sampling_plan(spec.target_clients, self.settings.overselect, online);
         let round = RoundRecord {
             round_id: new_round_id(),
             lineage: lineage.to_owned(),
@@ -107,12 +136,76 @@ impl Core {
             updated_unix_ms: now,
             sampled_nodes: Vec::new(),
             updates_accepted: 0,
+            sampling_rate,
+            expected_clients,
+            epsilon_after: None,
+            next_clip_norm: None,
         };
-        self.store.insert_round(&round).await?;
+        let lineage_owned = lineage.to_owned();
+        let entry = self
+            .store
+            .admit_round(&round, move |history, next| {
+                crate::budget::admit(&lineage_owned, &budget, &history, next)
+            })
+            .await?;
+        info!(
+            round_id = %round.round_id,
+            sampling_rate,
+            expected_clients,
+            epsilon_after = entry.epsilon_after.unwrap_or(f64::INFINITY),
+            "round admitted by the privacy budget"
+        );
+        let round = RoundRecord {
+            epsilon_after: entry.epsilon_after,
+            ..round
+        };
         info!(round_id = %round.round_id, lineage, started_by, base_version = base.version, "round started");
         crate::driver::spawn(Arc::clone(self), round.round_id.clone());
         self.notify();
         Ok(round)
+    }
+
+    /// The lineage's budget, ledger and ε spent (with both accountant bounds), and how many
+    /// more rounds fit at the settings of the last charged round.
+    pub async fn privacy_state(&self, lineage: &str) -> Result<PrivacyState> {
+        let budget = self.store.budget(lineage).await?.ok_or_else(|| {
+            CoordinatorError::NotFound(format!(
+                "lineage {lineage:?} has no privacy budget (unknown lineage?)"
+            ))
+        })?;
+        let ledger = self.store.ledger(lineage).await?;
+        let history = crate::ledger::charged_events(&ledger);
+        let last = ledger
+            .iter()
+            .rev()
+            .find(|e| e.status.is_charged())
+            .map(|e| e.event());
+        let rounds_charged = history.iter().map(|e| e.rounds).sum::<u64>();
+        let (report, remaining) = tokio::task::spawn_blocking(move || {
+            let report = crate::privacy::compute_epsilon(&history, budget.delta);
+            let remaining = match (budget.epsilon_max, last) {
+                (Some(max), Some(next)) => {
+                    crate::privacy::rounds_remaining(&history, next, max, budget.delta).ok()
+                }
+                _ => None,
+            };
+            (report, remaining)
+        })
+        .await
+        .map_err(|e| CoordinatorError::Internal(format!("accounting task failed: {e}")))?;
+        let report =
+            report.map_err(|e| CoordinatorError::Internal(format!("privacy accounting: {e}")))?;
+        let finite = |v: f64| v.is_finite().then_some(v);
+        Ok(PrivacyState {
+            lineage: lineage.to_owned(),
+            budget,
+            epsilon_spent: finite(report.epsilon),
+            rdp_epsilon: finite(report.rdp_epsilon),
+            pld_epsilon: report.pld_epsilon.and_then(finite),
+            rounds_charged: u32::try_from(rounds_charged).unwrap_or(u32::MAX),
+            rounds_remaining: remaining,
+            ledger,
+        })
     }
 
     pub async fn round(&self, round_id: &str) -> Result<RoundRecord> {
@@ -225,6 +318,7 @@ impl Core {
             clip_norm: round.spec.clip_norm,
             num_parameters: self.registry.num_parameters() as u64,
             deadline_unix_ms: round.training_deadline_unix_ms,
+            noise_stddev: round.spec.node_noise_stddev(),
         }))
     }
 
@@ -237,6 +331,14 @@ impl Core {
         header: &UpdateHeader,
     ) -> Result<RoundRecord> {
         let round = self.round(&header.round_id).await?;
+        // First, so a re-sent update is told it already arrived even if its arrival closed
+        // the round.
+        if self.store.has_update(&round.round_id, node_id).await? {
+            return Err(CoordinatorError::AlreadyExists(format!(
+                "node {node_id} already sent its update for round {}",
+                round.round_id
+            )));
+        }
         if round.state != RoundState::Training {
             return Err(CoordinatorError::FailedPrecondition(format!(
                 "round {} is {}, not accepting updates",
@@ -276,12 +378,6 @@ impl Core {
                 self.settings.max_update_bytes
             )));
         }
-        if self.store.has_update(&round.round_id, node_id).await? {
-            return Err(CoordinatorError::AlreadyExists(format!(
-                "node {node_id} already sent its update for round {}",
-                round.round_id
-            )));
-        }
         Ok(round)
     }
 
@@ -293,11 +389,15 @@ impl Core {
         delta: Vec<f32>,
         norm: f64,
         num_examples: u64,
+        within_clip: bool,
     ) -> Result<u32> {
-        let clip = f64::from(round.spec.clip_norm);
-        if norm > clip {
+        let limit = round.spec.max_upload_norm(delta.len());
+        if norm > limit {
             return Err(CoordinatorError::InvalidArgument(format!(
-                "update norm {norm:.6} exceeds the round's clip norm {clip}; clip before upload"
+                "update norm {norm:.6} exceeds the round's limit {limit} (clip norm {}, {} noise); \
+                 clip before upload",
+                round.spec.clip_norm,
+                round.spec.noise_mode.as_str()
             )));
         }
         let dir = self.settings.updates_dir.join(&round.round_id);
@@ -319,6 +419,7 @@ impl Core {
                 round_id: round.round_id.clone(),
                 node_id: node_id.to_owned(),
                 num_examples,
+                within_clip,
                 norm,
                 sha256: digest,
                 blob_path: path.display().to_string(),

@@ -5,14 +5,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backroom_models::manifest::DpParameters;
-use rand::seq::SliceRandom;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Normal};
 use tracing::{error, info, warn};
 
 use crate::aggregate::{DpFedAvg, l2_norm, read_update_blob};
 use crate::core::Core;
 use crate::error::{CoordinatorError, Result};
+use crate::ledger::charged_events;
+use crate::privacy::compute_epsilon;
 use crate::registry::{Provenance, now_unix_ms};
-use crate::round::{RoundRecord, RoundState};
+use crate::round::{NoiseMode, RoundRecord, RoundState};
 
 /// Runs the round's driver in the background.
 pub fn spawn(core: Arc<Core>, round_id: String) {
@@ -83,12 +87,20 @@ async fn sample(core: &Core, round: &RoundRecord) -> Result<()> {
             .await?;
         let min = round.spec.min_clients as usize;
         if online.len() >= min {
-            // Over-select to absorb stragglers.
-            let want = (f64::from(round.spec.target_clients) * f64::from(core.settings.overselect))
-                .ceil() as usize;
-            online.shuffle(&mut rand::rng());
-            online.truncate(want.max(min));
+            // Poisson sampling: every online store joins independently with probability q, the
+            // rate the accountant charged when the round was admitted. No store is swapped in for
+            // another and no redraw happens, so the accountant's analysis holds.
+            online.retain(|_| poisson_pick(round.sampling_rate));
             online.sort();
+            if online.len() < min {
+                let reason = format!(
+                    "Poisson sampling at rate {:.4} picked {} store(s), fewer than min_clients \
+                     {min}; start a new round (nothing was spent)",
+                    round.sampling_rate,
+                    online.len()
+                );
+                return move_to(core, round, RoundState::Failed, &reason).await;
+            }
             let deadline = now + i64::from(round.spec.deadline_secs) * 1000;
             if core
                 .store
@@ -118,6 +130,14 @@ async fn sample(core: &Core, round: &RoundRecord) -> Result<()> {
     }
 }
 
+/// One Poisson draw with probability `q` from a generator seeded by the operating system.
+fn poisson_pick(q: f64) -> bool {
+    if q >= 1.0 {
+        return true;
+    }
+    StdRng::from_os_rng().random_bool(q.clamp(0.0, 1.0))
+}
+
 async fn wait_for_updates(core: &Core, round: &RoundRecord) -> Result<()> {
     let mut changes = core.subscribe();
     loop {
@@ -128,9 +148,11 @@ async fn wait_for_updates(core: &Core, round: &RoundRecord) -> Result<()> {
         }
         let accepted = current.updates_accepted as usize;
         let now = now_unix_ms();
+        // Every sampled store's update is waited for (until the deadline): closing the round
+        // early at a quota would let one store's presence displace another's update, doubling
+        // the sensitivity the accountant assumes.
         let everyone_answered = accepted >= current.sampled_nodes.len();
-        let enough = accepted >= current.spec.target_clients as usize;
-        if enough || everyone_answered || now >= current.training_deadline_unix_ms {
+        if everyone_answered || now >= current.training_deadline_unix_ms {
             let min = current.spec.min_clients as usize;
             return if accepted >= min {
                 move_to(core, &current, RoundState::Aggregating, "").await
@@ -163,6 +185,10 @@ async fn aggregate(core: &Arc<Core>, round: &RoundRecord) -> Result<()> {
         .await?
         .map_or(0, |v| v.version);
     let updates = core.store.updates(&round.round_id).await?;
+    let budget = core.store.budget(&round.lineage).await?;
+    let ledger = core.store.ledger(&round.lineage).await?;
+    let expected_clients = round.expected_clients;
+    let sampling_rate = round.sampling_rate;
     let registry = core.registry.clone();
     let spec = round.spec.clone();
     let round_id = round.round_id.clone();
@@ -172,6 +198,7 @@ async fn aggregate(core: &Arc<Core>, round: &RoundRecord) -> Result<()> {
         let base_params = registry.load_params(&base)?;
         let n = base_params.len();
         let mut sum = DpFedAvg::new(n);
+        let mut counted_bits = Vec::with_capacity(updates.len());
         for update in &updates {
             let delta = read_update_blob(std::path::Path::new(&update.blob_path), n)?;
             let digest = backroom_models::manifest::sha256_hex(
@@ -185,11 +212,12 @@ async fn aggregate(core: &Arc<Core>, round: &RoundRecord) -> Result<()> {
             }
             // Never trust a stored norm either: re-check before the delta is summed.
             let norm = l2_norm(&delta);
-            if norm > f64::from(spec.clip_norm) {
+            if norm > spec.max_upload_norm(n) {
                 warn!(round_id, node_id = %update.node_id, norm, "stored update above clip norm skipped");
                 continue;
             }
             sum.add(&delta)?;
+            counted_bits.push(update.within_clip);
         }
         let clients = u32::try_from(sum.count()).unwrap_or(u32::MAX);
         if (clients as usize) < spec.min_clients as usize {
@@ -198,12 +226,39 @@ async fn aggregate(core: &Arc<Core>, round: &RoundRecord) -> Result<()> {
                 spec.min_clients
             )));
         }
+        // Central mode: N(0, (z_Δ C)²) here (z_Δ = z without adaptive clipping). Distributed
+        // mode: the nodes already added it.
+        let coordinator_z = match spec.noise_mode {
+            NoiseMode::Central => spec.delta_noise_multiplier() as f32,
+            NoiseMode::Distributed => 0.0,
+        };
+        let next_clip_norm = spec.adaptive_clipping.map(|adaptive| {
+            // Only updates that were aggregated count; centred bits have sensitivity ½.
+            let centred: f64 = counted_bits.iter().map(|&b| if b { 0.5 } else { -0.5 }).sum();
+            let noise = Normal::new(0.0, f64::from(adaptive.count_stddev))
+                .map(|n| n.sample(&mut StdRng::from_os_rng()))
+                .unwrap_or(0.0);
+            adaptive.next_clip_norm(f64::from(spec.clip_norm), centred + noise, expected_clients)
+        });
         let mean = sum.finish(
             spec.clip_norm,
-            spec.noise_multiplier,
-            spec.target_clients as usize,
+            coordinator_z,
+            expected_clients.round().max(1.0) as usize,
         )?;
         let params: Vec<f32> = base_params.iter().zip(&mean).map(|(b, d)| b + d).collect();
+        // ε of every charged round of the lineage, this one included (its entry is reserved).
+        let (epsilon_spent, delta) = match budget {
+            Some(budget) => {
+                let report = compute_epsilon(&charged_events(&ledger), budget.delta).map_err(
+                    |e| CoordinatorError::Internal(format!("privacy accounting: {e}")),
+                )?;
+                (
+                    report.epsilon.is_finite().then_some(report.epsilon),
+                    Some(budget.delta),
+                )
+            }
+            None => (None, None),
+        };
         let provenance = Provenance {
             round_id: round_id.clone(),
             parent_version: base.version,
@@ -211,16 +266,24 @@ async fn aggregate(core: &Arc<Core>, round: &RoundRecord) -> Result<()> {
                 clip_norm: spec.clip_norm,
                 noise_multiplier: spec.noise_multiplier,
                 clients,
+                sampling_rate,
             }),
+            epsilon_spent,
+            delta,
         };
-        registry.write_version(&lineage, latest + 1, &provenance, &params)
+        let row = registry.write_version(&lineage, latest + 1, &provenance, &params)?;
+        Ok((row, next_clip_norm))
     })
     .await
     .map_err(|e| CoordinatorError::Internal(format!("aggregation task failed: {e}")))??;
+    let (row, next_clip_norm) = row;
     let version = row.version;
+    if let Some(clip_norm) = next_clip_norm {
+        info!(round_id = %round.round_id, clip_norm, "adaptive clipping moved the clip norm");
+    }
     if core
         .store
-        .publish(&round.round_id, &row, now_unix_ms())
+        .publish(&round.round_id, &row, next_clip_norm, now_unix_ms())
         .await?
     {
         info!(

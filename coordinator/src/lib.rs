@@ -6,17 +6,21 @@
 pub mod admin_service;
 pub mod aggregate;
 pub mod auth;
+pub mod budget;
 pub mod config;
 pub mod core;
 pub mod driver;
 pub mod error;
 pub mod identity;
+pub mod ledger;
 pub mod node_service;
+pub mod privacy;
 pub mod registry;
 pub mod round;
 pub mod store;
 pub mod tls;
 pub mod upload;
+pub mod wire_tap;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -47,6 +51,7 @@ pub struct Coordinator {
     tls: rustls::ServerConfig,
     local_addr: SocketAddr,
     shutdown_tx: watch::Sender<bool>,
+    wire_tap: Option<wire_tap::WireTap>,
 }
 
 impl Coordinator {
@@ -84,6 +89,15 @@ impl Coordinator {
             .await
             .context("cannot publish the initial model version")?;
 
+        store
+            .set_budget(
+                &config.lineage,
+                &config.privacy_budget,
+                registry::now_unix_ms(),
+            )
+            .await
+            .context("cannot record the lineage's privacy budget")?;
+
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let settings = Settings {
             heartbeat_interval_secs: config.heartbeat_interval_secs,
@@ -110,7 +124,19 @@ impl Coordinator {
             tls,
             local_addr,
             shutdown_tx,
+            wire_tap: None,
         })
+    }
+
+    /// Records the decrypted bytes of every client connection from now on (privacy audits and
+    /// tests; see [`wire_tap`]). Call before [`Coordinator::serve`].
+    pub fn tap_connections(&mut self) -> wire_tap::WireTap {
+        self.wire_tap.get_or_insert_with(Default::default).clone()
+    }
+
+    /// Records into an existing tap (e.g. one kept across a restart).
+    pub fn set_wire_tap(&mut self, tap: wire_tap::WireTap) {
+        self.wire_tap = Some(tap);
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -128,8 +154,9 @@ impl Coordinator {
             tls,
             local_addr,
             shutdown_tx,
+            wire_tap,
         } = self;
-        let incoming = tls::incoming(listener, tls);
+        let incoming = tls::incoming(listener, tls, wire_tap);
         let node = NodeServiceServer::new(node_service::NodeApi::new(Arc::clone(&core)))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);

@@ -206,7 +206,14 @@ impl NodeService for NodeApi {
         let accepted = match result {
             Ok((delta, norm)) => self
                 .core
-                .accept_update(&round, &peer.name, delta, norm, header.num_examples)
+                .accept_update(
+                    &round,
+                    &peer.name,
+                    delta,
+                    norm,
+                    header.num_examples,
+                    header.within_clip_norm,
+                )
                 .await
                 .map(|count| (norm, count)),
             Err(error) => Err(error),

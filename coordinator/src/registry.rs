@@ -41,6 +41,9 @@ pub struct Provenance {
     pub round_id: String,
     pub parent_version: u64,
     pub dp: Option<DpParameters>,
+    /// The lineage's ε including this version, at `delta` (`None`: infinite or not private).
+    pub epsilon_spent: Option<f64>,
+    pub delta: Option<f64>,
 }
 
 impl Registry {
@@ -81,6 +84,8 @@ impl Registry {
                 round_id: String::new(),
                 parent_version: 0,
                 dp: None,
+                epsilon_spent: None,
+                delta: None,
             };
             this.write_version(&lineage_owned, 1, &provenance, &params)
         })
@@ -140,7 +145,8 @@ impl Registry {
             weights_sha256: sha256_hex(&weights),
             weights_size: weights.len() as u64,
             dp: provenance.dp.clone(),
-            epsilon_spent: None,
+            epsilon_spent: provenance.epsilon_spent,
+            delta: provenance.delta,
             created_unix_ms: now,
             expires_unix_ms: now.saturating_add(self.inner.expiry_ms),
         };

@@ -85,6 +85,59 @@ impl Strategy {
     }
 }
 
+/// Where the Gaussian noise of a round is added.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoiseMode {
+    /// The coordinator adds N(0, (zC)²) to the sum of clipped deltas.
+    #[default]
+    Central,
+    /// Each sampled node adds N(0, (zC)²/min_clients) to its clipped delta; the coordinator adds
+    /// nothing. A round publishes only with at least min_clients updates, so the sum always
+    /// carries at least the central amount of noise (more when more nodes answer).
+    Distributed,
+}
+
+impl NoiseMode {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "" | "central" => Some(NoiseMode::Central),
+            "distributed" => Some(NoiseMode::Distributed),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoiseMode::Central => "central",
+            NoiseMode::Distributed => "distributed",
+        }
+    }
+}
+
+/// Adaptive clipping settings (Andrew et al., 2021, geometric update).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveClipping {
+    /// γ: the fraction of deltas that should fall within the clip norm.
+    pub target_quantile: f32,
+    /// η: step of the geometric update.
+    pub learning_rate: f32,
+    /// σ_b: noise on the count of deltas within the clip norm.
+    pub count_stddev: f32,
+}
+
+impl AdaptiveClipping {
+    /// C' = C · exp(−η (b̃ − γ)), with b̃ = (Σ (b_i − ½) + N(0, σ_b²)) / m + ½ the noised fraction
+    /// of the m expected contributors whose delta was within C. `noised_centred_sum` is
+    /// Σ (b_i − ½) + noise.
+    pub fn next_clip_norm(&self, clip_norm: f64, noised_centred_sum: f64, expected: f64) -> f64 {
+        let fraction = noised_centred_sum / expected.max(1.0) + 0.5;
+        clip_norm
+            * (-f64::from(self.learning_rate) * (fraction - f64::from(self.target_quantile))).exp()
+    }
+}
+
 /// What an ML engineer asks of a round.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -98,9 +151,71 @@ pub struct RoundSpec {
     pub learning_rate: f32,
     pub clip_norm: f32,
     pub noise_multiplier: f32,
+    #[serde(default)]
+    pub noise_mode: NoiseMode,
+    #[serde(default)]
+    pub adaptive_clipping: Option<AdaptiveClipping>,
 }
 
 impl RoundSpec {
+    /// σ = zC: the noise the sum of deltas carries (the accountant's mechanism).
+    pub fn sum_noise_stddev(&self) -> f64 {
+        self.delta_noise_multiplier() * f64::from(self.clip_norm)
+    }
+
+    /// The noise multiplier applied to the deltas. Without adaptive clipping it is z; with it,
+    /// part of the privacy cost goes to the noised count, and the deltas get
+    /// z_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2), so that the pair is exactly as private as one Gaussian
+    /// mechanism with multiplier z (Andrew et al., 2021, Theorem 1), which the accountant
+    /// charges.
+    pub fn delta_noise_multiplier(&self) -> f64 {
+        let z = f64::from(self.noise_multiplier);
+        match self.adaptive_clipping {
+            Some(adaptive) if z > 0.0 => {
+                let count = 2.0 * f64::from(adaptive.count_stddev);
+                let rest = z.powi(-2) - count.powi(-2);
+                if rest > 0.0 {
+                    rest.powf(-0.5)
+                } else {
+                    f64::INFINITY
+                }
+            }
+            _ => z,
+        }
+    }
+
+    /// Std of the noise each node adds to its clipped delta: σ/√min_clients in distributed
+    /// mode, 0 in central mode.
+    pub fn node_noise_stddev(&self) -> f64 {
+        match self.noise_mode {
+            NoiseMode::Central => 0.0,
+            NoiseMode::Distributed => {
+                self.sum_noise_stddev() / f64::from(self.min_clients.max(1)).sqrt()
+            }
+        }
+    }
+
+    /// Std of the noise the coordinator adds to the sum: σ in central mode, 0 in distributed.
+    pub fn coordinator_noise_stddev(&self) -> f64 {
+        match self.noise_mode {
+            NoiseMode::Central => self.sum_noise_stddev(),
+            NoiseMode::Distributed => 0.0,
+        }
+    }
+
+    /// Largest L2 norm the coordinator accepts for an uploaded delta of `d` values. Central
+    /// mode: C (the coordinator sees the clipped delta and re-checks it exactly). Distributed
+    /// mode: C + σ_node(√d + 10): a clipped delta plus honest noise stays below this except with
+    /// probability below e^{-50} (Gaussian norm concentration), so the check refuses deltas
+    /// that were clearly not clipped; it cannot prove clipping the way the central check does.
+    pub fn max_upload_norm(&self, d: usize) -> f64 {
+        let clip = f64::from(self.clip_norm);
+        match self.noise_mode {
+            NoiseMode::Central => clip,
+            NoiseMode::Distributed => clip + self.node_noise_stddev() * ((d as f64).sqrt() + 10.0),
+        }
+    }
+
     /// Checks every field and reports all problems at once.
     pub fn validate(&self) -> Result<(), CoordinatorError> {
         let mut problems = Vec::new();
@@ -152,6 +267,38 @@ impl RoundSpec {
                 self.noise_multiplier
             ));
         }
+        if let Some(adaptive) = self.adaptive_clipping {
+            if !(adaptive.target_quantile > 0.0 && adaptive.target_quantile < 1.0) {
+                problems.push(format!(
+                    "adaptive_clipping.target_quantile must be in (0, 1), got {}",
+                    adaptive.target_quantile
+                ));
+            }
+            if !(adaptive.learning_rate.is_finite() && adaptive.learning_rate > 0.0) {
+                problems.push(format!(
+                    "adaptive_clipping.learning_rate must be finite and > 0, got {}",
+                    adaptive.learning_rate
+                ));
+            }
+            if !(adaptive.count_stddev.is_finite() && adaptive.count_stddev > 0.0) {
+                problems.push(format!(
+                    "adaptive_clipping.count_stddev must be finite and > 0, got {}",
+                    adaptive.count_stddev
+                ));
+            } else if 2.0 * adaptive.count_stddev <= self.noise_multiplier {
+                problems.push(format!(
+                    "adaptive_clipping.count_stddev must exceed noise_multiplier / 2 = {} \
+                     (the count takes part of the noise budget)",
+                    self.noise_multiplier / 2.0
+                ));
+            }
+            if self.noise_mode == NoiseMode::Distributed {
+                problems.push(
+                    "adaptive clipping needs central noise (the count is noised centrally)"
+                        .to_owned(),
+                );
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -177,6 +324,15 @@ pub struct RoundRecord {
     pub updated_unix_ms: i64,
     pub sampled_nodes: Vec<String>,
     pub updates_accepted: u32,
+    /// Poisson sampling rate q, fixed when the round was admitted (the accountant's q).
+    pub sampling_rate: f64,
+    /// Expected number of contributors, q × population: the fixed DP-FedAvg denominator.
+    pub expected_clients: f64,
+    /// The lineage's ε including this round, from the privacy ledger (`None`: infinite, or the
+    /// round was never admitted).
+    pub epsilon_after: Option<f64>,
+    /// Adaptive clipping: the clip norm this round set for the lineage's next adaptive round.
+    pub next_clip_norm: Option<f32>,
 }
 
 #[cfg(test)]
@@ -194,7 +350,74 @@ mod round_tests {
             learning_rate: 0.05,
             clip_norm: 1.0,
             noise_multiplier: 0.5,
+            noise_mode: NoiseMode::Central,
+            adaptive_clipping: None,
         }
+    }
+
+    #[test]
+    fn adaptive_clipping_splits_the_noise_and_moves_the_clip_norm_geometrically() {
+        let adaptive = AdaptiveClipping {
+            target_quantile: 0.5,
+            learning_rate: 0.2,
+            count_stddev: 1.0,
+        };
+        let adaptive_spec = RoundSpec {
+            adaptive_clipping: Some(adaptive),
+            ..spec()
+        };
+        assert!(adaptive_spec.validate().is_ok());
+        // z = 0.5, 2σ_b = 2: z_Δ⁻² = 4 − 0.25.
+        let z_delta = adaptive_spec.delta_noise_multiplier();
+        assert!((z_delta.powi(-2) - 3.75).abs() < 1e-9, "{z_delta}");
+        assert!(z_delta > 0.5);
+        // Every delta within C (fraction 1 > γ): the clip norm shrinks by exp(−η/2).
+        let all_within = 3.0 * 0.5;
+        let next = adaptive.next_clip_norm(2.0, all_within, 3.0);
+        assert!((next - 2.0 * (-0.1_f64).exp()).abs() < 1e-12);
+        // None within: it grows by exp(η/2).
+        let next = adaptive.next_clip_norm(2.0, -1.5, 3.0);
+        assert!((next - 2.0 * 0.1_f64.exp()).abs() < 1e-12);
+        // At the target quantile it stays.
+        assert!((adaptive.next_clip_norm(2.0, 0.0, 3.0) - 2.0).abs() < 1e-12);
+        let too_little_count_noise = RoundSpec {
+            adaptive_clipping: Some(AdaptiveClipping {
+                count_stddev: 0.2,
+                ..adaptive
+            }),
+            ..spec()
+        };
+        let message = too_little_count_noise
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(message.contains("count_stddev must exceed"), "{message}");
+    }
+
+    #[test]
+    fn noise_is_split_between_nodes_and_coordinator_by_mode() {
+        let central = spec();
+        assert_eq!(central.coordinator_noise_stddev(), 0.5);
+        assert_eq!(central.node_noise_stddev(), 0.0);
+        assert_eq!(central.max_upload_norm(100), 1.0);
+        let distributed = RoundSpec {
+            noise_mode: NoiseMode::Distributed,
+            min_clients: 4,
+            target_clients: 4,
+            ..spec()
+        };
+        assert_eq!(distributed.coordinator_noise_stddev(), 0.0);
+        // Four shares of variance σ²/4 sum to σ².
+        let share = distributed.node_noise_stddev();
+        assert!((4.0 * share * share - 0.25).abs() < 1e-12);
+        assert!((distributed.max_upload_norm(100) - (1.0 + share * 20.0)).abs() < 1e-12);
+        assert_eq!(
+            NoiseMode::parse("distributed"),
+            Some(NoiseMode::Distributed)
+        );
+        assert_eq!(NoiseMode::parse(""), Some(NoiseMode::Central));
+        assert_eq!(NoiseMode::parse("local"), None);
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct UpdateRow {
     pub round_id: String,
     pub node_id: String,
     pub num_examples: u64,
+    /// The node's report that its delta was within the clip norm before clipping.
+    pub within_clip: bool,
     pub norm: f64,
     pub sha256: String,
     pub blob_path: String,
@@ -63,10 +65,10 @@ pub struct MetricBatchRow {
 
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
 }
 
-fn to_i64(value: u64) -> i64 {
+pub(crate) fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
@@ -130,32 +132,7 @@ impl Store {
     // ---- rounds ----
 
     pub async fn insert_round(&self, round: &RoundRecord) -> Result<()> {
-        let spec = serde_json::to_string(&round.spec)
-            .map_err(|e| CoordinatorError::Internal(e.to_string()))?;
-        sqlx::query(
-            "INSERT INTO rounds (round_id, lineage, state, spec, base_version, started_by, \
-             created_unix_ms, updated_unix_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&round.round_id)
-        .bind(&round.lineage)
-        .bind(round.state.as_str())
-        .bind(spec)
-        .bind(to_i64(round.base_version))
-        .bind(&round.started_by)
-        .bind(round.created_unix_ms)
-        .bind(round.updated_unix_ms)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| match e {
-            sqlx::Error::Database(db) if db.is_unique_violation() => {
-                CoordinatorError::FailedPrecondition(format!(
-                    "lineage {} already has a running round; wait for it or cancel it",
-                    round.lineage
-                ))
-            }
-            other => other.into(),
-        })?;
-        Ok(())
+        insert_round(&self.pool, round).await
     }
 
     pub async fn round(&self, round_id: &str) -> Result<Option<RoundRecord>> {
@@ -220,7 +197,20 @@ impl Store {
                 .bind(&round_id)
                 .fetch_one(&self.pool)
                 .await?;
+        let epsilon_after: Option<f64> =
+            sqlx::query_scalar("SELECT epsilon_after FROM privacy_ledger WHERE round_id = ?")
+                .bind(&round_id)
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten();
+        let next_clip_norm: Option<f64> =
+            sqlx::query_scalar("SELECT clip_norm FROM adaptive_clip_norms WHERE round_id = ?")
+                .bind(&round_id)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(RoundRecord {
+            next_clip_norm: next_clip_norm.map(|c| c as f32),
+            epsilon_after,
             lineage: row.try_get("lineage")?,
             state,
             spec,
@@ -235,6 +225,8 @@ impl Store {
             updated_unix_ms: row.try_get("updated_unix_ms")?,
             sampled_nodes,
             updates_accepted: u32::try_from(accepted).unwrap_or(u32::MAX),
+            sampling_rate: row.try_get("sampling_rate")?,
+            expected_clients: row.try_get("expected_clients")?,
             round_id,
         })
     }
@@ -255,6 +247,7 @@ impl Store {
                 to.as_str()
             )));
         }
+        let mut tx = self.pool.begin().await?;
         let result = sqlx::query(
             "UPDATE rounds SET state = ?, failure_reason = ?, updated_unix_ms = ? \
              WHERE round_id = ? AND state = ?",
@@ -264,9 +257,14 @@ impl Store {
         .bind(now_unix_ms)
         .bind(round_id)
         .bind(from.as_str())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(result.rows_affected() == 1)
+        let moved = result.rows_affected() == 1;
+        if moved && matches!(to, RoundState::Failed | RoundState::Cancelled) {
+            crate::ledger::settle_unpublished(&mut tx, round_id, now_unix_ms).await?;
+        }
+        tx.commit().await?;
+        Ok(moved)
     }
 
     /// Records the sampled nodes and the training deadline and moves `sampling → training`, in
@@ -306,7 +304,13 @@ impl Store {
 
     /// Inserts the new version and moves the round `aggregating → published` atomically, so a
     /// version is never published twice for one round.
-    pub async fn publish(&self, round_id: &str, version: &VersionRow, now: i64) -> Result<bool> {
+    pub async fn publish(
+        &self,
+        round_id: &str,
+        version: &VersionRow,
+        next_clip_norm: Option<f64>,
+        now: i64,
+    ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         let moved = sqlx::query(
             "UPDATE rounds SET state = 'published', published_version = ?, updated_unix_ms = ? \
@@ -323,8 +327,33 @@ impl Store {
             return Ok(false);
         }
         insert_version(&mut *tx, version).await?;
+        crate::ledger::mark_spent(&mut tx, round_id, now).await?;
+        if let Some(clip_norm) = next_clip_norm {
+            sqlx::query(
+                "INSERT INTO adaptive_clip_norms (lineage, clip_norm, round_id, updated_unix_ms) \
+                 VALUES (?, ?, ?, ?) ON CONFLICT (lineage) DO UPDATE SET \
+                 clip_norm = excluded.clip_norm, round_id = excluded.round_id, \
+                 updated_unix_ms = excluded.updated_unix_ms",
+            )
+            .bind(&version.lineage)
+            .bind(clip_norm)
+            .bind(round_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// The clip norm the lineage's next adaptive round uses, if an adaptive round published.
+    pub async fn adaptive_clip_norm(&self, lineage: &str) -> Result<Option<f64>> {
+        Ok(
+            sqlx::query_scalar("SELECT clip_norm FROM adaptive_clip_norms WHERE lineage = ?")
+                .bind(lineage)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     pub async fn count_refused(&self, round_id: &str) -> Result<()> {
@@ -368,7 +397,8 @@ impl Store {
     pub async fn insert_update(&self, row: &UpdateRow) -> Result<bool> {
         let result = sqlx::query(
             "INSERT INTO round_updates (round_id, node_id, num_examples, norm, sha256, \
-             blob_path, received_unix_ms) SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM \
+             blob_path, received_unix_ms, within_clip) SELECT ?, ?, ?, ?, ?, ?, ?, ? \
+             WHERE EXISTS (SELECT 1 FROM \
              rounds WHERE round_id = ? AND state = 'training' AND training_deadline_unix_ms > ?) \
              ON CONFLICT DO NOTHING",
         )
@@ -379,6 +409,7 @@ impl Store {
         .bind(&row.sha256)
         .bind(&row.blob_path)
         .bind(row.received_unix_ms)
+        .bind(row.within_clip)
         .bind(&row.round_id)
         .bind(row.received_unix_ms)
         .execute(&self.pool)
@@ -407,6 +438,7 @@ impl Store {
                     round_id: r.try_get("round_id")?,
                     node_id: r.try_get("node_id")?,
                     num_examples: to_u64(r.try_get("num_examples")?),
+                    within_clip: r.try_get("within_clip")?,
                     norm: r.try_get("norm")?,
                     sha256: r.try_get("sha256")?,
                     blob_path: r.try_get("blob_path")?,
@@ -591,4 +623,41 @@ fn version_from_row(r: &SqliteRow) -> VersionRow {
         signature: r.try_get("signature").unwrap_or_default(),
         created_unix_ms: r.try_get("created_unix_ms").unwrap_or_default(),
     }
+}
+
+/// Inserts a round (in `pending`); a second unfinished round of the same lineage is refused by
+/// the `rounds_one_active_per_lineage` index.
+pub(crate) async fn insert_round<'e, E>(executor: E, round: &RoundRecord) -> Result<()>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    let spec = serde_json::to_string(&round.spec)
+        .map_err(|e| CoordinatorError::Internal(e.to_string()))?;
+    sqlx::query(
+        "INSERT INTO rounds (round_id, lineage, state, spec, base_version, started_by, \
+         created_unix_ms, updated_unix_ms, sampling_rate, expected_clients) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&round.round_id)
+    .bind(&round.lineage)
+    .bind(round.state.as_str())
+    .bind(spec)
+    .bind(to_i64(round.base_version))
+    .bind(&round.started_by)
+    .bind(round.created_unix_ms)
+    .bind(round.updated_unix_ms)
+    .bind(round.sampling_rate)
+    .bind(round.expected_clients)
+    .execute(executor)
+    .await
+    .map_err(|e| match e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            CoordinatorError::FailedPrecondition(format!(
+                "lineage {} already has a running round; wait for it or cancel it",
+                round.lineage
+            ))
+        }
+        other => other.into(),
+    })?;
+    Ok(())
 }

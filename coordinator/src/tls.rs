@@ -11,11 +11,12 @@ use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::debug;
+
+use crate::wire_tap::{TappableStream, WireTap};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -67,10 +68,12 @@ pub fn server_config(
 
 /// Accepts TCP connections, completes TLS handshakes concurrently, and yields finished streams.
 /// The background task ends when the returned stream is dropped.
+/// With a `tap`, every connection's decrypted bytes are also recorded (see `wire_tap.rs`).
 pub fn incoming(
     listener: TcpListener,
     config: rustls::ServerConfig,
-) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    tap: Option<WireTap>,
+) -> ReceiverStream<Result<TappableStream, std::io::Error>> {
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
@@ -89,9 +92,11 @@ pub fn incoming(
             };
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            let tap = tap.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
+                        let stream = TappableStream::new(stream, tap.as_ref());
                         let _ = tx.send(Ok(stream)).await;
                     }
                     Ok(Err(error)) => debug!(%remote, %error, "TLS handshake refused"),

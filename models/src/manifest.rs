@@ -25,6 +25,8 @@ pub struct DpParameters {
     pub noise_multiplier: f32,
     /// Number of client updates aggregated.
     pub clients: u32,
+    /// Poisson sampling rate q of the round (the accountant's q).
+    pub sampling_rate: f64,
 }
 
 /// Everything a node needs to decide whether to install a version.
@@ -48,8 +50,11 @@ pub struct Manifest {
     pub weights_size: u64,
     /// `None` for the initial version, which saw no client data.
     pub dp: Option<DpParameters>,
-    /// ε spent by the lineage up to and including this version, where an accountant computed it.
+    /// ε spent by the lineage up to and including this version (at `delta`), as computed by
+    /// the coordinator's accountant; `None` when infinite (no noise) or for the initial version.
     pub epsilon_spent: Option<f64>,
+    /// The δ at which `epsilon_spent` holds.
+    pub delta: Option<f64>,
     pub created_unix_ms: i64,
     pub expires_unix_ms: i64,
 }
@@ -221,8 +226,10 @@ mod manifest_tests {
                 clip_norm: 1.0,
                 noise_multiplier: 0.5,
                 clients: 3,
+                sampling_rate: 1.0,
             }),
-            epsilon_spent: None,
+            epsilon_spent: Some(1.5),
+            delta: Some(1e-5),
             created_unix_ms: 1_000,
             expires_unix_ms: 10_000,
         }

@@ -30,6 +30,8 @@ pub enum ClipError {
     NonFinite { index: usize },
     #[error("delta norm {norm} is still above the clip norm {clip_norm} after clipping")]
     StillAboveClip { norm: f64, clip_norm: f32 },
+    #[error("noise standard deviation must be finite, non-negative and at most 1e30, got {0}")]
+    InvalidNoiseStd(f64),
 }
 
 /// What clipping did.
@@ -222,6 +224,8 @@ pub(crate) async fn run_task(
         seed: training_seed(&round_id, &ctx.node_id(), ctx.config.data.store_index),
     };
     let clip_norm = task.clip_norm;
+    // Distributed DP: this node's share of the round's Gaussian noise (0 in central mode).
+    let noise_stddev = task.noise_stddev;
     let device = ctx.device.clone();
     let samples = ctx.train_data.clone();
     let job = tokio::task::spawn_blocking(move || -> Result<PreparedUpdate, TrainError> {
@@ -235,7 +239,13 @@ pub(crate) async fn run_task(
         )
         .map_err(|e| TrainError::Model(e.to_string()))?;
         let mut delta = weight_delta(&outcome.params, &base.params)?;
-        let clip = clip_l2(&mut delta, clip_norm)?;
+        // Clip first, then noise: the noise is calibrated to the clipped sensitivity.
+        let clip = crate::dp::clip_and_noise(
+            &mut delta,
+            clip_norm,
+            noise_stddev,
+            &mut crate::dp::os_rng(),
+        )?;
         let (data, sha256) = encode_delta(&delta);
         Ok(PreparedUpdate {
             data: Arc::new(data),
@@ -300,6 +310,8 @@ async fn upload(
             base_version: task.base_version,
             num_parameters: task.num_parameters,
             num_examples: prepared.num_examples,
+            // Adaptive clipping's bit: was the delta within C before clipping?
+            within_clip_norm: prepared.clip.norm_before <= f64::from(task.clip_norm),
         };
         let chunks = update_chunks(header, prepared.data.clone(), prepared.sha256.clone());
         // After the deadline the coordinator refuses the update anyway.

@@ -2,5 +2,7 @@
 
 mod cli;
 mod federation;
+mod http2;
+mod privacy;
 mod refusals;
 mod support;

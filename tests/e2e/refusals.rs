@@ -367,6 +367,7 @@ async fn bad_updates_are_refused_with_clear_statuses_and_the_round_continues() {
         base_version: task.base_version,
         num_parameters: task.num_parameters,
         num_examples: 10,
+        within_clip_norm: true,
     };
     let sha = |bytes: &[u8]| Sha256::digest(bytes).to_vec();
     let mut refusals: Vec<(&str, tonic::Status)> = Vec::new();
@@ -602,6 +603,7 @@ async fn an_update_above_the_size_limit_is_refused_from_its_header() {
         base_version: task.base_version,
         num_parameters: task.num_parameters,
         num_examples: 1,
+        within_clip_norm: true,
     };
     // The data that follows the header is never read: the header alone is refused.
     let data = vec![vec![0u8; 1 << 20]; 4];

@@ -16,6 +16,11 @@ pub fn test_options(dir: &Path, stores: usize) -> SandboxOptions {
     options.train_samples = 128;
     options.camera.frame_interval = Duration::from_millis(100);
     options.camera.seconds_per_frame = 900;
+    // Most tests run without noise (to check aggregation exactly): no ε budget for them.
+    options.privacy_budget = backroom_coordinator::ledger::Budget {
+        epsilon_max: None,
+        delta: 1e-5,
+    };
     options
 }
 
@@ -37,6 +42,8 @@ pub fn spec(clients: u32, noise_multiplier: f32) -> pb::RoundSpec {
         learning_rate: 0.05,
         clip_norm: 0.5,
         noise_multiplier,
+        noise_mode: "central".into(),
+        adaptive_clipping: None,
     }
 }
 

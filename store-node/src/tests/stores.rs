@@ -39,6 +39,7 @@ fn signed_version(version: u64, expires_unix_ms: i64) -> (Vec<u8>, Vec<u8>, Vec<
         weights_size: weights.len() as u64,
         dp: None,
         epsilon_spent: None,
+        delta: None,
         created_unix_ms: 1,
         expires_unix_ms,
     };

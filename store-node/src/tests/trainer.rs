@@ -96,6 +96,7 @@ fn update_stream_is_header_bounded_chunks_and_trailer() {
         base_version: 1,
         num_parameters: delta.len() as u64,
         num_examples: 5,
+        within_clip_norm: true,
     };
     let chunks: Vec<_> = update_chunks(header, Arc::new(bytes.clone()), sha.clone()).collect();
     assert_eq!(chunks.len(), 1 + 3 + 1);

@@ -1,0 +1,44 @@
+-- Privacy accounting (issue 3).
+--
+-- A round's Poisson sampling rate and the expected number of contributors (the fixed
+-- denominator of DP-FedAvg) are chosen when the round starts and never change afterwards.
+ALTER TABLE rounds ADD COLUMN sampling_rate REAL NOT NULL DEFAULT 1.0;
+ALTER TABLE rounds ADD COLUMN expected_clients REAL NOT NULL DEFAULT 0.0;
+
+-- Each lineage's budget: (epsilon_max, delta). epsilon_max NULL means "no budget" (non-private
+-- lineages, e.g. tests without noise); the accountant still records every round.
+CREATE TABLE privacy_budgets (
+    lineage         TEXT    PRIMARY KEY NOT NULL,
+    epsilon_max     REAL,
+    delta           REAL    NOT NULL,
+    updated_unix_ms INTEGER NOT NULL
+);
+
+-- One row per round that was allowed to start. `reserved` while it runs; `spent` once it
+-- published (or ended after accepting at least one update); `refunded` when it ended without
+-- ever accepting an update, so nothing derived from private data was computed.
+CREATE TABLE privacy_ledger (
+    round_id         TEXT    PRIMARY KEY NOT NULL REFERENCES rounds (round_id),
+    lineage          TEXT    NOT NULL,
+    sampling_rate    REAL    NOT NULL,
+    noise_multiplier REAL    NOT NULL,
+    status           TEXT    NOT NULL CHECK (status IN ('reserved', 'spent', 'refunded')),
+    -- The lineage's epsilon including this round, at the budget's delta, as computed when the
+    -- round was admitted (NULL when it is infinite: no noise).
+    epsilon_after    REAL,
+    created_unix_ms  INTEGER NOT NULL,
+    updated_unix_ms  INTEGER NOT NULL
+);
+CREATE INDEX privacy_ledger_by_lineage ON privacy_ledger (lineage, created_unix_ms);
+
+-- Adaptive clipping (Andrew et al., 2021): whether the node's delta was within the round's clip
+-- norm before clipping (the bit the clip norm is adapted from; only its noised sum is used).
+ALTER TABLE round_updates ADD COLUMN within_clip INTEGER NOT NULL DEFAULT 1;
+
+-- The clip norm the next adaptive round of a lineage uses, updated when a round publishes.
+CREATE TABLE adaptive_clip_norms (
+    lineage         TEXT    PRIMARY KEY NOT NULL,
+    clip_norm       REAL    NOT NULL,
+    round_id        TEXT    NOT NULL,
+    updated_unix_ms INTEGER NOT NULL
+);

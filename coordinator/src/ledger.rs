@@ -1,0 +1,288 @@
+//! The privacy ledger: each lineage's budget and one entry per admitted round, in the database.
+//!
+//! **Architecture Invariant:** a round is admitted only inside one `BEGIN IMMEDIATE` transaction
+//! that reads every charged entry of the lineage, checks the budget with the new round included,
+//! and inserts the round and its reservation. SQLite runs such transactions one at a time, so
+//! concurrent round starts can never jointly overspend.
+//!
+//! Entry lifecycle: `reserved` when the round is admitted, `spent` when it publishes or ends
+//! after accepting at least one update, `refunded` when it ends without any accepted update
+//! (no computation touched private data, so nothing was spent). Reserved and spent entries count
+//! against the budget.
+
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+
+use crate::error::{CoordinatorError, Result};
+use crate::privacy::DpEvent;
+use crate::round::RoundRecord;
+use crate::store::Store;
+
+/// A lineage's privacy budget.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Budget {
+    /// `None`: no budget (the lineage is not private, e.g. test runs without noise).
+    pub epsilon_max: Option<f64>,
+    pub delta: f64,
+}
+
+impl Budget {
+    /// Checks the values an operator configured.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let mut problems = Vec::new();
+        if let Some(max) = self.epsilon_max
+            && !(max.is_finite() && max > 0.0)
+        {
+            problems.push(format!(
+                "epsilon_max must be finite and > 0 (omit it for no budget), got {max}"
+            ));
+        }
+        if !(self.delta.is_finite() && self.delta > 0.0 && self.delta < 1.0) {
+            problems.push(format!("delta must be in (0, 1), got {}", self.delta));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+}
+
+/// The state of a ledger entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LedgerStatus {
+    Reserved,
+    Spent,
+    Refunded,
+}
+
+impl LedgerStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LedgerStatus::Reserved => "reserved",
+            LedgerStatus::Spent => "spent",
+            LedgerStatus::Refunded => "refunded",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "reserved" => LedgerStatus::Reserved,
+            "spent" => LedgerStatus::Spent,
+            "refunded" => LedgerStatus::Refunded,
+            _ => return None,
+        })
+    }
+
+    /// Whether the entry counts against the budget.
+    pub fn is_charged(self) -> bool {
+        !matches!(self, LedgerStatus::Refunded)
+    }
+}
+
+/// One admitted round.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LedgerEntry {
+    pub round_id: String,
+    pub lineage: String,
+    pub sampling_rate: f64,
+    pub noise_multiplier: f64,
+    pub status: LedgerStatus,
+    /// The lineage's ε including this round when it was admitted; `None` when infinite.
+    pub epsilon_after: Option<f64>,
+    pub created_unix_ms: i64,
+}
+
+impl LedgerEntry {
+    pub fn event(&self) -> DpEvent {
+        DpEvent {
+            sampling_rate: self.sampling_rate,
+            noise_multiplier: self.noise_multiplier,
+            rounds: 1,
+        }
+    }
+}
+
+/// Folds entries into events, one per distinct (q, z), so composition work grows with the number
+/// of distinct settings rather than the number of rounds.
+pub fn charged_events<'a>(entries: impl IntoIterator<Item = &'a LedgerEntry>) -> Vec<DpEvent> {
+    let mut events: Vec<DpEvent> = Vec::new();
+    for entry in entries.into_iter().filter(|e| e.status.is_charged()) {
+        let event = entry.event();
+        match events.iter_mut().find(|e| {
+            e.sampling_rate.to_bits() == event.sampling_rate.to_bits()
+                && e.noise_multiplier.to_bits() == event.noise_multiplier.to_bits()
+        }) {
+            Some(existing) => existing.rounds += 1,
+            None => events.push(event),
+        }
+    }
+    events
+}
+
+fn entry_from_row(row: &SqliteRow) -> Result<LedgerEntry> {
+    let status: String = row.try_get("status")?;
+    let round_id: String = row.try_get("round_id")?;
+    Ok(LedgerEntry {
+        status: LedgerStatus::parse(&status).ok_or_else(|| {
+            CoordinatorError::Internal(format!(
+                "ledger entry {round_id} has unknown status {status}"
+            ))
+        })?,
+        round_id,
+        lineage: row.try_get("lineage")?,
+        sampling_rate: row.try_get("sampling_rate")?,
+        noise_multiplier: row.try_get("noise_multiplier")?,
+        epsilon_after: row.try_get("epsilon_after")?,
+        created_unix_ms: row.try_get("created_unix_ms")?,
+    })
+}
+
+async fn ledger_rows<'e, E>(executor: E, lineage: &str) -> Result<Vec<LedgerEntry>>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    let rows = sqlx::query(
+        "SELECT * FROM privacy_ledger WHERE lineage = ? ORDER BY created_unix_ms, round_id",
+    )
+    .bind(lineage)
+    .fetch_all(executor)
+    .await?;
+    rows.iter().map(entry_from_row).collect()
+}
+
+impl Store {
+    /// Sets (or replaces) a lineage's budget.
+    pub async fn set_budget(&self, lineage: &str, budget: &Budget, now: i64) -> Result<()> {
+        budget
+            .validate()
+            .map_err(CoordinatorError::InvalidArgument)?;
+        sqlx::query(
+            "INSERT INTO privacy_budgets (lineage, epsilon_max, delta, updated_unix_ms) \
+             VALUES (?, ?, ?, ?) ON CONFLICT (lineage) DO UPDATE SET \
+             epsilon_max = excluded.epsilon_max, delta = excluded.delta, \
+             updated_unix_ms = excluded.updated_unix_ms",
+        )
+        .bind(lineage)
+        .bind(budget.epsilon_max)
+        .bind(budget.delta)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn budget(&self, lineage: &str) -> Result<Option<Budget>> {
+        let row = sqlx::query("SELECT epsilon_max, delta FROM privacy_budgets WHERE lineage = ?")
+            .bind(lineage)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            Ok(Budget {
+                epsilon_max: row.try_get("epsilon_max")?,
+                delta: row.try_get("delta")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Every ledger entry of a lineage, oldest first.
+    pub async fn ledger(&self, lineage: &str) -> Result<Vec<LedgerEntry>> {
+        ledger_rows(&self.pool, lineage).await
+    }
+
+    /// Admits a round: in one `BEGIN IMMEDIATE` transaction, reads the lineage's entries, asks
+    /// `admit` (given the charged history and this round's event) for the ε the lineage would
+    /// reach (`Ok(None)` for infinite) or a refusal, refuses a second running round, and inserts
+    /// the round with its reservation. `admit` runs on a blocking thread (it may take a while).
+    pub async fn admit_round<F>(&self, round: &RoundRecord, admit: F) -> Result<LedgerEntry>
+    where
+        F: FnOnce(Vec<DpEvent>, DpEvent) -> Result<Option<f64>> + Send + 'static,
+    {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let entries = ledger_rows(&mut *tx, &round.lineage).await?;
+        let entry = LedgerEntry {
+            round_id: round.round_id.clone(),
+            lineage: round.lineage.clone(),
+            sampling_rate: round.sampling_rate,
+            noise_multiplier: f64::from(round.spec.noise_multiplier),
+            status: LedgerStatus::Reserved,
+            epsilon_after: None,
+            created_unix_ms: round.created_unix_ms,
+        };
+        let history = charged_events(&entries);
+        let next = entry.event();
+        let epsilon_after = tokio::task::spawn_blocking(move || admit(history, next))
+            .await
+            .map_err(|e| CoordinatorError::Internal(format!("accounting task failed: {e}")))??;
+        let active: Option<String> = sqlx::query_scalar(
+            "SELECT round_id FROM rounds WHERE lineage = ? \
+             AND state NOT IN ('published', 'failed', 'cancelled') LIMIT 1",
+        )
+        .bind(&round.lineage)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(active) = active {
+            return Err(CoordinatorError::FailedPrecondition(format!(
+                "round {active} of lineage {} is still running; wait for it or cancel it",
+                round.lineage
+            )));
+        }
+        crate::store::insert_round(&mut *tx, round).await?;
+        sqlx::query(
+            "INSERT INTO privacy_ledger (round_id, lineage, sampling_rate, noise_multiplier, \
+             status, epsilon_after, created_unix_ms, updated_unix_ms) \
+             VALUES (?, ?, ?, ?, 'reserved', ?, ?, ?)",
+        )
+        .bind(&entry.round_id)
+        .bind(&entry.lineage)
+        .bind(entry.sampling_rate)
+        .bind(entry.noise_multiplier)
+        .bind(epsilon_after)
+        .bind(entry.created_unix_ms)
+        .bind(entry.created_unix_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(LedgerEntry {
+            epsilon_after,
+            ..entry
+        })
+    }
+}
+
+/// Marks a published round's entry spent (inside the publishing transaction).
+pub(crate) async fn mark_spent(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    round_id: &str,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE privacy_ledger SET status = 'spent', updated_unix_ms = ? WHERE round_id = ?",
+    )
+    .bind(now)
+    .bind(round_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Settles the entry of a round that failed or was cancelled: refunded when it never accepted
+/// an update, spent otherwise (inside the transition's transaction).
+pub(crate) async fn settle_unpublished(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    round_id: &str,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE privacy_ledger SET updated_unix_ms = ?, status = CASE \
+         WHEN (SELECT COUNT(*) FROM round_updates WHERE round_id = ?) = 0 THEN 'refunded' \
+         ELSE 'spent' END WHERE round_id = ? AND status = 'reserved'",
+    )
+    .bind(now)
+    .bind(round_id)
+    .bind(round_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
