@@ -11,6 +11,7 @@ pub mod core;
 pub mod driver;
 pub mod error;
 pub mod identity;
+pub mod metrics;
 pub mod node_service;
 pub mod registry;
 pub mod round;

@@ -2,5 +2,6 @@
 
 mod cli;
 mod federation;
+mod metrics;
 mod refusals;
 mod support;
