@@ -38,6 +38,12 @@ impl NoisedTotal {
     /// `≈ 140 ± 62 (noised; 3 of 72 windows suppressed)`.
     pub fn describe(&self, unit: &str) -> String {
         let windows = self.windows_released + self.windows_suppressed;
+        if windows == 0 {
+            return "no window".into();
+        }
+        if self.windows_released == 0 {
+            return format!("suppressed in all {windows} windows");
+        }
         let mut text = format!("≈ {:.0}{unit} ± {:.0}", self.value, self.noise_std);
         if self.windows_suppressed > 0 {
             let _ = write!(
@@ -176,4 +182,92 @@ pub fn render_ledger(days: &[DayBudget]) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metric(name: &str, value: Option<f64>) -> pb::NoisedMetric {
+        pb::NoisedMetric {
+            name: name.into(),
+            value,
+            suppressed: value.is_none(),
+            noise_scale: 7.5,
+            sensitivity: 1.0,
+        }
+    }
+
+    #[test]
+    fn suppressed_cells_show_as_suppressed_and_totals_as_noised() {
+        let response = pb::QueryMetricsResponse {
+            rows: vec![pb::MetricRow {
+                store_id: "store-1".into(),
+                window_start_unix: 3600,
+                window_secs: 3600,
+                rho: 0.04,
+                metrics: vec![
+                    metric("frames", Some(13.0)),
+                    metric("out_of_stock_events", None),
+                ],
+                occupancy: Some(0.8),
+                ..pb::MetricRow::default()
+            }],
+            totals: vec![pb::MetricTotal {
+                name: "out_of_stock_events".into(),
+                value: 0.0,
+                noise_std: 0.0,
+                windows_released: 0,
+                windows_suppressed: 1,
+            }],
+            occupancy: Some(0.8),
+            stores: 1,
+        };
+        let table = render_table(&response);
+        assert!(table.contains("suppr."), "{table}");
+        assert!(table.contains("80%"), "{table}");
+        let row: Vec<&str> = table
+            .lines()
+            .find(|l| l.starts_with("store-1"))
+            .map(|l| l.split_whitespace().collect())
+            .unwrap_or_default();
+        assert_eq!(row[4..7], ["13", "suppr.", "-"], "{table}");
+        // A total with nothing released is not a zero.
+        let events = NoisedTotal::from_response(&response, "out_of_stock_events");
+        assert_eq!(events.describe(""), "suppressed in all 1 windows");
+        let mixed = NoisedTotal {
+            value: 140.4,
+            noise_std: 61.6,
+            windows_released: 69,
+            windows_suppressed: 3,
+        };
+        assert_eq!(
+            mixed.describe(""),
+            "≈ 140 ± 62 (noised; 3 of 72 windows suppressed)"
+        );
+        assert_eq!(NoisedTotal::default().describe(""), "no window");
+        let json = to_json(&response);
+        assert_eq!(json["noised"], true);
+        assert_eq!(json["rows"][0]["metrics"][1]["suppressed"], true);
+        assert!(json["rows"][0]["metrics"][1]["value"].is_null());
+    }
+
+    #[test]
+    fn the_ledger_table_lists_each_day() {
+        assert!(render_ledger(&[]).contains("no metric window"));
+        let day = DayBudget {
+            day: 19_723,
+            date: "2024-01-01".into(),
+            rho_spent: 0.96,
+            rho_budget: 1.0,
+            rho_remaining: 0.04,
+            releases: 24,
+            refused: 0,
+        };
+        let table = render_ledger(&[day]);
+        assert!(
+            table.contains("2024-01-01") && table.contains("0.9600"),
+            "{table}"
+        );
+    }
 }

@@ -5,7 +5,10 @@
 //! release (known metric names, finite values, a positive noise scale, a positive ρ that covers
 //! the declared noise), stores it once per idempotency key, and serves the noised values.
 //! Summing releases across stores and windows, and deriving occupancy from them, is
-//! post-processing: it costs no privacy budget. Suppressed cells stay suppressed, never zero.
+//! post-processing: it costs no privacy budget. Suppressed cells stay suppressed, never zero;
+//! totals sum the released cells and count the suppressed ones. Suppressed cells are the ones
+//! whose noise came out low, so a total over many suppressed cells is biased upward: read it with
+//! its suppressed count.
 //!
 //! The coordinator cannot check that a node really drew the noise it declares: metric privacy is
 //! enforced where the data lives, and a node that lied would only expose its own store.

@@ -34,10 +34,11 @@
 //! `rho_per_release`, which is what the node's ledger charges.
 //!
 //! **Group privacy.** The guarantee is per frame. A person visible in `k` frames of one window is
-//! protected at `k²·ρ` (zCDP group privacy grows with the square of the group size, Bun & Steinke
-//! 2016, Prop. 1.9), and across a day at most the day's budget times the largest per-window
-//! `k²`. Per-frame protection of a long visit is therefore weak; that is inherent in this unit,
-//! and the budget is the operator's lever.
+//! protected at `k²·ρ` for that release (zCDP group privacy grows with the square of the group
+//! size, Bun & Steinke 2016, Prop. 1.9). Seen in `k_i` frames of window `i` over a day, the
+//! person's releases compose to `Σ k_i²·ρ_release ≤ min(k²·ρ_release, max_i k_i² · ρ_day)` with
+//! `k = Σ k_i`. Per-frame protection of a long visit is therefore weak; that is inherent in this
+//! unit, and the budget is the operator's lever. (For pure ε-DP, group privacy would be `k·ε`.)
 //!
 //! # Suppression
 //! A metric whose *noised* count falls below `suppress_below` is released as suppressed, with no
@@ -273,7 +274,7 @@ pub fn release_window(
         let unit = metric.unit(policy.seconds_per_frame);
         metrics.push(NoisedMetric {
             name: metric.name().to_owned(),
-            value: (!suppressed).then(|| noised as f64 * unit),
+            value: (!suppressed).then_some(noised as f64 * unit),
             suppressed,
             noise_scale: scale * unit,
             sensitivity: metric.count_sensitivity(u64::from(policy.slots)) as f64 * unit,

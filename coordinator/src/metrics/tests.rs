@@ -43,9 +43,12 @@ fn a_node_release_is_valid() {
     assert_eq!(validate_batch(&batch()), Ok(()));
 }
 
+/// A change that makes a batch invalid.
+type Change = Box<dyn Fn(&mut pb::MetricBatch)>;
+
 #[test]
 fn anything_that_is_not_a_noised_release_is_refused() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut pb::MetricBatch)>)> = vec![
+    let cases: Vec<(&str, Change)> = vec![
         ("no noised metrics", Box::new(|b| b.metrics.clear())),
         ("rho must be above 0", Box::new(|b| b.rho = 0.0)),
         ("rho must be above 0", Box::new(|b| b.rho = f64::NAN)),

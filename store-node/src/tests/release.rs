@@ -169,7 +169,7 @@ fn noise_matches_the_declared_scale() {
     let truth = window(10_000, 100_000, 100_000);
     let policy = policy(0.04, 5);
     let n = 20_000;
-    let mut samples = vec![Vec::with_capacity(n); 3];
+    let mut samples: Vec<Vec<f64>> = (0..3).map(|_| Vec::with_capacity(n)).collect();
     let mut declared = [0.0; 3];
     for _ in 0..n {
         let release = release_window(&truth, &policy).expect("release");
