@@ -4,5 +4,6 @@
 
 pub mod client;
 pub mod evaluate;
+pub mod metrics_report;
 pub mod pilot;
 pub mod sandbox;

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use backroom::client;
 use backroom::pilot::{self, PilotOptions, state_name};
+use backroom::{client, metrics_report};
 use backroom_coordinator::CoordinatorConfig;
 use backroom_coordinator::identity::{CertificateAuthority, Role};
 use backroom_proto::v1 as pb;
@@ -57,10 +57,19 @@ enum Command {
         #[arg(long, default_value = "")]
         lineage: String,
     },
-    /// Shelf metrics synced by the stores (hourly windows).
+    /// Shelf metrics synced by the stores: noised releases of hourly windows.
     Metrics {
         #[command(flatten)]
         connection: Connection,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A store node's metric privacy ledger: zCDP budget spent and left per UTC day (read-only).
+    NodeBudget {
+        /// The node's data directory (holds node.db).
+        #[arg(long)]
+        data_dir: PathBuf,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -317,43 +326,29 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Metrics { connection, json } => {
             let mut admin = connect(&connection).await?;
-            let rows = admin
+            let response = admin
                 .query_metrics(pb::QueryMetricsRequest::default())
                 .await
                 .map_err(status)?
-                .into_inner()
-                .rows;
+                .into_inner();
             if json {
-                let rows: Vec<_> = rows
-                    .iter()
-                    .map(|r| {
-                        serde_json::json!({
-                            "store_id": r.store_id, "window_start_unix": r.window_start_unix,
-                            "window_secs": r.window_secs, "frames": r.frames,
-                            "slot_observations": r.slot_observations,
-                            "empty_slot_observations": r.empty_slot_observations,
-                            "out_of_stock_events": r.out_of_stock_events,
-                        })
-                    })
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                let value = metrics_report::to_json(&response);
+                println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
-                println!(
-                    "{:<10} {:>12} {:>7} {:>7} {:>8} {:>7} {:>13}",
-                    "store", "window", "secs", "frames", "slots", "empty", "out-of-stock"
-                );
-                for r in rows {
-                    println!(
-                        "{:<10} {:>12} {:>7} {:>7} {:>8} {:>7} {:>13}",
-                        r.store_id,
-                        r.window_start_unix,
-                        r.window_secs,
-                        r.frames,
-                        r.slot_observations,
-                        r.empty_slot_observations,
-                        r.out_of_stock_events
-                    );
-                }
+                print!("{}", metrics_report::render_table(&response));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::NodeBudget { data_dir, json } => {
+            let days = backroom_store_node::ledger::read_ledger_of(&data_dir)
+                .await
+                .with_context(|| {
+                    format!("cannot read the privacy ledger in {}", data_dir.display())
+                })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&days)?);
+            } else {
+                print!("{}", metrics_report::render_ledger(&days));
             }
             Ok(ExitCode::SUCCESS)
         }

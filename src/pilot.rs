@@ -11,6 +11,7 @@ use serde::Serialize;
 use backroom_coordinator::budget::format_epsilon;
 
 use crate::evaluate::{held_out_accuracy, load_verified_params, load_verifying_key};
+use crate::metrics_report::NoisedTotal;
 use crate::sandbox::{Sandbox, SandboxOptions};
 
 /// The pilot's demonstration budget. Three stores cannot buy a small ε: noise that would make ε
@@ -86,14 +87,23 @@ pub struct RoundSummary {
     pub seconds: f64,
 }
 
+/// The shelf metrics operations see: sums of the stores' noised releases.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct MetricTotals {
+    /// Always true: every value is a noised release or a sum of them.
+    pub noised: bool,
     pub stores: usize,
     pub windows: usize,
-    pub frames: u64,
-    pub slot_observations: u64,
-    pub empty_slot_observations: u64,
-    pub out_of_stock_events: u64,
+    pub frames: NoisedTotal,
+    pub out_of_stock_events: NoisedTotal,
+    pub out_of_stock_minutes: NoisedTotal,
+    /// Share of slot observations that were stocked, derived from the noised values.
+    pub occupancy: Option<f64>,
+    /// Largest ρ any store spent on the UTC day of its last window, and that day's budget.
+    pub rho_spent_per_store_day: f64,
+    pub rho_budget_per_store_day: f64,
+    /// Windows refused by the stores because a day's budget was spent.
+    pub releases_refused: u64,
 }
 
 /// ε of a larger deployment with the same accountant, printed beside the pilot's.
@@ -384,41 +394,45 @@ async fn accuracy_of(
     .context("evaluation task failed")?
 }
 
-/// Waits (bounded) until every node has synced at least one closed metric window and has no
-/// closed window left unsynced.
+/// Waits (bounded) until every node has synced at least one release and has no release left
+/// unsynced.
 async fn wait_for_metric_sync(sandbox: &Sandbox, timeout: Duration) {
     let deadline = tokio::time::Instant::now() + timeout;
     for node in &sandbox.nodes {
         let mut status = node.status.clone();
         let _ = tokio::time::timeout_at(
             deadline,
-            status.wait_for(|s| s.windows_synced > 0 && s.windows_synced >= s.windows_closed),
+            status.wait_for(|s| s.windows_synced > 0 && s.windows_synced >= s.metric_releases),
         )
         .await;
     }
 }
 
 async fn metric_totals(sandbox: &mut Sandbox) -> anyhow::Result<MetricTotals> {
-    let rows = sandbox
+    let response = sandbox
         .admin
         .query_metrics(pb::QueryMetricsRequest::default())
         .await
         .map_err(|s| anyhow::anyhow!("cannot query metrics: {}", s.message()))?
-        .into_inner()
-        .rows;
+        .into_inner();
     let mut totals = MetricTotals {
-        windows: rows.len(),
+        noised: true,
+        stores: usize::try_from(response.stores).unwrap_or(usize::MAX),
+        windows: response.rows.len(),
+        frames: NoisedTotal::from_response(&response, "frames"),
+        out_of_stock_events: NoisedTotal::from_response(&response, "out_of_stock_events"),
+        out_of_stock_minutes: NoisedTotal::from_response(&response, "out_of_stock_minutes"),
+        occupancy: response.occupancy,
         ..MetricTotals::default()
     };
-    let mut stores = std::collections::BTreeSet::new();
-    for row in &rows {
-        stores.insert(row.store_id.clone());
-        totals.frames += row.frames;
-        totals.slot_observations += row.slot_observations;
-        totals.empty_slot_observations += row.empty_slot_observations;
-        totals.out_of_stock_events += row.out_of_stock_events;
+    for node in &sandbox.nodes {
+        let status = node.status.borrow();
+        totals.releases_refused += status.releases_refused;
+        if let Some(day) = &status.metric_budget {
+            totals.rho_spent_per_store_day = totals.rho_spent_per_store_day.max(day.rho_spent);
+            totals.rho_budget_per_store_day = day.rho_budget;
+        }
     }
-    totals.stores = stores.len();
     Ok(totals)
 }
 
@@ -517,22 +531,34 @@ pub fn render(summary: &PilotSummary) -> String {
     let m = &summary.metrics;
     let _ = writeln!(
         out,
-        "\n  shelf metrics operations see (hourly windows synced to the coordinator):"
+        "\n  shelf metrics operations see (noised hourly releases, OpenDP Gaussian under zCDP):"
     );
     let _ = writeln!(
         out,
-        "    {} windows from {} stores, {} frames, {} slot observations, {} empty ({:.1}%), {} out-of-stock events",
+        "    {} windows from {} stores; rho spent per store on its last day {:.2}/{:.2}, {} windows refused",
         m.windows,
         m.stores,
-        m.frames,
-        m.slot_observations,
-        m.empty_slot_observations,
-        if m.slot_observations > 0 {
-            m.empty_slot_observations as f64 * 100.0 / m.slot_observations as f64
-        } else {
-            0.0
-        },
-        m.out_of_stock_events
+        m.rho_spent_per_store_day,
+        m.rho_budget_per_store_day,
+        m.releases_refused
     );
+    let _ = writeln!(out, "    frames               {}", m.frames.describe(""));
+    let _ = writeln!(
+        out,
+        "    out-of-stock events  {}",
+        m.out_of_stock_events.describe("")
+    );
+    let _ = writeln!(
+        out,
+        "    out-of-stock time    {}",
+        m.out_of_stock_minutes.describe(" slot-minutes")
+    );
+    if let Some(occupancy) = m.occupancy {
+        let _ = writeln!(
+            out,
+            "    shelf occupancy      ≈ {:.0}% stocked (derived from the noised values)",
+            occupancy * 100.0
+        );
+    }
     out
 }

@@ -14,7 +14,9 @@ use backroom_coordinator::{Coordinator, CoordinatorConfig};
 use backroom_models::BackendChoice;
 use backroom_proto::v1 as pb;
 use backroom_store_node::NodeStatus;
-use backroom_store_node::config::{CameraSettings, DataSettings, NodeConfig};
+use backroom_store_node::config::{
+    CameraSettings, DataSettings, MetricPrivacySettings, NodeConfig,
+};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -29,6 +31,8 @@ pub struct SandboxOptions {
     pub train_samples: usize,
     pub backend: BackendChoice,
     pub camera: CameraSettings,
+    /// Differential privacy of the nodes' metric releases.
+    pub metrics: MetricPrivacySettings,
     /// Longest wait of a node's long poll.
     pub poll_wait_secs: u32,
     /// The lineage's privacy budget (ε_max, δ) given to the coordinator.
@@ -52,6 +56,7 @@ impl SandboxOptions {
                 seconds_per_frame: 300,
                 ..CameraSettings::default()
             },
+            metrics: MetricPrivacySettings::default(),
             poll_wait_secs: 5,
             privacy_budget: DEFAULT_BUDGET,
             tap_connections: false,
@@ -159,6 +164,7 @@ impl Sandbox {
         config.lineage = self.lineage.clone();
         config.backend = self.options.backend;
         config.camera = self.options.camera.clone();
+        config.metrics = self.options.metrics.clone();
         config.poll_wait_secs = self.options.poll_wait_secs;
         let (status_tx, status) = watch::channel(NodeStatus::default());
         let (shutdown, rx) = watch::channel(false);

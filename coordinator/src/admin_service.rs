@@ -14,7 +14,7 @@ use crate::auth::require;
 use crate::core::{Core, PrivacyState};
 use crate::identity::Role;
 use crate::round::{AdaptiveClipping, NoiseMode, RoundRecord, RoundSpec, RoundState, Strategy};
-use crate::store::{MetricBatchRow, NodeRow, VersionRow};
+use crate::store::{NodeRow, VersionRow};
 
 #[derive(Debug, Clone)]
 pub struct AdminApi {
@@ -143,18 +143,11 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::QueryMetricsResponse>, Status> {
         let peer = require(&request, Role::Admin)?;
         let query = request.into_inner();
-        if query.from_unix != 0 && query.to_unix != 0 && query.from_unix >= query.to_unix {
-            return Err(Status::invalid_argument("from_unix must be before to_unix"));
-        }
-        let rows = self
+        let response = self
             .core
-            .store
-            .metric_batches(query.from_unix, query.to_unix)
+            .query_metrics(&peer.name, query.from_unix, query.to_unix)
             .await?;
-        tracing::info!(by = %peer.name, rows = rows.len(), "metrics queried");
-        Ok(Response::new(pb::QueryMetricsResponse {
-            rows: rows.into_iter().map(metric_to_proto).collect(),
-        }))
+        Ok(Response::new(response))
     }
 
     async fn list_nodes(
@@ -296,18 +289,6 @@ fn version_to_proto(row: VersionRow) -> pb::ModelVersion {
         weights_sha256: row.weights_sha256,
         created_unix_ms: row.created_unix_ms,
         manifest: row.manifest,
-    }
-}
-
-fn metric_to_proto(row: MetricBatchRow) -> pb::MetricRow {
-    pb::MetricRow {
-        store_id: row.store_id,
-        window_start_unix: row.window_start_unix,
-        window_secs: row.window_secs,
-        frames: row.frames,
-        slot_observations: row.slot_observations,
-        empty_slot_observations: row.empty_slot_observations,
-        out_of_stock_events: row.out_of_stock_events,
     }
 }
 

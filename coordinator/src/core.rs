@@ -1,18 +1,19 @@
-//! The coordinator's domain logic, independent of gRPC: rounds, updates, long polls, metrics.
+//! The coordinator's domain logic, independent of gRPC: rounds, updates, long polls (metrics are
+//! in `metrics.rs`).
 //! The tonic services in `node_service.rs` and `admin_service.rs` are thin adapters over this.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backroom_proto::v1::{MetricBatch, TrainTask, UpdateHeader};
+use backroom_proto::v1::{TrainTask, UpdateHeader};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::error::{CoordinatorError, Result};
 use crate::registry::{Registry, create_dir_durably, now_unix_ms, write_durably};
 use crate::round::{RoundRecord, RoundSpec, RoundState};
-use crate::store::{MetricBatchRow, NodeRow, Store, UpdateRow};
+use crate::store::{NodeRow, Store, UpdateRow};
 
 /// Tunables that are not part of any one round.
 #[derive(Clone, Debug)]
@@ -452,66 +453,6 @@ impl Core {
         }
         self.notify();
     }
-
-    // ---- metrics ----
-
-    /// Stores metric batches exactly once each. Returns (accepted, duplicates).
-    pub async fn sync_metrics(
-        &self,
-        store_id: &str,
-        batches: &[MetricBatch],
-    ) -> Result<(u32, u32)> {
-        if batches.len() > 1000 {
-            return Err(CoordinatorError::InvalidArgument(format!(
-                "{} batches in one call; send at most 1000",
-                batches.len()
-            )));
-        }
-        for (i, b) in batches.iter().enumerate() {
-            validate_batch(b)
-                .map_err(|m| CoordinatorError::InvalidArgument(format!("batch {i}: {m}")))?;
-        }
-        let (mut accepted, mut duplicates) = (0, 0);
-        let now = now_unix_ms();
-        for b in batches {
-            let row = MetricBatchRow {
-                store_id: store_id.to_owned(),
-                idempotency_key: b.idempotency_key.clone(),
-                camera_id: b.camera_id,
-                window_start_unix: b.window_start_unix,
-                window_secs: b.window_secs,
-                frames: b.frames,
-                slot_observations: b.slot_observations,
-                empty_slot_observations: b.empty_slot_observations,
-                out_of_stock_events: b.out_of_stock_events,
-            };
-            if self.store.insert_metric_batch(&row, now).await? {
-                accepted += 1;
-            } else {
-                duplicates += 1;
-            }
-        }
-        Ok((accepted, duplicates))
-    }
-}
-
-fn validate_batch(b: &MetricBatch) -> std::result::Result<(), String> {
-    if b.idempotency_key.is_empty() || b.idempotency_key.len() > 200 {
-        return Err("idempotency_key must have 1 to 200 characters".into());
-    }
-    if b.window_secs == 0 || b.window_secs > 86_400 {
-        return Err(format!(
-            "window_secs must be in 1..=86400, got {}",
-            b.window_secs
-        ));
-    }
-    if b.empty_slot_observations > b.slot_observations {
-        return Err("empty_slot_observations exceeds slot_observations".into());
-    }
-    if b.out_of_stock_events > b.slot_observations {
-        return Err("out_of_stock_events exceeds slot_observations".into());
-    }
-    Ok(())
 }
 
 fn new_round_id() -> String {

@@ -13,6 +13,7 @@ pub mod driver;
 pub mod error;
 pub mod identity;
 pub mod ledger;
+pub mod metrics;
 pub mod node_service;
 pub mod privacy;
 pub mod registry;

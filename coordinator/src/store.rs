@@ -13,6 +13,10 @@ use sqlx::sqlite::{
 use crate::error::{CoordinatorError, Result};
 use crate::round::{RoundRecord, RoundSpec, RoundState};
 
+mod metrics;
+
+pub use metrics::{MetricValueRow, ReleaseRow};
+
 /// A published model version as stored.
 #[derive(Clone, Debug)]
 pub struct VersionRow {
@@ -48,19 +52,6 @@ pub struct NodeRow {
     pub lineage: String,
     pub installed_version: u64,
     pub backend: String,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct MetricBatchRow {
-    pub store_id: String,
-    pub idempotency_key: String,
-    pub camera_id: u32,
-    pub window_start_unix: i64,
-    pub window_secs: u32,
-    pub frames: u64,
-    pub slot_observations: u64,
-    pub empty_slot_observations: u64,
-    pub out_of_stock_events: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -532,60 +523,6 @@ impl Store {
         .bind(lineage)
         .fetch_all(&self.pool)
         .await?)
-    }
-
-    // ---- metrics ----
-
-    /// Stores a batch unless this store already sent one with the same key. Returns whether it
-    /// was new.
-    pub async fn insert_metric_batch(&self, row: &MetricBatchRow, now: i64) -> Result<bool> {
-        let result = sqlx::query(
-            "INSERT INTO metric_batches (store_id, idempotency_key, camera_id, window_start_unix, \
-             window_secs, frames, slot_observations, empty_slot_observations, out_of_stock_events, \
-             received_unix_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        )
-        .bind(&row.store_id)
-        .bind(&row.idempotency_key)
-        .bind(i64::from(row.camera_id))
-        .bind(row.window_start_unix)
-        .bind(i64::from(row.window_secs))
-        .bind(to_i64(row.frames))
-        .bind(to_i64(row.slot_observations))
-        .bind(to_i64(row.empty_slot_observations))
-        .bind(to_i64(row.out_of_stock_events))
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(result.rows_affected() == 1)
-    }
-
-    /// Batches with `from <= window_start < to` (0 = unbounded).
-    pub async fn metric_batches(&self, from: i64, to: i64) -> Result<Vec<MetricBatchRow>> {
-        let rows = sqlx::query(
-            "SELECT * FROM metric_batches WHERE (? = 0 OR window_start_unix >= ?) \
-             AND (? = 0 OR window_start_unix < ?) ORDER BY window_start_unix, store_id, camera_id",
-        )
-        .bind(from)
-        .bind(from)
-        .bind(to)
-        .bind(to)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(MetricBatchRow {
-                    store_id: r.try_get("store_id")?,
-                    idempotency_key: r.try_get("idempotency_key")?,
-                    camera_id: u32::try_from(r.try_get::<i64, _>("camera_id")?).unwrap_or(0),
-                    window_start_unix: r.try_get("window_start_unix")?,
-                    window_secs: u32::try_from(r.try_get::<i64, _>("window_secs")?).unwrap_or(0),
-                    frames: to_u64(r.try_get("frames")?),
-                    slot_observations: to_u64(r.try_get("slot_observations")?),
-                    empty_slot_observations: to_u64(r.try_get("empty_slot_observations")?),
-                    out_of_stock_events: to_u64(r.try_get("out_of_stock_events")?),
-                })
-            })
-            .collect()
     }
 }
 

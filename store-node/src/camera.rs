@@ -1,5 +1,6 @@
-//! The camera pipeline: frames from the (simulated) camera, inference with the live model, and
-//! per-window shelf counts closed into the local metric queue.
+//! The camera pipeline: frames from the (simulated) camera, inference with the live model,
+//! per-window shelf counts, and at window close a noised release ([`crate::release`]) charged to
+//! the privacy ledger ([`crate::ledger`]) and queued. Raw counts stay in memory.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -9,7 +10,9 @@ use backroom_models::LoadedModel;
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, info, warn};
 
+use crate::ledger::ReleaseOutcome;
 use crate::metrics_sync::idempotency_key;
+use crate::release::{ReleasePolicy, release_window};
 use crate::transport::Shutdown;
 use crate::{NodeContext, now_unix_ms};
 
@@ -18,7 +21,8 @@ pub const SLOT_EMPTY: u8 = 1;
 /// Model output for a stocked slot.
 pub const SLOT_STOCKED: u8 = 0;
 
-/// Counts of one finished window, ready for the metric queue.
+/// Raw counts of one finished window. Held in memory only: what is queued and sent is its
+/// noised release.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClosedWindow {
     pub camera_id: u32,
@@ -31,7 +35,8 @@ pub struct ClosedWindow {
 }
 
 /// Groups per-frame slot states into fixed windows (`floor(captured_unix / window_secs)`) and
-/// counts stocked → empty transitions between consecutive frames.
+/// counts stocked → empty transitions between consecutive frames of the same window (never
+/// across a boundary, so each frame influences exactly one window's release).
 #[derive(Debug)]
 pub struct WindowAggregator {
     camera_id: u32,
@@ -61,7 +66,10 @@ impl WindowAggregator {
         let start = self.window_start(captured_unix);
         let closed = match &self.current {
             Some(window) if window.window_start_unix == start => None,
-            _ => self.current.take(),
+            _ => {
+                self.previous_states = None;
+                self.current.take()
+            }
         };
         let window = self.current.get_or_insert(ClosedWindow {
             camera_id: self.camera_id,
@@ -196,7 +204,7 @@ pub(crate) async fn run_camera(
                 ctx.update_status(|s| s.frames_processed += 1);
             }
         }
-        save_closed_windows(&ctx, &node_id, &mut unsaved).await;
+        release_closed_windows(&ctx, &node_id, &mut unsaved).await;
     }
     if let Some(partial) = aggregator.current() {
         debug!(
@@ -208,38 +216,87 @@ pub(crate) async fn run_camera(
     Ok(())
 }
 
-/// Stores closed windows; on a database error the rest stay in memory and are tried again after
-/// the next frame.
-async fn save_closed_windows(
+/// Releases closed windows: a noised release charged to the ledger and queued, or a refusal when
+/// the day's budget is spent. On an error the rest stay in memory and are tried again after the
+/// next frame.
+async fn release_closed_windows(
     ctx: &NodeContext,
     node_id: &str,
     unsaved: &mut VecDeque<ClosedWindow>,
 ) {
+    let policy = ReleasePolicy {
+        rho_per_release: ctx.config.metrics.rho_per_release,
+        suppress_below: ctx.config.metrics.suppress_below,
+        slots: u32::try_from(ctx.config.camera.slots).unwrap_or(u32::MAX),
+        seconds_per_frame: u32::try_from(ctx.config.camera.seconds_per_frame).unwrap_or(u32::MAX),
+    };
+    let rho_per_day = ctx.config.metrics.rho_per_day;
     while let Some(window) = unsaved.front() {
         let key = idempotency_key(node_id, window.camera_id, window.window_start_unix);
-        match ctx.queue.enqueue(&key, window, now_unix_ms()).await {
-            Ok(inserted) => {
-                if inserted {
-                    info!(
-                        key = %key,
-                        frames = window.frames,
-                        empty = window.empty_slot_observations,
-                        out_of_stock_events = window.out_of_stock_events,
-                        "metric window closed"
-                    );
-                    ctx.windows_ready.notify_one();
-                } else {
-                    // A replay after a restart closes the same window again: counted once.
-                    debug!(key = %key, "metric window closed; it was already queued");
-                }
+        match release_one(ctx, &key, window, &policy, rho_per_day).await {
+            Ok(ReleaseOutcome::Released(budget)) => {
+                info!(
+                    key = %key,
+                    rho = policy.rho_per_release,
+                    day = %budget.date,
+                    rho_spent = budget.rho_spent,
+                    rho_remaining = budget.rho_remaining,
+                    "metric window released (noised)"
+                );
+                ctx.update_status(|s| {
+                    s.windows_closed += 1;
+                    s.metric_releases += 1;
+                    s.metric_budget = Some(budget);
+                });
+                ctx.windows_ready.notify_one();
+            }
+            Ok(ReleaseOutcome::Refused(budget)) => {
+                warn!(
+                    key = %key,
+                    rho = policy.rho_per_release,
+                    day = %budget.date,
+                    rho_spent = budget.rho_spent,
+                    rho_budget = budget.rho_budget,
+                    "metric window refused: the day's privacy budget is spent; it is dropped"
+                );
+                ctx.update_status(|s| {
+                    s.windows_closed += 1;
+                    s.releases_refused += 1;
+                    s.metric_budget = Some(budget);
+                });
+            }
+            Ok(ReleaseOutcome::AlreadyRecorded) => {
+                // A replay after a restart closes the same window again: released once.
+                debug!(key = %key, "metric window closed; it was already released or refused");
                 ctx.update_status(|s| s.windows_closed += 1);
-                unsaved.pop_front();
             }
             Err(error) => {
-                warn!(key = %key, pending = unsaved.len(), "cannot queue metric window; will retry: {error}");
-                ctx.set_error(format!("cannot queue metric window: {error}"));
+                warn!(key = %key, pending = unsaved.len(), "cannot release metric window; will retry: {error:#}");
+                ctx.set_error(format!("cannot release metric window: {error:#}"));
                 return;
             }
         }
+        unsaved.pop_front();
     }
+}
+
+/// One window: skipped when already recorded, else noised off the runtime and recorded.
+async fn release_one(
+    ctx: &NodeContext,
+    key: &str,
+    window: &ClosedWindow,
+    policy: &ReleasePolicy,
+    rho_per_day: f64,
+) -> anyhow::Result<ReleaseOutcome> {
+    if ctx.queue.is_recorded(key).await? {
+        return Ok(ReleaseOutcome::AlreadyRecorded);
+    }
+    let (window, policy) = (window.clone(), policy.clone());
+    let release = tokio::task::spawn_blocking(move || release_window(&window, &policy)).await??;
+    // Noise drawn for a window that turns out refused (or recorded meanwhile) is discarded
+    // unseen; only a recorded release is ever sent.
+    Ok(ctx
+        .queue
+        .record_release(key, &release, rho_per_day, now_unix_ms())
+        .await?)
 }

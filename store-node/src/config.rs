@@ -11,7 +11,7 @@ use backroom_models::BackendChoice;
 
 mod raw;
 
-pub use raw::{RawCameraConfig, RawDataConfig, RawNodeConfig};
+pub use raw::{RawCameraConfig, RawDataConfig, RawMetricsConfig, RawNodeConfig};
 use raw::{check_lineage, check_non_empty, check_url};
 
 /// Default TLS server name checked against the coordinator's certificate.
@@ -28,6 +28,15 @@ pub const MAX_POLL_WAIT_SECS: u32 = 60;
 pub const DEFAULT_MAX_MODEL_BYTES: u64 = 256 * 1024 * 1024;
 /// Default number of local labelled samples.
 pub const DEFAULT_TRAIN_SAMPLES: usize = 256;
+/// Default zCDP cost of one window's release: 24 hourly releases (0.96) fit in the default day.
+pub const DEFAULT_RHO_PER_RELEASE: f64 = 0.04;
+/// Default zCDP budget per store and UTC day.
+pub const DEFAULT_RHO_PER_DAY: f64 = 1.0;
+/// Default suppression threshold on noised counts.
+pub const DEFAULT_SUPPRESS_BELOW: u64 = 5;
+/// Largest ρ accepted for a release or a day: beyond it the noise is negligible and the "privacy"
+/// meaningless, which is most likely a typo.
+pub const MAX_RHO: f64 = 100.0;
 
 /// Every problem found in a configuration.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -80,6 +89,55 @@ impl Default for CameraSettings {
     }
 }
 
+/// `[metrics]`: differential privacy of the shelf-metric releases ([`crate::release`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricPrivacySettings {
+    /// zCDP cost ρ of one window's release.
+    pub rho_per_release: f64,
+    /// zCDP budget per UTC day of data; a release that would exceed it is refused.
+    pub rho_per_day: f64,
+    /// Noised counts below this are sent as suppressed.
+    pub suppress_below: u64,
+}
+
+impl Default for MetricPrivacySettings {
+    fn default() -> Self {
+        Self {
+            rho_per_release: DEFAULT_RHO_PER_RELEASE,
+            rho_per_day: DEFAULT_RHO_PER_DAY,
+            suppress_below: DEFAULT_SUPPRESS_BELOW,
+        }
+    }
+}
+
+impl MetricPrivacySettings {
+    /// Records every problem of these settings.
+    pub(crate) fn check(&self, problems: &mut Vec<String>) {
+        for (name, rho) in [
+            ("metrics.rho_per_release", self.rho_per_release),
+            ("metrics.rho_per_day", self.rho_per_day),
+        ] {
+            if !(rho.is_finite() && rho > 0.0 && rho <= MAX_RHO) {
+                problems.push(format!(
+                    "{name} must be a number above 0 and at most {MAX_RHO}, got {rho}"
+                ));
+            }
+        }
+        if self.rho_per_release > self.rho_per_day {
+            problems.push(format!(
+                "metrics.rho_per_release ({}) exceeds metrics.rho_per_day ({}): every window would be refused",
+                self.rho_per_release, self.rho_per_day
+            ));
+        }
+        if self.suppress_below > 1_000_000 {
+            problems.push(format!(
+                "metrics.suppress_below must be between 0 and 1000000, got {}",
+                self.suppress_below
+            ));
+        }
+    }
+}
+
 /// A validated node configuration. Fields are public so that in-process callers (the pilot,
 /// tests) can build one directly with [`NodeConfig::new`] and adjust it.
 #[derive(Clone, Debug)]
@@ -97,6 +155,7 @@ pub struct NodeConfig {
     pub data: DataSettings,
     pub camera: CameraSettings,
     pub metric_window_secs: u32,
+    pub metrics: MetricPrivacySettings,
     pub poll_wait_secs: u32,
     pub max_model_bytes: u64,
 }
@@ -119,6 +178,7 @@ impl NodeConfig {
             data,
             camera: CameraSettings::default(),
             metric_window_secs: DEFAULT_METRIC_WINDOW_SECS,
+            metrics: MetricPrivacySettings::default(),
             poll_wait_secs: DEFAULT_POLL_WAIT_SECS,
             max_model_bytes: DEFAULT_MAX_MODEL_BYTES,
         }
@@ -142,6 +202,7 @@ impl NodeConfig {
         if self.metric_window_secs == 0 {
             problems.push("metric_window_secs must be at least 1".to_owned());
         }
+        self.metrics.check(&mut problems);
         if self.poll_wait_secs == 0 || self.poll_wait_secs > MAX_POLL_WAIT_SECS {
             problems.push(format!(
                 "poll_wait_secs must be between 1 and {MAX_POLL_WAIT_SECS}, got {}",

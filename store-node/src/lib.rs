@@ -6,15 +6,18 @@
 //! shutdown future resolves:
 //! - [`updater`]: long poll; installs newer signed versions and runs training tasks ([`trainer`]);
 //! - heartbeat ([`session`]);
-//! - [`camera`]: frames → inference → per-window counts → the local queue;
+//! - [`camera`]: frames → inference → per-window counts → a noised [`release`] charged to the
+//!   privacy [`ledger`] → the local queue (raw counts never leave memory);
 //! - [`metrics_sync`]: the queue → the coordinator, with idempotency keys.
 
 pub mod camera;
 pub mod config;
 pub mod dp;
+pub mod ledger;
 pub mod metrics_sync;
 pub mod model_store;
 pub mod model_stream;
+pub mod release;
 mod session;
 pub mod trainer;
 pub mod transport;
@@ -36,7 +39,8 @@ use tokio::task::JoinSet;
 use tonic::transport::Channel;
 use tracing::{error, info, warn};
 
-pub use config::{CameraSettings, ConfigError, DataSettings, NodeConfig};
+pub use config::{CameraSettings, ConfigError, DataSettings, MetricPrivacySettings, NodeConfig};
+pub use ledger::DayBudget;
 
 use crate::metrics_sync::MetricQueue;
 use crate::model_store::{InstalledModel, ModelStore};
@@ -55,7 +59,16 @@ pub struct NodeStatus {
     pub last_round_id: String,
     pub last_train_loss: Option<f32>,
     pub frames_processed: u64,
+    /// Windows closed (released, refused, or replayed after a restart and already recorded).
     pub windows_closed: u64,
+    /// Windows released (noised, charged, queued) by this run.
+    pub metric_releases: u64,
+    /// Windows refused by this run because their day's privacy budget was spent.
+    pub releases_refused: u64,
+    /// The metric privacy budget of the UTC day of the last window released or refused: ρ spent,
+    /// remaining and the day's budget.
+    pub metric_budget: Option<DayBudget>,
+    /// Releases acknowledged by the coordinator in this run.
     pub windows_synced: u64,
     pub refused_models: u32,
     pub last_error: Option<String>,
@@ -205,7 +218,21 @@ async fn run_node(
         .stored_node_id()
         .await
         .context("cannot read the stored node id")?;
+    let last_budget = queue
+        .ledger()
+        .await
+        .context("cannot read the privacy ledger")?
+        .pop();
+    if let Some(day) = &last_budget {
+        info!(
+            day = %day.date,
+            rho_spent = day.rho_spent,
+            rho_remaining = day.rho_remaining,
+            "metric privacy budget of the last recorded day"
+        );
+    }
     status.send_modify(|s| {
+        s.metric_budget = last_budget.clone();
         s.backend = backend.clone();
         s.installed_version = installed.as_ref().map_or(0, |m| m.version());
         s.node_id = stored_node_id.clone().unwrap_or_default();

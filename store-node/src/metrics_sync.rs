@@ -1,25 +1,27 @@
-//! The local metric queue (SQLite) and the loop that drains it to the coordinator.
+//! The local queue of noised metric releases (SQLite) and the loop that drains it to the
+//! coordinator.
 //!
-//! **Architecture Invariant:** a window is marked synced only after the coordinator acknowledged
+//! **Architecture Invariant:** a release is marked synced only after the coordinator acknowledged
 //! it, and every send carries the window's idempotency key, so a crash between the two re-sends a
-//! batch that the coordinator counts once: nothing is lost, nothing is counted twice.
+//! batch that the coordinator counts once: nothing is lost, nothing is counted twice. Only noised
+//! releases ([`crate::release`]) are queued; raw window counts never reach the database.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backroom_proto::v1::{MetricBatch, SyncMetricsRequest};
+use backroom_proto::v1::{MetricBatch, NoisedMetric, SyncMetricsRequest};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
 use tracing::{info, warn};
 
-use crate::camera::ClosedWindow;
+use crate::release::NoisedRelease;
 use crate::transport::{Backoff, RPC_TIMEOUT, Shutdown, request, sleep_or_shutdown};
 use crate::{NodeContext, now_unix_ms};
 
-/// Largest number of windows sent in one `SyncMetrics` call.
+/// Largest number of releases sent in one `SyncMetrics` call.
 pub const SYNC_BATCH_LIMIT: u32 = 100;
 /// How often an idle sync loop looks at the queue even without a new window.
 const IDLE_RECHECK: Duration = Duration::from_secs(30);
@@ -37,15 +39,21 @@ pub enum QueueError {
     Database(#[from] sqlx::Error),
     #[error("local database migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("value {value} of {field} does not fit the database")]
-    OutOfRange { field: &'static str, value: u64 },
+    #[error("cannot encode a release: {0}")]
+    Encode(#[source] serde_json::Error),
+    #[error("stored release {key} is unreadable: {source}")]
+    Decode {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
-/// A queued window with its key.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QueuedWindow {
+/// A queued release with its key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueuedRelease {
     pub idempotency_key: String,
-    pub window: ClosedWindow,
+    pub release: NoisedRelease,
 }
 
 /// `"{node_id}:{camera_id}:{window_start}"`: unique per store, camera and window.
@@ -53,10 +61,11 @@ pub fn idempotency_key(node_id: &str, camera_id: u32, window_start_unix: i64) ->
     format!("{node_id}:{camera_id}:{window_start_unix}")
 }
 
-/// The node's SQLite database (`<data_dir>/node.db`).
+/// The node's SQLite database (`<data_dir>/node.db`): the queue of noised releases, the privacy
+/// ledger ([`crate::ledger`]) and the node's identity. Raw window counts are never stored.
 #[derive(Clone, Debug)]
 pub struct MetricQueue {
-    pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
 }
 
 impl MetricQueue {
@@ -71,6 +80,9 @@ impl MetricQueue {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
+            // Deleted rows (the raw windows an older version queued) are overwritten, not left
+            // in free pages.
+            .pragma("secure_delete", "ON")
             .busy_timeout(Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -80,41 +92,11 @@ impl MetricQueue {
         Ok(Self { pool })
     }
 
-    /// Queues a closed window; `false` if its key was already queued (nothing changes then).
-    pub async fn enqueue(
-        &self,
-        key: &str,
-        window: &ClosedWindow,
-        now_unix_ms: i64,
-    ) -> Result<bool, QueueError> {
-        let result = sqlx::query(
-            "INSERT OR IGNORE INTO metric_queue (idempotency_key, camera_id, window_start_unix, \
-             window_secs, frames, slot_observations, empty_slot_observations, out_of_stock_events, \
-             created_at, synced_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
-        )
-        .bind(key)
-        .bind(i64::from(window.camera_id))
-        .bind(window.window_start_unix)
-        .bind(i64::from(window.window_secs))
-        .bind(to_i64("frames", window.frames)?)
-        .bind(to_i64("slot_observations", window.slot_observations)?)
-        .bind(to_i64(
-            "empty_slot_observations",
-            window.empty_slot_observations,
-        )?)
-        .bind(to_i64("out_of_stock_events", window.out_of_stock_events)?)
-        .bind(now_unix_ms)
-        .execute(&self.pool)
-        .await?;
-        Ok(result.rows_affected() == 1)
-    }
-
-    /// The oldest windows not yet acknowledged.
-    pub async fn unsynced(&self, limit: u32) -> Result<Vec<QueuedWindow>, QueueError> {
+    /// The oldest releases not yet acknowledged.
+    pub async fn unsynced(&self, limit: u32) -> Result<Vec<QueuedRelease>, QueueError> {
         let rows = sqlx::query(
-            "SELECT idempotency_key, camera_id, window_start_unix, window_secs, frames, \
-             slot_observations, empty_slot_observations, out_of_stock_events \
-             FROM metric_queue WHERE synced_at IS NULL \
+            "SELECT idempotency_key, camera_id, window_start_unix, window_secs, slots_per_frame, \
+             seconds_per_frame, rho, metrics FROM metric_releases WHERE synced_at IS NULL \
              ORDER BY window_start_unix, idempotency_key LIMIT ?",
         )
         .bind(i64::from(limit))
@@ -122,29 +104,36 @@ impl MetricQueue {
         .await?;
         rows.iter()
             .map(|row| {
-                Ok(QueuedWindow {
-                    idempotency_key: row.try_get("idempotency_key")?,
-                    window: ClosedWindow {
+                let key: String = row.try_get("idempotency_key")?;
+                let metrics: String = row.try_get("metrics")?;
+                let metrics =
+                    serde_json::from_str(&metrics).map_err(|source| QueueError::Decode {
+                        key: key.clone(),
+                        source,
+                    })?;
+                Ok(QueuedRelease {
+                    idempotency_key: key,
+                    release: NoisedRelease {
                         camera_id: from_i64(row.try_get("camera_id")?),
                         window_start_unix: row.try_get("window_start_unix")?,
                         window_secs: from_i64(row.try_get("window_secs")?),
-                        frames: from_i64(row.try_get("frames")?),
-                        slot_observations: from_i64(row.try_get("slot_observations")?),
-                        empty_slot_observations: from_i64(row.try_get("empty_slot_observations")?),
-                        out_of_stock_events: from_i64(row.try_get("out_of_stock_events")?),
+                        slots_per_frame: from_i64(row.try_get("slots_per_frame")?),
+                        seconds_per_frame: from_i64(row.try_get("seconds_per_frame")?),
+                        rho: row.try_get("rho")?,
+                        metrics,
                     },
                 })
             })
             .collect()
     }
 
-    /// Marks windows as acknowledged; returns how many changed state.
+    /// Marks releases as acknowledged; returns how many changed state.
     pub async fn mark_synced(&self, keys: &[String], now_unix_ms: i64) -> Result<u64, QueueError> {
         if keys.is_empty() {
             return Ok(0);
         }
         let mut query: QueryBuilder<'_, Sqlite> =
-            QueryBuilder::new("UPDATE metric_queue SET synced_at = ");
+            QueryBuilder::new("UPDATE metric_releases SET synced_at = ");
         query.push_bind(now_unix_ms);
         query.push(" WHERE synced_at IS NULL AND idempotency_key IN (");
         let mut list = query.separated(", ");
@@ -156,10 +145,10 @@ impl MetricQueue {
         Ok(result.rows_affected())
     }
 
-    /// Number of windows waiting to be sent.
+    /// Number of releases waiting to be sent.
     pub async fn pending_count(&self) -> Result<u64, QueueError> {
         let count: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM metric_queue WHERE synced_at IS NULL")
+            sqlx::query_scalar("SELECT COUNT(*) FROM metric_releases WHERE synced_at IS NULL")
                 .fetch_one(&self.pool)
                 .await?;
         Ok(from_i64(count))
@@ -192,28 +181,34 @@ impl MetricQueue {
     }
 }
 
-fn to_i64(field: &'static str, value: u64) -> Result<i64, QueueError> {
-    i64::try_from(value).map_err(|_| QueueError::OutOfRange { field, value })
-}
-
 /// Stored values were written from unsigned ones; a negative one can only come from outside
 /// tampering and reads as 0.
 fn from_i64<T: TryFrom<i64> + Default>(value: i64) -> T {
     T::try_from(value).unwrap_or_default()
 }
 
-/// The wire form of a queued window.
-pub fn to_batch(queued: &QueuedWindow) -> MetricBatch {
-    let w = &queued.window;
+/// The wire form of a queued release.
+pub fn to_batch(queued: &QueuedRelease) -> MetricBatch {
+    let r = &queued.release;
     MetricBatch {
         idempotency_key: queued.idempotency_key.clone(),
-        window_start_unix: w.window_start_unix,
-        window_secs: w.window_secs,
-        camera_id: w.camera_id,
-        frames: w.frames,
-        slot_observations: w.slot_observations,
-        empty_slot_observations: w.empty_slot_observations,
-        out_of_stock_events: w.out_of_stock_events,
+        window_start_unix: r.window_start_unix,
+        window_secs: r.window_secs,
+        camera_id: r.camera_id,
+        slots_per_frame: r.slots_per_frame,
+        seconds_per_frame: r.seconds_per_frame,
+        rho: r.rho,
+        metrics: r
+            .metrics
+            .iter()
+            .map(|m| NoisedMetric {
+                name: m.name.clone(),
+                value: m.value,
+                suppressed: m.suppressed,
+                noise_scale: m.noise_scale,
+                sensitivity: m.sensitivity,
+            })
+            .collect(),
     }
 }
 

@@ -3,6 +3,8 @@
 mod cli;
 mod federation;
 mod http2;
+mod metrics;
 mod privacy;
 mod refusals;
 mod support;
+mod wire_scan;

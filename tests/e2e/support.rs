@@ -137,3 +137,48 @@ pub async fn coordinator_db(sandbox: &Sandbox) -> sqlx::SqlitePool {
         .await
         .unwrap_or_else(|e| panic!("{e}"))
 }
+
+/// Checks that a metric batch is a noised release and nothing else: exactly the three known
+/// metrics, each with a positive noise scale, the sensitivity one camera frame really has, and
+/// a value only when not suppressed; and that the declared zCDP cost pays for the declared
+/// noise (Σ sensitivity² / (2 scale²) ≤ ρ). Returns the noised frame count, if not suppressed.
+pub fn assert_noised_release(batch: &pb::MetricBatch) -> Option<f64> {
+    assert!(batch.rho > 0.0 && batch.rho.is_finite(), "{batch:?}");
+    let slots = f64::from(batch.slots_per_frame);
+    let minutes_per_frame = f64::from(batch.seconds_per_frame) / 60.0;
+    let mut names: Vec<&str> = batch.metrics.iter().map(|m| m.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["frames", "out_of_stock_events", "out_of_stock_minutes"],
+        "{batch:?}"
+    );
+    let mut rho = 0.0;
+    let mut frames = None;
+    for metric in &batch.metrics {
+        let expected_sensitivity = match metric.name.as_str() {
+            "frames" => 1.0,
+            "out_of_stock_events" => slots,
+            _ => slots * minutes_per_frame,
+        };
+        assert!(
+            (metric.sensitivity - expected_sensitivity).abs() <= 1e-9 * expected_sensitivity,
+            "{metric:?} declares the wrong sensitivity"
+        );
+        assert!(metric.noise_scale > 0.0, "{metric:?} carries no noise");
+        assert_eq!(metric.suppressed, metric.value.is_none(), "{metric:?}");
+        if let Some(value) = metric.value {
+            assert!(value.is_finite(), "{metric:?}");
+            if metric.name == "frames" {
+                frames = Some(value);
+            }
+        }
+        rho += metric.sensitivity.powi(2) / (2.0 * metric.noise_scale.powi(2));
+    }
+    assert!(
+        rho <= batch.rho * (1.0 + 1e-9),
+        "declared noise costs ρ = {rho}, more than the ρ = {} charged",
+        batch.rho
+    );
+    frames
+}

@@ -68,6 +68,8 @@ async fn every_byte_a_node_sends_is_a_known_request_a_clipped_delta_or_a_noised_
         delta: 1e-5,
     };
     let (world_seed, train_samples) = (options.world_seed, options.train_samples);
+    // A window can hold at most this many frames: any larger frame count on the wire is noised.
+    let max_raw_frames = 3600 / options.camera.seconds_per_frame;
     let mut sandbox = start(options).await;
     wait_installed(&sandbox, 1).await;
     let clip_norm = 0.5_f32;
@@ -80,12 +82,12 @@ async fn every_byte_a_node_sends_is_a_known_request_a_clipped_delta_or_a_noised_
     )
     .await;
     assert_eq!(round.state, pb::RoundState::Published as i32, "{round:?}");
-    // Let every node sync some metric windows before the tap is read.
+    // Let every node sync at least 10 metric windows before the tap is read.
     for node in &sandbox.nodes {
         let mut status = node.status.clone();
         tokio::time::timeout(
             Duration::from_secs(120),
-            status.wait_for(|s| s.windows_synced > 0),
+            status.wait_for(|s| s.windows_synced >= 10),
         )
         .await
         .unwrap_or_else(|_| panic!("{} synced no metric window", node.store_id))
@@ -99,6 +101,7 @@ async fn every_byte_a_node_sends_is_a_known_request_a_clipped_delta_or_a_noised_
 
     let mut uploads = 0;
     let mut metric_batches = 0;
+    let mut frames_beyond_raw = 0;
     let mut scanned_bytes = 0;
     let node_connections: Vec<_> = tap
         .connections()
@@ -144,12 +147,22 @@ async fn every_byte_a_node_sends_is_a_known_request_a_clipped_delta_or_a_noised_
                         connection.peer
                     );
                     uploads += 1;
+                    // Positive control for the image scan below: a 16-value run of data the
+                    // node did send is found by the same search.
+                    let run: Vec<u8> = delta[1000..1016]
+                        .iter()
+                        .flat_map(|v| v.to_le_bytes())
+                        .collect();
+                    assert!(contains(&bytes, &run), "the byte scan misses sent data");
                 }
                 "SyncMetrics" => {
                     for bytes in &request.messages {
                         let sync: pb::SyncMetricsRequest = decode_exact(bytes, "SyncMetrics");
                         for batch in &sync.batches {
-                            crate::support::assert_noised_release(batch);
+                            let frames = crate::support::assert_noised_release(batch);
+                            if frames.is_some_and(|f| f > max_raw_frames as f64) {
+                                frames_beyond_raw += 1;
+                            }
                             metric_batches += 1;
                         }
                     }
@@ -172,7 +185,18 @@ async fn every_byte_a_node_sends_is_a_known_request_a_clipped_delta_or_a_noised_
         all_bytes.extend_from_slice(&bytes);
     }
     assert_eq!(uploads, 3, "every sampled store uploads exactly one delta");
-    assert!(metric_batches > 0, "no metric batch was sent");
+    assert!(
+        metric_batches >= 30,
+        "only {metric_batches} metric batches were sent"
+    );
+    // Raw frame counts never exceed `max_raw_frames` (4 here); noised ones do. With the default
+    // release (frames' noise scale ≈ 7.9, suppression below 5) each window's noised count
+    // exceeds 4 with probability ≥ 0.45, so a node sending noised values passes this check
+    // except with probability ≤ 0.55^30 ≈ 2e-8, and a node sending raw counts always fails it.
+    assert!(
+        frames_beyond_raw > 0,
+        "no frame count above {max_raw_frames} in {metric_batches} releases: raw counts?"
+    );
 
     // No training image (nor a 16-value run of one) appears in anything a node sent, in the f32
     // layout the node trains on.

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::{
     CameraSettings, ConfigError, DEFAULT_LINEAGE, DEFAULT_MAX_MODEL_BYTES,
     DEFAULT_METRIC_WINDOW_SECS, DEFAULT_POLL_WAIT_SECS, DEFAULT_TLS_SERVER_NAME,
-    DEFAULT_TRAIN_SAMPLES, DataSettings, MAX_POLL_WAIT_SECS, NodeConfig,
+    DEFAULT_TRAIN_SAMPLES, DataSettings, MAX_POLL_WAIT_SECS, MetricPrivacySettings, NodeConfig,
 };
 
 /// The file as written. Numbers are wide signed integers so that a negative or oversized value
@@ -29,6 +29,16 @@ pub struct RawNodeConfig {
     pub max_model_bytes: Option<i64>,
     pub data: Option<RawDataConfig>,
     pub camera: Option<RawCameraConfig>,
+    pub metrics: Option<RawMetricsConfig>,
+}
+
+/// `[metrics]`: differential privacy of the shelf-metric releases.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetricsConfig {
+    pub rho_per_release: Option<f64>,
+    pub rho_per_day: Option<f64>,
+    pub suppress_below: Option<i64>,
 }
 
 /// `[data]`: the node's local labelled samples.
@@ -106,6 +116,7 @@ impl RawNodeConfig {
 
         let data = validate_data(self.data, p);
         let camera = validate_camera(self.camera.unwrap_or_default(), p);
+        let metrics = validate_metrics(self.metrics.unwrap_or_default(), p);
 
         match (coordinator_url, bundle_dir, data_dir, backend, data, camera) {
             (
@@ -125,6 +136,7 @@ impl RawNodeConfig {
                 data,
                 camera,
                 metric_window_secs: u32::try_from(metric_window_secs).unwrap_or(0),
+                metrics,
                 poll_wait_secs: u32::try_from(poll_wait_secs).unwrap_or(0),
                 max_model_bytes: u64::try_from(max_model_bytes).unwrap_or(0),
             }),
@@ -196,6 +208,26 @@ fn validate_camera(raw: RawCameraConfig, p: &mut Vec<String>) -> Option<CameraSe
         frame_interval: Duration::from_millis(u64::try_from(interval).ok()?),
         start_unix,
     })
+}
+
+fn validate_metrics(raw: RawMetricsConfig, p: &mut Vec<String>) -> MetricPrivacySettings {
+    let d = MetricPrivacySettings::default();
+    let default_suppress = i64::try_from(d.suppress_below).unwrap_or(0);
+    let suppress_below = ranged(
+        "metrics.suppress_below",
+        raw.suppress_below,
+        default_suppress,
+        0,
+        1_000_000,
+        p,
+    );
+    let settings = MetricPrivacySettings {
+        rho_per_release: raw.rho_per_release.unwrap_or(d.rho_per_release),
+        rho_per_day: raw.rho_per_day.unwrap_or(d.rho_per_day),
+        suppress_below: u64::try_from(suppress_below).unwrap_or(d.suppress_below),
+    };
+    settings.check(p);
+    settings
 }
 
 fn required<T>(name: &str, value: Option<T>, problems: &mut Vec<String>) -> Option<T> {

@@ -60,16 +60,20 @@ fn out_of_stock_counts_only_stocked_to_empty_transitions() {
     agg.forget_previous(); // a skipped frame: no transition across the gap
     agg.observe(3, &[S, S, S, S]);
     agg.observe(4, &[E, E, E, E]); // 4 events
-    // A transition across a window boundary counts in the new window.
-    let closed = agg.observe(60, &[S, S, S, S]).expect("closed");
+    agg.observe(59, &[S, S, S, S]);
+    // A transition across a window boundary counts in neither window: a frame influences only
+    // its own window's release.
+    let closed = agg.observe(60, &[E, E, E, E]).expect("closed");
     assert_eq!(closed.out_of_stock_events, 6);
-    assert_eq!(closed.frames, 5);
+    assert_eq!(closed.frames, 6);
     let closed = {
-        agg.observe(61, &[E, S, S, S]);
+        agg.observe(61, &[S, S, S, E]);
+        agg.observe(62, &[E, S, S, E]); // 1 event
         agg.observe(120, &[E, E, E, E]).expect("closed")
     };
     assert_eq!(closed.out_of_stock_events, 1);
     assert_eq!(closed.window_start_unix, 60);
+    assert_eq!(agg.current().map(|w| w.out_of_stock_events), Some(0));
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use backroom_models::BackendChoice;
 
-use crate::config::NodeConfig;
+use crate::config::{MetricPrivacySettings, NodeConfig};
 
 // ---- configuration ----
 
@@ -31,6 +31,11 @@ slots = 16
 seconds_per_frame = 30
 frame_interval_ms = 250
 start_unix = 1704067200
+
+[metrics]
+rho_per_release = 0.02
+rho_per_day = 0.5
+suppress_below = 10
 "#;
 
 #[test]
@@ -57,6 +62,14 @@ fn a_full_file_parses_and_resolves_relative_paths() {
     assert_eq!(config.camera.seconds_per_frame, 30);
     assert_eq!(config.camera.frame_interval, Duration::from_millis(250));
     assert_eq!(config.camera.start_unix, 1_704_067_200);
+    assert_eq!(
+        config.metrics,
+        MetricPrivacySettings {
+            rho_per_release: 0.02,
+            rho_per_day: 0.5,
+            suppress_below: 10
+        }
+    );
     assert!(config.validate().is_ok());
 }
 
@@ -72,6 +85,49 @@ fn a_minimal_file_takes_the_defaults() {
     assert_eq!(config.poll_wait_secs, 20);
     assert_eq!(config.max_model_bytes, 256 * 1024 * 1024);
     assert_eq!(config.data_dir, Path::new("/x/d"));
+    assert_eq!(config.metrics, MetricPrivacySettings::default());
+    // The default day budget holds a whole day of default hourly releases.
+    let defaults = MetricPrivacySettings::default();
+    assert!(24.0 * defaults.rho_per_release <= defaults.rho_per_day);
+}
+
+#[test]
+fn bad_privacy_settings_are_each_reported() {
+    let base = "coordinator_url = \"https://c:7443\"\nbundle_dir = \"b\"\ndata_dir = \"d\"\n\
+                [data]\nworld_seed = 1\nstore_index = 0\n[metrics]\n";
+    for (section, needles) in [
+        (
+            "rho_per_release = -0.1\nrho_per_day = 0.0\nsuppress_below = -1",
+            vec![
+                "metrics.rho_per_release must be a number above 0",
+                "metrics.rho_per_day must be a number above 0",
+                "metrics.suppress_below must be between 0 and 1000000, got -1",
+            ],
+        ),
+        (
+            "rho_per_release = 0.5\nrho_per_day = 0.2",
+            vec!["metrics.rho_per_release (0.5) exceeds metrics.rho_per_day (0.2)"],
+        ),
+        (
+            "rho_per_release = nan\nrho_per_day = inf",
+            vec![
+                "metrics.rho_per_release must be a number above 0 and at most 100, got NaN",
+                "metrics.rho_per_day must be a number above 0 and at most 100, got inf",
+            ],
+        ),
+        ("rho_per_day = 1e9", vec!["metrics.rho_per_day must be"]),
+    ] {
+        let error = NodeConfig::from_toml_str(&format!("{base}{section}"), Path::new("/"))
+            .expect_err(section);
+        let all = error.problems.join("\n");
+        for needle in &needles {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        assert_eq!(error.problems.len(), needles.len(), "{all}");
+    }
+    let error = NodeConfig::from_toml_str(&format!("{base}epsilon = 1"), Path::new("/"))
+        .expect_err("unknown field");
+    assert!(error.problems[0].contains("epsilon"), "{error}");
 }
 
 #[test]
@@ -140,8 +196,9 @@ fn a_config_built_in_code_is_validated_too() {
     assert!(config.validate().is_ok());
     config.poll_wait_secs = 0;
     config.camera.slots = 0;
+    config.metrics.rho_per_release = -1.0;
     let error = config.validate().expect_err("invalid");
-    assert_eq!(error.problems.len(), 2, "{error}");
+    assert_eq!(error.problems.len(), 3, "{error}");
 }
 
 #[test]

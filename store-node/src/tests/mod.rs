@@ -2,5 +2,7 @@
 
 mod camera_stream;
 mod config;
+mod ledger;
+mod release;
 mod stores;
 mod trainer;

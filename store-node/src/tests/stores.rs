@@ -1,4 +1,4 @@
-//! The model store, the metric queue and the bundle.
+//! The model store and the bundle.
 
 use std::path::Path;
 use std::time::Duration;
@@ -7,8 +7,6 @@ use backroom_models::manifest::{MANIFEST_FORMAT, Manifest, sha256_hex, sign_mani
 use backroom_models::{ARCHITECTURE_ID, ShelfNetConfig};
 use ed25519_dalek::SigningKey;
 
-use crate::camera::ClosedWindow;
-use crate::metrics_sync::{MetricQueue, idempotency_key, to_batch};
 use crate::model_store::{
     MANIFEST_FILE, ModelStore, ModelStoreError, SIGNATURE_FILE, WEIGHTS_FILE,
 };
@@ -187,90 +185,6 @@ fn rollback_and_oversize_are_refused() {
     );
     let error = small.verify(manifest, signature, weights, 0, Some(0));
     assert!(error.is_err_and(|e| e.to_string().contains("max_model_bytes")));
-}
-
-// ---- metric queue ----
-
-fn window(start: i64) -> ClosedWindow {
-    ClosedWindow {
-        camera_id: 2,
-        window_start_unix: start,
-        window_secs: 3600,
-        frames: 60,
-        slot_observations: 720,
-        empty_slot_observations: 40,
-        out_of_stock_events: 3,
-    }
-}
-
-#[tokio::test]
-async fn the_metric_queue_is_idempotent() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let queue = MetricQueue::open(tmp.path()).await.expect("open");
-    let key = idempotency_key("store-1", 2, 3600);
-    assert_eq!(key, "store-1:2:3600");
-    assert!(queue.enqueue(&key, &window(3600), 1).await.expect("insert"));
-    assert!(
-        !queue
-            .enqueue(&key, &window(3600), 2)
-            .await
-            .expect("ignored")
-    );
-    let other = idempotency_key("store-1", 2, 7200);
-    assert!(
-        queue
-            .enqueue(&other, &window(7200), 3)
-            .await
-            .expect("insert")
-    );
-
-    let pending = queue.unsynced(100).await.expect("read");
-    assert_eq!(pending.len(), 2);
-    assert_eq!(pending[0].idempotency_key, key);
-    assert_eq!(pending[0].window, window(3600));
-    let batch = to_batch(&pending[0]);
-    assert_eq!(
-        (batch.frames, batch.out_of_stock_events, batch.camera_id),
-        (60, 3, 2)
-    );
-    assert_eq!(queue.unsynced(1).await.expect("read").len(), 1);
-
-    assert_eq!(
-        queue
-            .mark_synced(std::slice::from_ref(&key), 10)
-            .await
-            .expect("mark"),
-        1
-    );
-    assert_eq!(
-        queue
-            .mark_synced(std::slice::from_ref(&key), 11)
-            .await
-            .expect("mark"),
-        0
-    );
-    assert_eq!(queue.pending_count().await.expect("count"), 1);
-    // Closing the same window again after it was synced changes nothing.
-    assert!(
-        !queue
-            .enqueue(&key, &window(3600), 12)
-            .await
-            .expect("ignored")
-    );
-    assert_eq!(queue.pending_count().await.expect("count"), 1);
-    queue.close().await;
-
-    // Reopening keeps the state (and runs no migration twice).
-    let queue = MetricQueue::open(tmp.path()).await.expect("reopen");
-    assert_eq!(queue.unsynced(100).await.expect("read").len(), 1);
-    assert_eq!(queue.stored_node_id().await.expect("read"), None);
-    queue.store_node_id("store-1", 1).await.expect("store");
-    queue.store_node_id("store-2", 2).await.expect("store");
-    assert_eq!(
-        queue.stored_node_id().await.expect("read").as_deref(),
-        Some("store-2")
-    );
-    queue.close().await;
 }
 
 // ---- transport ----

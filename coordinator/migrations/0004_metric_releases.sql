@@ -1,0 +1,31 @@
+-- Stores send noised releases of their metric windows, never raw counts: the table of raw
+-- counts goes, and releases are kept with their noise parameters (one row per metric).
+DROP INDEX IF EXISTS metric_batches_by_window;
+DROP TABLE IF EXISTS metric_batches;
+
+CREATE TABLE metric_releases (
+    store_id          TEXT    NOT NULL,
+    idempotency_key   TEXT    NOT NULL,
+    camera_id         INTEGER NOT NULL,
+    window_start_unix INTEGER NOT NULL,
+    window_secs       INTEGER NOT NULL,
+    slots_per_frame   INTEGER NOT NULL,
+    seconds_per_frame INTEGER NOT NULL,
+    rho               REAL    NOT NULL, -- zCDP cost the store charged for this release
+    received_unix_ms  INTEGER NOT NULL,
+    PRIMARY KEY (store_id, idempotency_key)
+);
+CREATE INDEX metric_releases_by_window ON metric_releases (window_start_unix);
+
+CREATE TABLE metric_release_values (
+    store_id        TEXT    NOT NULL,
+    idempotency_key TEXT    NOT NULL,
+    name            TEXT    NOT NULL,
+    value           REAL,             -- noised; NULL when suppressed
+    suppressed      INTEGER NOT NULL, -- 0 or 1
+    noise_scale     REAL    NOT NULL,
+    sensitivity     REAL    NOT NULL,
+    PRIMARY KEY (store_id, idempotency_key, name),
+    FOREIGN KEY (store_id, idempotency_key)
+        REFERENCES metric_releases (store_id, idempotency_key) ON DELETE CASCADE
+);
