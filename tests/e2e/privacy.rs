@@ -245,3 +245,48 @@ async fn adaptive_clipping_moves_the_clip_norm_towards_the_target_quantile() {
     }
     shutdown(sandbox).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_noise_is_added_by_the_nodes_and_none_by_the_coordinator() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut sandbox = start(test_options(dir.path(), 3)).await;
+    wait_installed(&sandbox, 1).await;
+    let (z, clip) = (0.5_f64, 0.5_f64);
+    let round = run_round(
+        &mut sandbox,
+        pb::RoundSpec {
+            noise_mode: "distributed".into(),
+            ..spec(3, z as f32)
+        },
+    )
+    .await;
+    let updates = crate::support::round_updates(&sandbox, &round.round_id);
+    assert_eq!(updates.len(), 3);
+    // Each node's share: σ = zC/√min_clients per coordinate, so its upload's norm is about
+    // σ√d (the clipped part adds at most C). The norm of d Gaussians has standard deviation
+    // σ/√2, so ±(C + 10σ) fails by chance with probability below 1e-20.
+    let sigma = z * clip / 3.0_f64.sqrt();
+    for (path, delta) in &updates {
+        let norm = crate::support::l2(delta);
+        let expected = sigma * (delta.len() as f64).sqrt();
+        assert!(
+            (norm - expected).abs() <= clip + 10.0 * sigma,
+            "{}: norm {norm}, expected ≈ {expected}",
+            path.display()
+        );
+    }
+    // The coordinator adds nothing: the new model is base + Σ uploads / 3, to f32 rounding.
+    let base = crate::support::params_of(&sandbox, 1);
+    let next = crate::support::params_of(&sandbox, round.published_version);
+    let worst = (0..base.len())
+        .map(|i| {
+            let mean: f64 = updates.iter().map(|(_, d)| f64::from(d[i])).sum::<f64>() / 3.0;
+            (f64::from(next[i]) - f64::from(base[i]) - mean).abs()
+        })
+        .fold(0.0, f64::max);
+    assert!(
+        worst < 1e-5,
+        "the coordinator changed the sum by up to {worst}"
+    );
+    shutdown(sandbox).await;
+}
