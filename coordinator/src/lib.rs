@@ -12,6 +12,7 @@ pub mod driver;
 pub mod error;
 pub mod identity;
 pub mod node_service;
+pub mod privacy;
 pub mod registry;
 pub mod round;
 pub mod store;
