@@ -11,9 +11,13 @@ Mechanism: each event is `rounds` rounds of a Poisson-subsampled Gaussian (sampl
 `sampling_rate`, noise multiplier `noise_multiplier`, sensitivity 1), neighbouring relation
 ADD_OR_REMOVE_ONE (dp-accounting's default). Vectors with several events check heterogeneous
 composition. For `sampling_rate == 1` the file also records the exact epsilon of the composed
-Gaussian mechanism (Balle & Wang 2018) from `dp_accounting.get_epsilon_gaussian(z / sqrt(T), delta)`.
+Gaussian mechanism (Balle & Wang 2018), `dp_accounting.get_epsilon_gaussian(z / sqrt(T), delta)`.
+Each vector lists the RDP orders dp-accounting dropped because their series did not converge
+(`rdp_orders_dropped`), and `rdp_quadrature` holds Rényi divergences of single rounds computed
+by direct numerical integration (mpmath, installed with dp-accounting) to check fractional
+orders independently.
 
-How to run (about 10-20 minutes on 2 cores; the PLD accountant for large T is the slow part):
+How to run (about 5 minutes on 2 cores; the PLD accountant for large T is the slow part):
 
     python3 -m venv /tmp/dpvenv
     /tmp/dpvenv/bin/pip install dp-accounting==0.6.0
@@ -102,9 +106,9 @@ def vector(events, deltas):
             row["exact_epsilon"] = dp_accounting.get_epsilon_gaussian(z / math.sqrt(t), delta)
         out.append(row)
     seconds = time.perf_counter() - start
-    print(f"{events} pld+queries {seconds:.1f}s: "
-          + ", ".join(f"d={r['delta']:g} rdp={r['rdp_epsilon']} pld={r['pld_epsilon']}" for r in out),
-          flush=True)
+    summary = ", ".join(
+        f"d={r['delta']:g} rdp={r['rdp_epsilon']} pld={r['pld_epsilon']}" for r in out)
+    print(f"{events} pld+queries {seconds:.1f}s: {summary}", flush=True)
     return out
 
 
