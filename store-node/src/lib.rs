@@ -11,6 +11,7 @@
 
 pub mod camera;
 pub mod config;
+pub mod dp;
 pub mod metrics_sync;
 pub mod model_store;
 pub mod model_stream;

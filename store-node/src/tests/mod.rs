@@ -2,5 +2,6 @@
 
 mod camera_stream;
 mod config;
+mod dp;
 mod stores;
 mod trainer;
