@@ -16,7 +16,7 @@ use crate::error::{CoordinatorError, Result};
 use crate::ledger::charged_events;
 use crate::privacy::compute_epsilon;
 use crate::registry::{Provenance, now_unix_ms};
-use crate::round::{NoiseMode, RoundRecord, RoundState};
+use crate::round::{RoundRecord, RoundState};
 
 /// Runs the round's driver in the background.
 pub fn spawn(core: Arc<Core>, round_id: String) {
@@ -226,12 +226,6 @@ async fn aggregate(core: &Arc<Core>, round: &RoundRecord) -> Result<()> {
                 spec.min_clients
             )));
         }
-        // Central mode: N(0, (z_Δ C)²) here (z_Δ = z without adaptive clipping). Distributed
-        // mode: the nodes already added it.
-        let coordinator_z = match spec.noise_mode {
-            NoiseMode::Central => spec.delta_noise_multiplier() as f32,
-            NoiseMode::Distributed => 0.0,
-        };
         let next_clip_norm = spec.adaptive_clipping.map(|adaptive| {
             // Only updates that were aggregated count; centred bits have sensitivity ½.
             let centred: f64 = counted_bits.iter().map(|&b| if b { 0.5 } else { -0.5 }).sum();
@@ -240,10 +234,13 @@ async fn aggregate(core: &Arc<Core>, round: &RoundRecord) -> Result<()> {
                 .unwrap_or(0.0);
             adaptive.next_clip_norm(f64::from(spec.clip_norm), centred + noise, expected_clients)
         });
-        let mean = sum.finish(
-            spec.clip_norm,
-            coordinator_z,
-            expected_clients.round().max(1.0) as usize,
+        // Central mode: N(0, (z_Δ C)²) here (z_Δ = z without adaptive clipping); distributed
+        // mode: nothing, the nodes added it. The denominator is the expected number of
+        // contributors fixed at admission, whatever arrived: DP-FedAvg's fixed denominator.
+        let mean = sum.finish_with_noise_std(
+            spec.coordinator_noise_stddev(),
+            expected_clients.max(1.0),
+            &mut StdRng::from_os_rng(),
         )?;
         let params: Vec<f32> = base_params.iter().zip(&mean).map(|(b, d)| b + d).collect();
         // ε of every charged round of the lineage, this one included (its entry is reserved).

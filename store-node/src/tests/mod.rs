@@ -2,6 +2,7 @@
 
 mod camera_stream;
 mod config;
+mod dp;
 mod ledger;
 mod release;
 mod stores;
