@@ -31,6 +31,18 @@ CREATE TABLE privacy_ledger (
 );
 CREATE INDEX privacy_ledger_by_lineage ON privacy_ledger (lineage, created_unix_ms);
 
+-- Rounds from before the ledger existed are charged too, conservatively at q = 1 (their
+-- sampling was not Poisson): published or unfinished ones, and ended ones that accepted an
+-- update. Their noise multiplier comes from the stored spec.
+INSERT INTO privacy_ledger (round_id, lineage, sampling_rate, noise_multiplier, status,
+                            epsilon_after, created_unix_ms, updated_unix_ms)
+SELECT r.round_id, r.lineage, 1.0, json_extract(r.spec, '$.noise_multiplier'),
+       CASE WHEN r.state IN ('published', 'failed', 'cancelled') THEN 'spent' ELSE 'reserved' END,
+       NULL, r.created_unix_ms, r.updated_unix_ms
+FROM rounds r
+WHERE r.state NOT IN ('failed', 'cancelled')
+   OR EXISTS (SELECT 1 FROM round_updates u WHERE u.round_id = r.round_id);
+
 -- Adaptive clipping (Andrew et al., 2021): whether the node's delta was within the round's clip
 -- norm before clipping (the bit the clip norm is adapted from; only its noised sum is used).
 ALTER TABLE round_updates ADD COLUMN within_clip INTEGER NOT NULL DEFAULT 1;

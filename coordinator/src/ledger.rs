@@ -286,3 +286,84 @@ pub(crate) async fn settle_unpublished(
     .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod ledger_tests {
+    use std::borrow::Cow;
+    use std::str::FromStr;
+
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
+
+    use super::*;
+
+    fn round_row(round_id: &str, state: &str, z: f64) -> (String, String, String) {
+        let spec = format!(r#"{{"noise_multiplier":{z}}}"#);
+        (round_id.to_owned(), state.to_owned(), spec)
+    }
+
+    #[tokio::test]
+    async fn rounds_from_before_the_ledger_are_charged_conservatively_at_q_1() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let url = format!("sqlite://{}", dir.path().join("c.db").display());
+        {
+            let options = SqliteConnectOptions::from_str(&url)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .create_if_missing(true);
+            let pool = SqlitePool::connect_with(options)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            // The schema as it was before migration 0003.
+            let mut before = sqlx::migrate!("./migrations");
+            before.migrations = Cow::Owned(before.migrations.iter().take(2).cloned().collect());
+            before.run(&pool).await.unwrap_or_else(|e| panic!("{e}"));
+            for (round_id, state, spec) in [
+                round_row("published", "published", 0.5),
+                round_row("failed-empty", "failed", 0.5),
+                round_row("cancelled-with-update", "cancelled", 0.7),
+                round_row("running", "training", 0.9),
+            ] {
+                sqlx::query(
+                    "INSERT INTO rounds (round_id, lineage, state, spec, base_version, \
+                     started_by, created_unix_ms, updated_unix_ms) VALUES (?, 'l', ?, ?, 1, 'a', 1, 2)",
+                )
+                .bind(round_id)
+                .bind(state)
+                .bind(spec)
+                .execute(&pool)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            }
+            sqlx::query(
+                "INSERT INTO round_updates (round_id, node_id, num_examples, norm, sha256, \
+                 blob_path, received_unix_ms) VALUES ('cancelled-with-update', 'n', 1, 0.1, 'x', 'p', 1)",
+            )
+            .execute(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+            pool.close().await;
+        }
+        let store = Store::open(&url).await.unwrap_or_else(|e| panic!("{e}"));
+        let ledger = store.ledger("l").await.unwrap_or_else(|e| panic!("{e}"));
+        let found: Vec<(&str, LedgerStatus, f64, f64)> = ledger
+            .iter()
+            .map(|e| {
+                (
+                    e.round_id.as_str(),
+                    e.status,
+                    e.sampling_rate,
+                    e.noise_multiplier,
+                )
+            })
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                ("cancelled-with-update", LedgerStatus::Spent, 1.0, 0.7),
+                ("published", LedgerStatus::Spent, 1.0, 0.5),
+                ("running", LedgerStatus::Reserved, 1.0, 0.9),
+            ]
+        );
+        let events = charged_events(&ledger);
+        assert_eq!(events.iter().map(|e| e.rounds).sum::<u64>(), 3);
+    }
+}
