@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use backroom_coordinator::budget::format_epsilon;
+use backroom_coordinator::budget::{format_epsilon, format_multiplier};
 use backroom_coordinator::privacy::{DpEvent, compute_epsilon};
 use backroom_proto::v1 as pb;
 use clap::{Args, Subcommand};
@@ -172,7 +172,7 @@ async fn show(connection: &Connection, lineage: String, json: bool) -> anyhow::R
             "  {:<28} {:>9.4} {:>7} {:<9} {}",
             e.round_id,
             e.sampling_rate,
-            e.noise_multiplier,
+            format_multiplier(e.noise_multiplier),
             e.status,
             e.epsilon_after
                 .map_or_else(|| "∞".to_owned(), format_epsilon)

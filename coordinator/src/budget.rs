@@ -46,8 +46,14 @@ pub fn admit(
         format_epsilon(epsilon_max),
         budget.delta,
         next.sampling_rate,
-        next.noise_multiplier,
+        format_multiplier(next.noise_multiplier),
     )))
+}
+
+/// A noise multiplier as the engineer typed it: round specs carry f32, so print at f32
+/// precision ("0.01", not "0.009999999776482582"). The accountant uses the exact value.
+pub fn format_multiplier(noise_multiplier: f64) -> String {
+    format!("{}", noise_multiplier as f32)
 }
 
 /// ε with four significant digits, "∞" when infinite.

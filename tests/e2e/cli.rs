@@ -22,9 +22,28 @@ fn pilot_json_reports_accuracy_rounds_and_every_node() {
         "rounds",
         "clip_norm",
         "noise_multiplier",
+        "epsilon",
+        "epsilon_budget",
+        "delta",
+        "rounds_remaining",
     ] {
         assert!(summary.get(key).is_some(), "summary lacks {key}: {summary}");
     }
+    // ε spent grows round by round and stays within the budget.
+    let per_round: Vec<f64> = summary["per_round"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|r| r["epsilon_after"].as_f64().unwrap_or(f64::NAN))
+        .collect();
+    assert_eq!(per_round.len(), 2, "{summary}");
+    assert!(
+        per_round[0] > 0.0 && per_round[1] > per_round[0],
+        "{per_round:?}"
+    );
+    assert_eq!(summary["epsilon"].as_f64(), Some(per_round[1]));
+    assert!(per_round[1] <= summary["epsilon_budget"].as_f64().unwrap_or(0.0));
     assert_eq!(summary["rounds"], 2);
     let nodes = summary["nodes"].as_array().cloned().unwrap_or_default();
     assert_eq!(nodes.len(), 3, "{summary}");
