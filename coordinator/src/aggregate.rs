@@ -224,10 +224,22 @@ pub fn l2_norm(values: &[f32]) -> f64 {
     (lanes.iter().sum::<f64>() + tail).sqrt()
 }
 
-/// Reads a stored update blob (little-endian f32).
-pub fn read_update_blob(path: &std::path::Path, expected: usize) -> Result<Vec<f32>> {
+/// Reads a stored update blob (little-endian f32) and checks it against the SHA-256 recorded
+/// when it was accepted, hashing the bytes as read (no re-encoding).
+pub fn read_update_blob(
+    path: &std::path::Path,
+    expected: usize,
+    expected_sha256: &str,
+) -> Result<Vec<f32>> {
     let bytes = std::fs::read(path)
         .map_err(|e| CoordinatorError::io(format!("cannot read update {}", path.display()), e))?;
+    let digest = backroom_models::manifest::sha256_hex(&bytes);
+    if digest != expected_sha256 {
+        return Err(CoordinatorError::Internal(format!(
+            "stored update {} does not match its recorded SHA-256",
+            path.display()
+        )));
+    }
     if bytes.len() != expected * 4 {
         return Err(CoordinatorError::Internal(format!(
             "update {} has {} bytes, expected {}",

@@ -200,16 +200,8 @@ async fn aggregate(core: &Arc<Core>, round: &RoundRecord) -> Result<()> {
         let mut sum = DpFedAvg::new(n);
         let mut counted_bits = Vec::with_capacity(updates.len());
         for update in &updates {
-            let delta = read_update_blob(std::path::Path::new(&update.blob_path), n)?;
-            let digest = backroom_models::manifest::sha256_hex(
-                &delta.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
-            );
-            if digest != update.sha256 {
-                return Err(CoordinatorError::Internal(format!(
-                    "stored update {} does not match its recorded SHA-256",
-                    update.blob_path
-                )));
-            }
+            let delta =
+                read_update_blob(std::path::Path::new(&update.blob_path), n, &update.sha256)?;
             // Never trust a stored norm either: re-check before the delta is summed.
             let norm = l2_norm(&delta);
             if norm > spec.max_upload_norm(n) {
