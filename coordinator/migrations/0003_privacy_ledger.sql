@@ -4,6 +4,9 @@
 -- denominator of DP-FedAvg) are chosen when the round starts and never change afterwards.
 ALTER TABLE rounds ADD COLUMN sampling_rate REAL NOT NULL DEFAULT 1.0;
 ALTER TABLE rounds ADD COLUMN expected_clients REAL NOT NULL DEFAULT 0.0;
+-- Rounds in flight at the upgrade keep the denominator they were started with (their target).
+UPDATE rounds SET expected_clients = COALESCE(json_extract(spec, '$.target_clients'), 1.0)
+WHERE state NOT IN ('published', 'failed', 'cancelled');
 
 -- Each lineage's budget: (epsilon_max, delta). epsilon_max NULL means "no budget" (non-private
 -- lineages, e.g. tests without noise); the accountant still records every round.

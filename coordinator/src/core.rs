@@ -142,13 +142,24 @@ impl Core {
             epsilon_after: None,
             next_clip_norm: None,
         };
-        let lineage_owned = lineage.to_owned();
-        let entry = self
+        let decision = self
             .store
             .admit_round(&round, move |history, next| {
-                crate::budget::admit(&lineage_owned, &budget, &history, next)
+                crate::budget::decide(&budget, &history, next)
             })
             .await?;
+        let entry = match decision {
+            Ok(entry) => entry,
+            Err(refusal) => {
+                let lineage = lineage.to_owned();
+                let message = tokio::task::spawn_blocking(move || {
+                    crate::budget::refusal_message(&lineage, &budget, &refusal)
+                })
+                .await
+                .map_err(|e| CoordinatorError::Internal(format!("accounting task failed: {e}")))?;
+                return Err(CoordinatorError::FailedPrecondition(message));
+            }
+        };
         info!(
             round_id = %round.round_id,
             sampling_rate,

@@ -90,21 +90,24 @@ async fn sample(core: &Core, round: &RoundRecord) -> Result<()> {
             // Poisson sampling: every online store joins independently with probability q, the
             // rate the accountant charged when the round was admitted. No store is swapped in for
             // another and no redraw happens, so the accountant's analysis holds.
+            // The fixed denominator: q × the population this draw is made from.
+            let expected_clients = round.sampling_rate * online.len() as f64;
             online.retain(|_| poisson_pick(round.sampling_rate));
             online.sort();
             if online.len() < min {
+                // The draw happened: charge it, then fail (no refund, see ledger.rs).
+                core.store.charge_round(&round.round_id, now).await?;
                 let reason = format!(
-                    "Poisson sampling at rate {:.4} picked {} store(s), fewer than min_clients \
-                     {min}; start a new round (nothing was spent)",
-                    round.sampling_rate,
-                    online.len()
+                    "Poisson sampling at rate {:.4} picked fewer than min_clients ({min}) \
+                     stores; the draw is charged to the budget",
+                    round.sampling_rate
                 );
                 return move_to(core, round, RoundState::Failed, &reason).await;
             }
             let deadline = now + i64::from(round.spec.deadline_secs) * 1000;
             if core
                 .store
-                .start_training(&round.round_id, &online, deadline, now)
+                .start_training(&round.round_id, &online, expected_clients, deadline, now)
                 .await?
             {
                 info!(round_id = %round.round_id, sampled = ?online, "round sampled");
@@ -204,7 +207,7 @@ async fn aggregate(core: &Arc<Core>, round: &RoundRecord) -> Result<()> {
                 read_update_blob(std::path::Path::new(&update.blob_path), n, &update.sha256)?;
             // Never trust a stored norm either: re-check before the delta is summed.
             let norm = l2_norm(&delta);
-            if norm > spec.max_upload_norm(n) {
+            if norm.is_nan() || norm > spec.max_upload_norm(n) {
                 warn!(round_id, node_id = %update.node_id, norm, "stored update above clip norm skipped");
                 continue;
             }
@@ -221,11 +224,16 @@ async fn aggregate(core: &Arc<Core>, round: &RoundRecord) -> Result<()> {
         let next_clip_norm = spec.adaptive_clipping.map(|adaptive| {
             // Only updates that were aggregated count; centred bits have sensitivity ½.
             let centred: f64 = counted_bits.iter().map(|&b| if b { 0.5 } else { -0.5 }).sum();
-            let noise = Normal::new(0.0, f64::from(adaptive.count_stddev))
-                .map(|n| n.sample(&mut StdRng::from_os_rng()))
-                .unwrap_or(0.0);
-            adaptive.next_clip_norm(f64::from(spec.clip_norm), centred + noise, expected_clients)
+            let count_noise = Normal::new(0.0, f64::from(adaptive.count_stddev))
+                .map_err(|e| CoordinatorError::Internal(format!("count noise: {e}")))?;
+            let noise = count_noise.sample(&mut StdRng::from_os_rng());
+            Ok::<f64, CoordinatorError>(adaptive.next_clip_norm(
+                f64::from(spec.clip_norm),
+                centred + noise,
+                expected_clients,
+            ))
         });
+        let next_clip_norm = next_clip_norm.transpose()?;
         // Central mode: N(0, (z_Δ C)²) here (z_Δ = z without adaptive clipping); distributed
         // mode: nothing, the nodes added it. The denominator is the expected number of
         // contributors fixed at admission, whatever arrived: DP-FedAvg's fixed denominator.
@@ -254,8 +262,12 @@ async fn aggregate(core: &Arc<Core>, round: &RoundRecord) -> Result<()> {
             dp: Some(DpParameters {
                 clip_norm: spec.clip_norm,
                 noise_multiplier: spec.noise_multiplier,
-                clients,
-                sampling_rate,
+                // The exact count stays in the coordinator (operators only): it is private.
+                clients: None,
+                sampling_rate: Some(sampling_rate),
+                expected_clients: Some(expected_clients),
+                noise_mode: Some(spec.noise_mode.as_str().to_owned()),
+                delta_noise_multiplier: Some(spec.delta_noise_multiplier()),
             }),
             epsilon_spent,
             delta,

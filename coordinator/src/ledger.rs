@@ -5,10 +5,10 @@
 //! and inserts the round and its reservation. SQLite runs such transactions one at a time, so
 //! concurrent round starts can never jointly overspend.
 //!
-//! Entry lifecycle: `reserved` when the round is admitted, `spent` when it publishes or ends
-//! after accepting at least one update, `refunded` when it ends without any accepted update
-//! (no computation touched private data, so nothing was spent). Reserved and spent entries count
-//! against the budget.
+//! Entry lifecycle: `reserved` when the round is admitted, `spent` as soon as its Poisson draw
+//! is made (whatever happens next: a round that fails after drawing is charged, so rounds that
+//! publish are not a selection among draws), `refunded` only when it ends before any draw.
+//! Reserved and spent entries count against the budget.
 
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
@@ -195,9 +195,19 @@ impl Store {
     /// `admit` (given the charged history and this round's event) for the ε the lineage would
     /// reach (`Ok(None)` for infinite) or a refusal, refuses a second running round, and inserts
     /// the round with its reservation. `admit` runs on a blocking thread (it may take a while).
-    pub async fn admit_round<F>(&self, round: &RoundRecord, admit: F) -> Result<LedgerEntry>
+    ///
+    /// `admit` returns `Ok(Err(refusal))` to refuse: the transaction is rolled back and the
+    /// refusal handed back, so the caller can word it without holding the database.
+    pub async fn admit_round<F, R>(
+        &self,
+        round: &RoundRecord,
+        admit: F,
+    ) -> Result<std::result::Result<LedgerEntry, R>>
     where
-        F: FnOnce(Vec<DpEvent>, DpEvent) -> Result<Option<f64>> + Send + 'static,
+        F: FnOnce(Vec<DpEvent>, DpEvent) -> Result<std::result::Result<Option<f64>, R>>
+            + Send
+            + 'static,
+        R: Send + 'static,
     {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let entries = ledger_rows(&mut *tx, &round.lineage).await?;
@@ -212,9 +222,14 @@ impl Store {
         };
         let history = charged_events(&entries);
         let next = entry.event();
-        let epsilon_after = tokio::task::spawn_blocking(move || admit(history, next))
+        let decision = tokio::task::spawn_blocking(move || admit(history, next))
             .await
             .map_err(|e| CoordinatorError::Internal(format!("accounting task failed: {e}")))??;
+        let epsilon_after = match decision {
+            Ok(epsilon_after) => epsilon_after,
+            // Dropping the transaction rolls it back.
+            Err(refusal) => return Ok(Err(refusal)),
+        };
         let active: Option<String> = sqlx::query_scalar(
             "SELECT round_id FROM rounds WHERE lineage = ? \
              AND state NOT IN ('published', 'failed', 'cancelled') LIMIT 1",
@@ -244,10 +259,10 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(LedgerEntry {
+        Ok(Ok(LedgerEntry {
             epsilon_after,
             ..entry
-        })
+        }))
     }
 }
 
@@ -267,8 +282,10 @@ pub(crate) async fn mark_spent(
     Ok(())
 }
 
-/// Settles the entry of a round that failed or was cancelled: refunded when it never accepted
-/// an update, spent otherwise (inside the transition's transaction).
+/// Settles the entry of a round that failed or was cancelled: refunded only when no Poisson
+/// draw was ever made for it (no sampled store, no update); once stores were drawn, the round
+/// is charged whatever happened next, so published rounds are never a selection of draws
+/// (inside the transition's transaction).
 pub(crate) async fn settle_unpublished(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     round_id: &str,
@@ -276,10 +293,12 @@ pub(crate) async fn settle_unpublished(
 ) -> Result<()> {
     sqlx::query(
         "UPDATE privacy_ledger SET updated_unix_ms = ?, status = CASE \
-         WHEN (SELECT COUNT(*) FROM round_updates WHERE round_id = ?) = 0 THEN 'refunded' \
+         WHEN NOT EXISTS (SELECT 1 FROM round_updates WHERE round_id = ?) \
+          AND NOT EXISTS (SELECT 1 FROM round_participants WHERE round_id = ?) THEN 'refunded' \
          ELSE 'spent' END WHERE round_id = ? AND status = 'reserved'",
     )
     .bind(now)
+    .bind(round_id)
     .bind(round_id)
     .bind(round_id)
     .execute(&mut **tx)
@@ -297,7 +316,7 @@ mod ledger_tests {
     use super::*;
 
     fn round_row(round_id: &str, state: &str, z: f64) -> (String, String, String) {
-        let spec = format!(r#"{{"noise_multiplier":{z}}}"#);
+        let spec = format!(r#"{{"noise_multiplier":{z},"target_clients":3}}"#);
         (round_id.to_owned(), state.to_owned(), spec)
     }
 
@@ -365,5 +384,12 @@ mod ledger_tests {
         );
         let events = charged_events(&ledger);
         assert_eq!(events.iter().map(|e| e.rounds).sum::<u64>(), 3);
+        // The round in flight keeps its denominator (its target), not 0.
+        let expected: f64 =
+            sqlx::query_scalar("SELECT expected_clients FROM rounds WHERE round_id = 'running'")
+                .fetch_one(&store.pool)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(expected, 3.0);
     }
 }

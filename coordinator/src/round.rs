@@ -92,9 +92,10 @@ pub enum NoiseMode {
     /// The coordinator adds N(0, (zC)²) to the sum of clipped deltas.
     #[default]
     Central,
-    /// Each sampled node adds N(0, (zC)²/min_clients) to its clipped delta; the coordinator adds
-    /// nothing. A round publishes only with at least min_clients updates, so the sum always
-    /// carries at least the central amount of noise (more when more nodes answer).
+    /// Each sampled node adds N(0, (zC)²/(min_clients − 1)) to its clipped delta; the coordinator
+    /// adds nothing. A round publishes only with at least min_clients updates, so the sum
+    /// carries at least the central amount of noise even without any one store's share (the
+    /// neighbouring dataset in the add/remove analysis). Needs min_clients ≥ 2 and honest nodes.
     Distributed,
 }
 
@@ -115,6 +116,10 @@ impl NoiseMode {
     }
 }
 
+/// Bounds of an adapted clip norm (a runaway update can never make it 0 or overflow).
+pub const MIN_ADAPTIVE_CLIP: f64 = 1e-6;
+pub const MAX_ADAPTIVE_CLIP: f64 = 1e4;
+
 /// Adaptive clipping settings (Andrew et al., 2021, geometric update).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -131,10 +136,12 @@ impl AdaptiveClipping {
     /// C' = C · exp(−η (b̃ − γ)), with b̃ = (Σ (b_i − ½) + N(0, σ_b²)) / m + ½ the noised fraction
     /// of the m expected contributors whose delta was within C. `noised_centred_sum` is
     /// Σ (b_i − ½) + noise.
+    /// The result is kept within [`MIN_ADAPTIVE_CLIP`, `MAX_ADAPTIVE_CLIP`].
     pub fn next_clip_norm(&self, clip_norm: f64, noised_centred_sum: f64, expected: f64) -> f64 {
         let fraction = noised_centred_sum / expected.max(1.0) + 0.5;
-        clip_norm
-            * (-f64::from(self.learning_rate) * (fraction - f64::from(self.target_quantile))).exp()
+        let next = clip_norm
+            * (-f64::from(self.learning_rate) * (fraction - f64::from(self.target_quantile))).exp();
+        next.clamp(MIN_ADAPTIVE_CLIP, MAX_ADAPTIVE_CLIP)
     }
 }
 
@@ -184,13 +191,15 @@ impl RoundSpec {
         }
     }
 
-    /// Std of the noise each node adds to its clipped delta: σ/√min_clients in distributed
-    /// mode, 0 in central mode.
+    /// Std of the noise each node adds to its clipped delta: σ/√(min_clients − 1) in
+    /// distributed mode (so min_clients − 1 shares already make σ: removing one store's data
+    /// also removes its share), 0 in central mode.
     pub fn node_noise_stddev(&self) -> f64 {
         match self.noise_mode {
             NoiseMode::Central => 0.0,
             NoiseMode::Distributed => {
-                self.sum_noise_stddev() / f64::from(self.min_clients.max(1)).sqrt()
+                let others = self.min_clients.saturating_sub(1).max(1);
+                self.sum_noise_stddev() / f64::from(others).sqrt()
             }
         }
     }
@@ -274,9 +283,9 @@ impl RoundSpec {
                     adaptive.target_quantile
                 ));
             }
-            if !(adaptive.learning_rate.is_finite() && adaptive.learning_rate > 0.0) {
+            if !(adaptive.learning_rate > 0.0 && adaptive.learning_rate <= 10.0) {
                 problems.push(format!(
-                    "adaptive_clipping.learning_rate must be finite and > 0, got {}",
+                    "adaptive_clipping.learning_rate must be in (0, 10], got {}",
                     adaptive.learning_rate
                 ));
             }
@@ -298,6 +307,13 @@ impl RoundSpec {
                         .to_owned(),
                 );
             }
+        }
+        if self.noise_mode == NoiseMode::Distributed && self.min_clients < 2 {
+            problems.push(format!(
+                "distributed noise needs min_clients >= 2 (each node's share assumes \
+                 min_clients - 1 others), got {}",
+                self.min_clients
+            ));
         }
         if problems.is_empty() {
             Ok(())
@@ -408,9 +424,9 @@ mod round_tests {
             ..spec()
         };
         assert_eq!(distributed.coordinator_noise_stddev(), 0.0);
-        // Four shares of variance σ²/4 sum to σ².
+        // Any three of the four shares of variance σ²/3 already sum to σ².
         let share = distributed.node_noise_stddev();
-        assert!((4.0 * share * share - 0.25).abs() < 1e-12);
+        assert!((3.0 * share * share - 0.25).abs() < 1e-12);
         assert!((distributed.max_upload_norm(100) - (1.0 + share * 20.0)).abs() < 1e-12);
         assert_eq!(
             NoiseMode::parse("distributed"),

@@ -260,19 +260,22 @@ impl Store {
 
     /// Records the sampled nodes and the training deadline and moves `sampling → training`, in
     /// one transaction.
+    /// `expected_clients` is q × the population the draw was made from: the fixed denominator.
     pub async fn start_training(
         &self,
         round_id: &str,
         nodes: &[String],
+        expected_clients: f64,
         deadline_unix_ms: i64,
         now_unix_ms: i64,
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         let moved = sqlx::query(
             "UPDATE rounds SET state = 'training', training_deadline_unix_ms = ?, \
-             updated_unix_ms = ? WHERE round_id = ? AND state = 'sampling'",
+             expected_clients = ?, updated_unix_ms = ? WHERE round_id = ? AND state = 'sampling'",
         )
         .bind(deadline_unix_ms)
+        .bind(expected_clients)
         .bind(now_unix_ms)
         .bind(round_id)
         .execute(&mut *tx)
@@ -335,6 +338,14 @@ impl Store {
         }
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// Charges a round's ledger entry now (a Poisson draw was made, whatever happens next).
+    pub async fn charge_round(&self, round_id: &str, now: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        crate::ledger::mark_spent(&mut tx, round_id, now).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// The clip norm the lineage's next adaptive round uses, if an adaptive round published.

@@ -23,10 +23,24 @@ pub struct DpParameters {
     pub clip_norm: f32,
     /// Noise multiplier z: the central noise is N(0, (zC)²) per coordinate on the sum.
     pub noise_multiplier: f32,
-    /// Number of client updates aggregated.
-    pub clients: u32,
+    /// Manifests from before privacy accounting: the exact number of updates aggregated. New
+    /// manifests leave it out: with Poisson sampling that count is itself private (it moves by
+    /// one with any one store), which is why the sum is divided by `expected_clients` instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clients: Option<u32>,
     /// Poisson sampling rate q of the round (the accountant's q).
-    pub sampling_rate: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling_rate: Option<f64>,
+    /// The fixed denominator: q × the population the round was drawn from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_clients: Option<f64>,
+    /// `"central"` or `"distributed"`: where the noise was added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise_mode: Option<String>,
+    /// The multiplier applied to the deltas (z_Δ; above z with adaptive clipping, which spends
+    /// part of z on the noised count). `noise_multiplier` is what the accountant charged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta_noise_multiplier: Option<f64>,
 }
 
 /// Everything a node needs to decide whether to install a version.
@@ -53,7 +67,8 @@ pub struct Manifest {
     /// ε spent by the lineage up to and including this version (at `delta`), as computed by
     /// the coordinator's accountant; `None` when infinite (no noise) or for the initial version.
     pub epsilon_spent: Option<f64>,
-    /// The δ at which `epsilon_spent` holds.
+    /// The δ at which `epsilon_spent` holds (absent in manifests from before accounting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta: Option<f64>,
     pub created_unix_ms: i64,
     pub expires_unix_ms: i64,
@@ -225,8 +240,11 @@ mod manifest_tests {
             dp: Some(DpParameters {
                 clip_norm: 1.0,
                 noise_multiplier: 0.5,
-                clients: 3,
-                sampling_rate: 1.0,
+                clients: None,
+                sampling_rate: Some(1.0),
+                expected_clients: Some(3.0),
+                noise_mode: Some("central".into()),
+                delta_noise_multiplier: Some(0.5),
             }),
             epsilon_spent: Some(1.5),
             delta: Some(1e-5),
@@ -305,5 +323,20 @@ mod manifest_tests {
             verify_model(&bytes, &sig[..10], &weights, &vk, &expect(1)),
             Err(VerifyError::MalformedSignature(_))
         ));
+    }
+
+    #[test]
+    fn manifests_from_before_privacy_accounting_still_parse() {
+        // A v2 manifest as the previous version wrote it: exact client count, no q, no δ.
+        let old = br#"{"format":1,"lineage":"shelfnet","version":2,"parent_version":1,"round_id":"r","architecture":"shelfnet-v1","architecture_config":{},"num_parameters":3,"weights_sha256":"00","weights_size":1,"dp":{"clip_norm":1.0,"noise_multiplier":0.5,"clients":3},"epsilon_spent":null,"created_unix_ms":1,"expires_unix_ms":2}"#;
+        let parsed = Manifest::from_bytes(old).unwrap_or_else(|e| panic!("{e}"));
+        let dp = parsed.dp.unwrap_or_else(|| panic!("dp lost"));
+        assert_eq!(
+            (dp.clients, dp.sampling_rate, parsed.delta),
+            (Some(3), None, None)
+        );
+        // New manifests leave the private count out entirely.
+        let fresh = manifest(b"w").to_bytes();
+        assert!(!String::from_utf8_lossy(&fresh).contains("\"clients\""));
     }
 }

@@ -107,7 +107,17 @@ async fn rounds_publish_signed_versions_installed_by_every_node_with_exact_aggre
     let dp = manifest
         .dp
         .unwrap_or_else(|| panic!("v3 manifest has no DP parameters"));
-    assert_eq!((dp.clip_norm, dp.noise_multiplier, dp.clients), (0.5, z, 3));
+    assert_eq!((dp.clip_norm, dp.noise_multiplier), (0.5, z));
+    // The exact number of contributors is private under Poisson sampling: not published.
+    assert_eq!(dp.clients, None);
+    assert_eq!(
+        (
+            dp.sampling_rate,
+            dp.expected_clients,
+            dp.noise_mode.as_deref()
+        ),
+        (Some(1.0), Some(3.0), Some("central"))
+    );
     assert_eq!(manifest.parent_version, 2);
 
     // Metric windows from the nodes arrive, each exactly once.

@@ -110,10 +110,15 @@ fn unpad(payload: &[u8], flags: u8) -> Result<&[u8], String> {
         return Ok(payload);
     }
     let pad = usize::from(*payload.first().ok_or("padded frame without pad length")?);
-    payload
-        .get(1..payload.len().saturating_sub(pad))
-        .filter(|_| payload.len() > pad)
-        .ok_or_else(|| "padding longer than the frame".to_owned())
+    if payload.len() <= pad {
+        return Err("padding longer than the frame".to_owned());
+    }
+    let (data, padding) = payload[1..].split_at(payload.len() - 1 - pad);
+    // Padding must be zeros (RFC 9113), so nothing can ride in it.
+    if padding.iter().any(|&b| b != 0) {
+        return Err("non-zero padding".to_owned());
+    }
+    Ok(data)
 }
 
 fn add_headers(
@@ -126,6 +131,10 @@ fn add_headers(
         .decode(block)
         .map_err(|e| format!("HPACK decoding failed on stream {stream}: {e:?}"))?;
     let request = streams.entry(stream).or_default();
+    // gRPC clients send one header block per request and no trailers.
+    if !request.headers.is_empty() {
+        return Err(format!("a second header block on stream {stream}"));
+    }
     for (name, value) in headers {
         let name = String::from_utf8_lossy(&name).into_owned();
         if name == ":path" {

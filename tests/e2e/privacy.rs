@@ -262,10 +262,11 @@ async fn distributed_noise_is_added_by_the_nodes_and_none_by_the_coordinator() {
     .await;
     let updates = crate::support::round_updates(&sandbox, &round.round_id);
     assert_eq!(updates.len(), 3);
-    // Each node's share: σ = zC/√min_clients per coordinate, so its upload's norm is about
-    // σ√d (the clipped part adds at most C). The norm of d Gaussians has standard deviation
-    // σ/√2, so ±(C + 10σ) fails by chance with probability below 1e-20.
-    let sigma = z * clip / 3.0_f64.sqrt();
+    // Each node's share: σ = zC/√(min_clients − 1) per coordinate (any two of the three shares
+    // already make zC), so its upload's norm is about σ√d (the clipped part adds at most C).
+    // The norm of d Gaussians has standard deviation σ/√2, so ±(C + 10σ) fails by chance with
+    // probability below 1e-20.
+    let sigma = z * clip / 2.0_f64.sqrt();
     for (path, delta) in &updates {
         let norm = crate::support::l2(delta);
         let expected = sigma * (delta.len() as f64).sqrt();

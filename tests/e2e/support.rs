@@ -141,8 +141,9 @@ pub async fn coordinator_db(sandbox: &Sandbox) -> sqlx::SqlitePool {
 /// Checks that a metric batch is a noised release and nothing else: exactly the three known
 /// metrics, each with a positive noise scale, the sensitivity one camera frame really has, and
 /// a value only when not suppressed; and that the declared zCDP cost pays for the declared
-/// noise (Σ sensitivity² / (2 scale²) ≤ ρ). Returns the noised frame count, if not suppressed.
-pub fn assert_noised_release(batch: &pb::MetricBatch) -> Option<f64> {
+/// noise (Σ sensitivity² / (2 scale²) ≤ ρ). Returns the (name, value) of every metric that
+/// was not suppressed.
+pub fn assert_noised_release(batch: &pb::MetricBatch) -> Vec<(String, f64)> {
     assert!(batch.rho > 0.0 && batch.rho.is_finite(), "{batch:?}");
     let slots = f64::from(batch.slots_per_frame);
     let minutes_per_frame = f64::from(batch.seconds_per_frame) / 60.0;
@@ -154,7 +155,7 @@ pub fn assert_noised_release(batch: &pb::MetricBatch) -> Option<f64> {
         "{batch:?}"
     );
     let mut rho = 0.0;
-    let mut frames = None;
+    let mut values = Vec::new();
     for metric in &batch.metrics {
         let expected_sensitivity = match metric.name.as_str() {
             "frames" => 1.0,
@@ -169,9 +170,7 @@ pub fn assert_noised_release(batch: &pb::MetricBatch) -> Option<f64> {
         assert_eq!(metric.suppressed, metric.value.is_none(), "{metric:?}");
         if let Some(value) = metric.value {
             assert!(value.is_finite(), "{metric:?}");
-            if metric.name == "frames" {
-                frames = Some(value);
-            }
+            values.push((metric.name.clone(), value));
         }
         rho += metric.sensitivity.powi(2) / (2.0 * metric.noise_scale.powi(2));
     }
@@ -180,5 +179,5 @@ pub fn assert_noised_release(batch: &pb::MetricBatch) -> Option<f64> {
         "declared noise costs ρ = {rho}, more than the ρ = {} charged",
         batch.rho
     );
-    frames
+    values
 }

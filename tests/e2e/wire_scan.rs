@@ -68,8 +68,19 @@ async fn every_byte_a_node_sends_is_a_known_request_a_clipped_delta_or_a_noised_
         delta: 1e-5,
     };
     let (world_seed, train_samples) = (options.world_seed, options.train_samples);
-    // A window can hold at most this many frames: any larger frame count on the wire is noised.
-    let max_raw_frames = 3600 / options.camera.seconds_per_frame;
+    // The largest raw value each metric can take in one window; a larger value on the wire can
+    // only be a noised one.
+    let window_secs = i64::from(backroom_store_node::config::DEFAULT_METRIC_WINDOW_SECS);
+    let frames_per_window = (window_secs / options.camera.seconds_per_frame) as f64;
+    let slots = options.camera.slots as f64;
+    let raw_max = [
+        ("frames", frames_per_window),
+        ("out_of_stock_events", slots * (frames_per_window - 1.0)),
+        (
+            "out_of_stock_minutes",
+            slots * frames_per_window * options.camera.seconds_per_frame as f64 / 60.0,
+        ),
+    ];
     let mut sandbox = start(options).await;
     wait_installed(&sandbox, 1).await;
     let clip_norm = 0.5_f32;
@@ -82,12 +93,12 @@ async fn every_byte_a_node_sends_is_a_known_request_a_clipped_delta_or_a_noised_
     )
     .await;
     assert_eq!(round.state, pb::RoundState::Published as i32, "{round:?}");
-    // Let every node sync at least 10 metric windows before the tap is read.
+    // Let every node sync at least 20 metric windows before the tap is read.
     for node in &sandbox.nodes {
         let mut status = node.status.clone();
         tokio::time::timeout(
             Duration::from_secs(120),
-            status.wait_for(|s| s.windows_synced >= 10),
+            status.wait_for(|s| s.windows_synced >= 20),
         )
         .await
         .unwrap_or_else(|_| panic!("{} synced no metric window", node.store_id))
@@ -101,7 +112,7 @@ async fn every_byte_a_node_sends_is_a_known_request_a_clipped_delta_or_a_noised_
 
     let mut uploads = 0;
     let mut metric_batches = 0;
-    let mut frames_beyond_raw = 0;
+    let mut beyond_raw = [0usize; 3];
     let mut scanned_bytes = 0;
     let node_connections: Vec<_> = tap
         .connections()
@@ -121,16 +132,27 @@ async fn every_byte_a_node_sends_is_a_known_request_a_clipped_delta_or_a_noised_
                 .strip_prefix(NODE_SERVICE)
                 .unwrap_or_else(|| panic!("a node called {:?}", request.path));
             for (name, value) in &request.headers {
-                // Only protocol headers: no metadata that could carry data around the schema.
-                assert!(
-                    name.starts_with(':')
-                        || matches!(
-                            name.as_str(),
-                            "content-type" | "te" | "user-agent" | "grpc-timeout"
-                        ),
-                    "{method}: unexpected header {name}: {:?}",
-                    String::from_utf8_lossy(value)
-                );
+                // Only protocol headers with protocol values: no metadata that could carry
+                // data around the schema.
+                let value = String::from_utf8_lossy(value);
+                let allowed = match name.as_str() {
+                    ":method" => value == "POST",
+                    ":scheme" => value == "https",
+                    ":path" => value.starts_with(NODE_SERVICE),
+                    ":authority" => value.starts_with("127.0.0.1:"),
+                    "content-type" => value == "application/grpc",
+                    "te" => value == "trailers",
+                    "user-agent" => value.starts_with("tonic/"),
+                    "grpc-timeout" => {
+                        value.len() <= 9
+                            && value[..value.len().saturating_sub(1)]
+                                .bytes()
+                                .all(|b| b.is_ascii_digit())
+                            && value.ends_with(['H', 'M', 'S', 'm', 'u', 'n'])
+                    }
+                    _ => false,
+                };
+                assert!(allowed, "{method}: unexpected header {name}: {value:?}");
             }
             match method {
                 "UploadUpdate" => {
@@ -159,9 +181,12 @@ async fn every_byte_a_node_sends_is_a_known_request_a_clipped_delta_or_a_noised_
                     for bytes in &request.messages {
                         let sync: pb::SyncMetricsRequest = decode_exact(bytes, "SyncMetrics");
                         for batch in &sync.batches {
-                            let frames = crate::support::assert_noised_release(batch);
-                            if frames.is_some_and(|f| f > max_raw_frames as f64) {
-                                frames_beyond_raw += 1;
+                            for (name, value) in crate::support::assert_noised_release(batch) {
+                                for (i, (metric, max)) in raw_max.iter().enumerate() {
+                                    if name == *metric && value > *max {
+                                        beyond_raw[i] += 1;
+                                    }
+                                }
                             }
                             metric_batches += 1;
                         }
@@ -186,17 +211,21 @@ async fn every_byte_a_node_sends_is_a_known_request_a_clipped_delta_or_a_noised_
     }
     assert_eq!(uploads, 3, "every sampled store uploads exactly one delta");
     assert!(
-        metric_batches >= 30,
+        metric_batches >= 60,
         "only {metric_batches} metric batches were sent"
     );
-    // Raw frame counts never exceed `max_raw_frames` (4 here); noised ones do. With the default
-    // release (frames' noise scale ≈ 7.9, suppression below 5) each window's noised count
-    // exceeds 4 with probability ≥ 0.45, so a node sending noised values passes this check
-    // except with probability ≤ 0.55^30 ≈ 2e-8, and a node sending raw counts always fails it.
-    assert!(
-        frames_beyond_raw > 0,
-        "no frame count above {max_raw_frames} in {metric_batches} releases: raw counts?"
-    );
+    // A raw value never exceeds its window maximum (4 frames, 36 events, 720 slot-minutes
+    // here); noised ones do. With the default release (ρ = 0.04 split 0.2/0.4/0.4: noise
+    // scales ≈ 7.9 frames, 67 events, 1006 slot-minutes) each window's noised value exceeds
+    // its maximum with probability at least 0.45, 0.29 and 0.23 (whatever the raw value), so
+    // over 60 windows a node sending noised values fails this check with probability below
+    // 0.77^60 ≈ 1.5e-7, while a node sending any metric raw always fails it.
+    for ((metric, max), beyond) in raw_max.iter().zip(beyond_raw) {
+        assert!(
+            beyond > 0,
+            "no {metric} value above its raw maximum {max} in {metric_batches} releases: raw?"
+        );
+    }
 
     // No training image (nor a 16-value run of one) appears in anything a node sent, in the f32
     // layout the node trains on.
