@@ -120,7 +120,7 @@ pub fn sampling_plan(target_clients: u32, overselect: f32, online_now: usize) ->
 
 /// `x` rounded up to two significant decimal digits (0.01234 → 0.013), for x in (0, 1].
 fn round_up_two_digits(x: f64) -> f64 {
-    if !(x > 0.0) {
+    if x.is_nan() || x <= 0.0 {
         return x;
     }
     let scale = 10f64.powi(1 - x.log10().floor() as i32);
