@@ -204,25 +204,8 @@ impl DpFedAvg {
     }
 }
 
-/// Independent f64 accumulators in [`l2_norm`]: they let the compiler keep several SIMD lanes
-/// busy (one running sum would serialise every addition).
-const LANES: usize = 8;
-
-/// L2 norm computed in f64; NaN or infinite when a value is non-finite (squares of finite f32
-/// values cannot overflow f64).
-pub fn l2_norm(values: &[f32]) -> f64 {
-    let mut lanes = [0.0f64; LANES];
-    let chunks = values.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for chunk in chunks {
-        for (lane, value) in lanes.iter_mut().zip(chunk) {
-            let v = f64::from(*value);
-            *lane += v * v;
-        }
-    }
-    let tail: f64 = rest.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
-    (lanes.iter().sum::<f64>() + tail).sqrt()
-}
+/// L2 norm in f64 (shared with the node, which clips with the same arithmetic).
+pub use backroom_models::params::l2_norm;
 
 /// Reads a stored update blob (little-endian f32) and checks it against the SHA-256 recorded
 /// when it was accepted, hashing the bytes as read (no re-encoding).

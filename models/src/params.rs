@@ -280,3 +280,24 @@ pub fn from_safetensors(layout: &[TensorSpec], bytes: &[u8]) -> Result<Vec<f32>,
     }
     Ok(flat)
 }
+
+/// Independent f64 accumulators in [`l2_norm`]: they let the compiler keep several SIMD lanes
+/// busy (one running sum would serialise every addition).
+const NORM_LANES: usize = 8;
+
+/// L2 norm of a flat parameter vector (a weight delta), accumulated in f64; NaN or infinite
+/// when a value is non-finite (squares of finite f32 values cannot overflow f64). The node
+/// clips with it and the coordinator re-checks with it, so both measure the same norm.
+pub fn l2_norm(values: &[f32]) -> f64 {
+    let mut lanes = [0.0f64; NORM_LANES];
+    let chunks = values.chunks_exact(NORM_LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (lane, value) in lanes.iter_mut().zip(chunk) {
+            let v = f64::from(*value);
+            *lane += v * v;
+        }
+    }
+    let tail: f64 = rest.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+    (lanes.iter().sum::<f64>() + tail).sqrt()
+}

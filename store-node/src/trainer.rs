@@ -58,21 +58,8 @@ pub enum TrainError {
 /// lanes busy (one running sum would serialise every addition).
 const LANES: usize = 8;
 
-/// L2 norm, accumulated in f64. Non-finite when a value is non-finite (squares of finite f32
-/// values cannot overflow f64).
-pub fn l2_norm(values: &[f32]) -> f64 {
-    let mut lanes = [0.0f64; LANES];
-    let chunks = values.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for chunk in chunks {
-        for (lane, value) in lanes.iter_mut().zip(chunk) {
-            let v = f64::from(*value);
-            *lane += v * v;
-        }
-    }
-    let tail: f64 = rest.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
-    (lanes.iter().sum::<f64>() + tail).sqrt()
-}
+/// L2 norm in f64 (the coordinator re-checks with the same arithmetic).
+pub use backroom_models::params::l2_norm;
 
 /// Multiplies every value by `scale` (rounded once to f32) and returns the L2 norm of the
 /// result, in one pass.
