@@ -331,6 +331,7 @@ impl Core {
             num_parameters: self.registry.num_parameters() as u64,
             deadline_unix_ms: round.training_deadline_unix_ms,
             noise_stddev: round.spec.node_noise_stddev(),
+            report_within_clip: round.spec.adaptive_clipping.is_some(),
         }))
     }
 

@@ -23,24 +23,46 @@ pub fn spawn(core: Arc<Core>, round_id: String) {
     tokio::spawn(async move {
         if let Err(error) = drive(&core, &round_id).await {
             error!(round_id, %error, "round failed");
-            if let Ok(round) = core.round(&round_id).await
-                && !round.state.is_final()
-            {
-                let reason = error.to_string();
-                let _ = core
-                    .store
-                    .transition(
-                        &round_id,
-                        round.state,
-                        RoundState::Failed,
-                        &reason,
-                        now_unix_ms(),
-                    )
-                    .await;
-            }
+            fail_round(&core, &round_id, &error.to_string()).await;
             core.notify();
         }
     });
+}
+
+/// Moves a round whose driver hit an error to `failed` (settling its ledger entry), retrying a
+/// few times so a passing database hiccup does not leave the lineage blocked by an unfinished
+/// round until the next restart (which would resume it).
+async fn fail_round(core: &Core, round_id: &str, reason: &str) {
+    for attempt in 1..=5u32 {
+        let outcome = match core.round(round_id).await {
+            Ok(round) if round.state.is_final() => return,
+            Ok(round) => {
+                core.store
+                    .transition(
+                        round_id,
+                        round.state,
+                        RoundState::Failed,
+                        reason,
+                        now_unix_ms(),
+                    )
+                    .await
+            }
+            Err(error) => Err(error),
+        };
+        match outcome {
+            Ok(true) => return,
+            // Moved concurrently (e.g. cancelled): re-read.
+            Ok(false) => continue,
+            Err(error) => {
+                warn!(round_id, attempt, %error, "cannot mark the round failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            }
+        }
+    }
+    error!(
+        round_id,
+        "could not mark the round failed; it resumes when the coordinator restarts"
+    );
 }
 
 async fn drive(core: &Arc<Core>, round_id: &str) -> Result<()> {

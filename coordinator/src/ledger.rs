@@ -152,11 +152,35 @@ where
 }
 
 impl Store {
-    /// Sets (or replaces) a lineage's budget.
+    /// Sets (or replaces) a lineage's budget. ε_max may change at any time (every later round
+    /// is checked against the new value); δ may not once rounds are charged, because every ε
+    /// already recorded (ledger, manifests) holds at the old δ.
     pub async fn set_budget(&self, lineage: &str, budget: &Budget, now: i64) -> Result<()> {
         budget
             .validate()
             .map_err(CoordinatorError::InvalidArgument)?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let current: Option<f64> =
+            sqlx::query_scalar("SELECT delta FROM privacy_budgets WHERE lineage = ?")
+                .bind(lineage)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let charged: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM privacy_ledger WHERE lineage = ? AND status != 'refunded'",
+        )
+        .bind(lineage)
+        .fetch_one(&mut *tx)
+        .await?;
+        if let Some(delta) = current
+            && delta != budget.delta
+            && charged > 0
+        {
+            return Err(CoordinatorError::FailedPrecondition(format!(
+                "lineage {lineage} already charged {charged} round(s) at δ = {delta:e}; its δ \
+                 cannot change to {:e} (start a new lineage for a new δ)",
+                budget.delta
+            )));
+        }
         sqlx::query(
             "INSERT INTO privacy_budgets (lineage, epsilon_max, delta, updated_unix_ms) \
              VALUES (?, ?, ?, ?) ON CONFLICT (lineage) DO UPDATE SET \
@@ -167,8 +191,9 @@ impl Store {
         .bind(budget.epsilon_max)
         .bind(budget.delta)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -391,5 +416,35 @@ mod ledger_tests {
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(expected, 3.0);
+
+        // With rounds charged, ε_max may change but δ may not.
+        let budget = Budget {
+            epsilon_max: Some(8.0),
+            delta: 1e-5,
+        };
+        store
+            .set_budget("l", &budget, 3)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let raised = Budget {
+            epsilon_max: Some(12.0),
+            ..budget
+        };
+        assert!(store.set_budget("l", &raised, 4).await.is_ok());
+        let other_delta = Budget {
+            delta: 1e-6,
+            ..budget
+        };
+        let error = store
+            .set_budget("l", &other_delta, 5)
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("cannot change"), "{error}");
+        assert_eq!(
+            store.budget("l").await.unwrap_or_else(|e| panic!("{e}")),
+            Some(raised)
+        );
     }
 }

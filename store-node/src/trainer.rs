@@ -328,8 +328,10 @@ async fn upload(
             base_version: task.base_version,
             num_parameters: task.num_parameters,
             num_examples: prepared.num_examples,
-            // Adaptive clipping's bit: was the delta within C before clipping?
-            within_clip_norm: prepared.clip.norm_before <= f64::from(task.clip_norm),
+            // Adaptive clipping's bit (was the delta within C before clipping?), sent only
+            // when the round adapts its clip norm; otherwise the field stays unset.
+            within_clip_norm: task.report_within_clip
+                && prepared.clip.norm_before <= f64::from(task.clip_norm),
         };
         let chunks = update_chunks(header, prepared.data.clone(), prepared.sha256.clone());
         // After the deadline the coordinator refuses the update anyway.
