@@ -122,10 +122,6 @@ impl Store {
 
     // ---- rounds ----
 
-    pub async fn insert_round(&self, round: &RoundRecord) -> Result<()> {
-        insert_round(&self.pool, round).await
-    }
-
     pub async fn round(&self, round_id: &str) -> Result<Option<RoundRecord>> {
         let row = sqlx::query("SELECT * FROM rounds WHERE round_id = ?")
             .bind(round_id)
@@ -364,17 +360,6 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
-    }
-
-    /// The unfinished round of a lineage, if any.
-    pub async fn active_round(&self, lineage: &str) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT round_id FROM rounds WHERE lineage = ? AND state NOT IN \
-             ('published', 'failed', 'cancelled') LIMIT 1",
-        )
-        .bind(lineage)
-        .fetch_optional(&self.pool)
-        .await?)
     }
 
     /// Training rounds in which `node_id` is sampled and has not yet uploaded.
