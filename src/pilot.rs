@@ -476,9 +476,13 @@ pub fn render(summary: &PilotSummary) -> String {
     let epsilon = |e: Option<f64>| e.map_or_else(|| "∞".to_owned(), format_epsilon);
     let _ = writeln!(
         out,
-        "                        ε spent {} of budget {} at δ = {:e}; {} more round(s) fit",
+        "                        ε spent {} of budget {} ({} left) at δ = {:e}; {} more round(s) fit",
         epsilon(summary.epsilon),
         format_epsilon(summary.epsilon_budget),
+        summary.epsilon.map_or_else(
+            || "none".to_owned(),
+            |e| format_epsilon((summary.epsilon_budget - e).max(0.0))
+        ),
         summary.delta,
         summary
             .rounds_remaining
