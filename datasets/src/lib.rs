@@ -18,6 +18,7 @@
 //! Real loaders only need to produce a [`ShelfCrops`] (via [`ShelfCrops::push`], then
 //! [`ShelfCrops::validate`]); nothing downstream depends on the data being synthetic.
 
+pub mod partition;
 mod profile;
 mod render;
 mod replay;
