@@ -529,3 +529,20 @@ fn config_roundtrips_through_json_and_validates() {
     );
     assert!(config.validate().is_ok());
 }
+
+#[test]
+fn l2_norm_matches_a_plain_sum_for_every_remainder_length() {
+    for n in [0usize, 1, 7, 8, 9, 17, 1_000] {
+        let values: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+        let plain = values
+            .iter()
+            .map(|&v| f64::from(v) * f64::from(v))
+            .sum::<f64>()
+            .sqrt();
+        assert!(
+            (crate::params::l2_norm(&values) - plain).abs() <= 1e-12 * plain.max(1.0),
+            "n={n}"
+        );
+    }
+    assert!(crate::params::l2_norm(&[1.0, f32::NAN]).is_nan());
+}

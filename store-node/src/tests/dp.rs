@@ -157,19 +157,7 @@ fn bad_noise_or_input_is_refused_before_the_delta_changes() {
 }
 
 #[test]
-fn l2_norm_matches_a_plain_sum_for_every_remainder_length() {
-    for n in [0usize, 1, 7, 8, 9, 17, 1_000] {
-        let values: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
-        let plain = values
-            .iter()
-            .map(|&v| f64::from(v) * f64::from(v))
-            .sum::<f64>()
-            .sqrt();
-        assert!(
-            (l2_norm(&values) - plain).abs() <= 1e-12 * plain.max(1.0),
-            "n={n}"
-        );
-    }
+fn clipping_refuses_a_non_finite_value_in_the_remainder_and_leaves_the_delta_alone() {
     let mut values: Vec<f32> = (0..1_001).map(|i| i as f32).collect();
     values[1_000] = f32::NEG_INFINITY;
     let mut copy = values.clone();
