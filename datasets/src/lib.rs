@@ -21,7 +21,8 @@
 //! No shelf image set exists in the registries this project can reach, so the benchmarks
 //! that need real photographs use public image-classification sets instead: [`real`] loads
 //! Fashion-MNIST and two MNIST subsets from disk into an [`ImageSet`], and [`partition`] splits
-//! any labelled set across stores (IID, Dirichlet label skew).
+//! any labelled set across stores (IID, Dirichlet label skew) and gives each store its own
+//! lighting and camera angle ([`partition::FeatureShift`]).
 
 pub mod partition;
 mod profile;
@@ -230,6 +231,7 @@ pub(crate) mod stream {
     pub const TRAIN: u64 = 0x5452_4149_4e5f_5350;
     pub const TEST: u64 = 0x5445_5354_5f53_504c;
     pub const REPLAY: u64 = 0x5245_504c_4159_5f43;
+    pub const FEATURE_SHIFT: u64 = 0x4645_4154_5f53_4846;
 }
 
 /// SplitMix64 finaliser: a bijective 64-bit mixer.

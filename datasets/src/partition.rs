@@ -1,19 +1,35 @@
-//! Splitting one labelled dataset across simulated stores, deterministically by seed:
+//! Making one labelled dataset non-IID across simulated stores, deterministically by seed:
 //!
 //! - [`partition_iid`]: a seeded shuffle cut into near-equal shares (every store sees the
 //!   global label mix);
 //! - [`partition_dirichlet`]: label skew as in Hsu et al. (2019): for every class, the share of
 //!   each store is drawn from Dirichlet(α, …, α) and that class's items are dealt out in those
 //!   proportions. Small α (0.1) gives stores dominated by one or two classes; large α (100)
-//!   approaches IID.
+//!   approaches IID;
+//! - [`FeatureShift`]: feature shift, the other kind of non-IID data. Every store gets its own
+//!   exposure, contrast, colour of light, camera roll, shear and zoom
+//!   ([`FeatureShift::for_store`], seeded), applied to images that already exist: a real set such
+//!   as Fashion-MNIST ([`crate::ImageSet`]) or shelf crops ([`crate::ShelfCrops::images`] with
+//!   [`crate::CHANNELS`] and [`crate::IMAGE_SIZE`]). [`store_sets_with_feature_shift`] cuts a set
+//!   by the shares of either partitioner above and shifts every store's share, so label skew and
+//!   feature shift combine.
 //!
-//! Per-store feature shift for shelf crops (lighting, camera angle, SKU mix) is not a partition
-//! of one dataset: each store's crops are rendered with its own profile ([`crate::store_profile`]).
+//! Synthetic shelf crops get their feature shift at render time instead: each store's crops are
+//! rendered with its own [`crate::store_profile`] (lighting gain and tint, camera offset and
+//! zoom, sensor noise, back panel, SKU mix). [`FeatureShift`] is the after-the-fact counterpart
+//! for pixels that were not rendered here, with ranges close to a profile's lighting and camera;
+//! applied to rendered crops it adds a second, independent camera change on top of the profile.
+
+mod feature_shift;
+
+pub use feature_shift::{FeatureShift, store_sets_with_feature_shift};
 
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Gamma};
+
+use crate::real::ImageSetError;
 
 /// Why a partition cannot be made.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -22,6 +38,17 @@ pub enum PartitionError {
     NoStores,
     #[error("the Dirichlet concentration alpha must be finite and > 0, got {0}")]
     InvalidAlpha(f64),
+    #[error("{values} values are not whole {channels}x{height}x{width} images")]
+    ImageShape {
+        values: usize,
+        channels: usize,
+        height: usize,
+        width: usize,
+    },
+    #[error("feature shift parameters must be finite, with zoom > 0: {0}")]
+    InvalidFeatureShift(String),
+    #[error(transparent)]
+    Images(#[from] ImageSetError),
 }
 
 /// Item indices of each store: disjoint, covering `0..n_items`, sizes differing by at most one.
