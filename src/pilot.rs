@@ -9,6 +9,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use backroom_coordinator::budget::format_epsilon;
+use backroom_models::BackendChoice;
 
 use crate::evaluate::{held_out_accuracy, load_verified_params, load_verifying_key};
 use crate::metrics_report::NoisedTotal;
@@ -40,6 +41,8 @@ pub struct PilotOptions {
     pub test_samples: usize,
     /// Draw progress bars (on stderr).
     pub progress: bool,
+    /// Compute backend of every store node.
+    pub backend: BackendChoice,
 }
 
 impl Default for PilotOptions {
@@ -59,6 +62,7 @@ impl Default for PilotOptions {
             train_samples: 512,
             test_samples: 1000,
             progress: true,
+            backend: BackendChoice::Auto,
         }
     }
 }
@@ -205,6 +209,7 @@ pub async fn run(options: PilotOptions) -> anyhow::Result<PilotSummary> {
     };
     sandbox_options.world_seed = options.world_seed;
     sandbox_options.train_samples = options.train_samples;
+    sandbox_options.backend = options.backend;
     let mut sandbox = Sandbox::start(sandbox_options).await?;
     let result = drive(&mut sandbox, &options, &bars, &status).await;
     status.set_message("stopping nodes and coordinator");

@@ -7,7 +7,7 @@ use crate::device::ComputeDevice;
 use crate::model::{ShelfNet, ShelfNetConfig};
 use crate::params::unflatten;
 use crate::train::check_examples;
-use crate::{CHANNELS, IMAGE_NUMEL, IMAGE_SIZE, ModelError, catch_backend_panic};
+use crate::{ModelError, catch_backend_panic};
 
 /// Images per forward pass in [`LoadedModel::predict`].
 pub const INFERENCE_BATCH: usize = 256;
@@ -44,37 +44,67 @@ impl LoadedModel {
         &self.config
     }
 
-    /// Class ids (argmax of the logits) for `n * 3 * 64 * 64` image values; empty for empty
-    /// input.
+    /// Class ids (argmax of the logits) for `n` images of the configured input shape
+    /// (`n * 3 * 64 * 64` values for the standard net); empty for empty input.
     pub fn predict(&self, images: &[f32]) -> Result<Vec<u8>, ModelError> {
-        let n = check_examples(images, None)?;
+        let n = check_examples(&self.config, images, None)?;
         let mut classes = Vec::with_capacity(n);
-        catch_backend_panic("inference", || {
-            for chunk in images.chunks(INFERENCE_BATCH * IMAGE_NUMEL) {
-                let batch = chunk.len() / IMAGE_NUMEL;
-                let x = Tensor::<4>::from_data(
-                    TensorData::new(chunk.to_vec(), [batch, CHANNELS, IMAGE_SIZE, IMAGE_SIZE]),
-                    &self.device,
-                );
-                // [batch, 2] -> [batch, 1]
-                let argmax = self.model.forward(x).argmax(1);
-                let ids = argmax
-                    .try_into_vec_as::<i64>()
-                    .map_err(|err| ModelError::Backend(format!("reading predictions: {err}")))?;
-                for id in ids {
-                    let class = u8::try_from(id)
-                        .map_err(|_| ModelError::Backend(format!("argmax returned class {id}")))?;
-                    classes.push(class);
-                }
+        self.for_each_batch(images, |logits| {
+            // [batch, classes] -> [batch, 1]
+            let ids = logits
+                .argmax(1)
+                .try_into_vec_as::<i64>()
+                .map_err(|err| ModelError::Backend(format!("reading predictions: {err}")))?;
+            for id in ids {
+                let class = u8::try_from(id)
+                    .map_err(|_| ModelError::Backend(format!("argmax returned class {id}")))?;
+                classes.push(class);
             }
             Ok(())
         })?;
         Ok(classes)
     }
 
+    /// Raw class logits, `n * num_classes` values (row per image), for comparing backends and
+    /// implementations; empty for empty input.
+    pub fn logits(&self, images: &[f32]) -> Result<Vec<f32>, ModelError> {
+        let n = check_examples(&self.config, images, None)?;
+        let mut out = Vec::with_capacity(n * self.config.num_classes);
+        self.for_each_batch(images, |logits| {
+            let values = logits
+                .try_into_vec_as::<f32>()
+                .map_err(|err| ModelError::Backend(format!("reading logits: {err}")))?;
+            out.extend(values);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Runs the forward pass on validated `images`, [`INFERENCE_BATCH`] at a time, handing
+    /// each batch's `[batch, classes]` logits to `each`.
+    fn for_each_batch(
+        &self,
+        images: &[f32],
+        mut each: impl FnMut(Tensor<2>) -> Result<(), ModelError>,
+    ) -> Result<(), ModelError> {
+        let numel = self.config.input_numel();
+        let (channels, side) = (self.config.input_channels, self.config.image_size);
+        catch_backend_panic("inference", || {
+            for chunk in images.chunks(INFERENCE_BATCH * numel) {
+                let batch = chunk.len() / numel;
+                let x = Tensor::<4>::from_data(
+                    TensorData::new(chunk.to_vec(), [batch, channels, side, side]),
+                    &self.device,
+                );
+                each(self.model.forward(x))?;
+            }
+            Ok(())
+        })
+    }
+
     /// Fraction of `labels` predicted correctly (in `[0, 1]`); needs at least one example.
     pub fn evaluate(&self, images: &[f32], labels: &[u8]) -> Result<f32, ModelError> {
-        let n = check_examples(images, Some(labels))?;
+        let n = check_examples(&self.config, images, Some(labels))?;
         if n == 0 {
             return Err(ModelError::InvalidInput(
                 "evaluation needs at least one example".to_string(),
@@ -93,7 +123,7 @@ pub fn predict(
     params: &[f32],
     images: &[f32],
 ) -> Result<Vec<u8>, ModelError> {
-    check_examples(images, None)?;
+    check_examples(config, images, None)?;
     LoadedModel::new(dev, config, params)?.predict(images)
 }
 
@@ -105,6 +135,6 @@ pub fn evaluate(
     images: &[f32],
     labels: &[u8],
 ) -> Result<f32, ModelError> {
-    check_examples(images, Some(labels))?;
+    check_examples(config, images, Some(labels))?;
     LoadedModel::new(dev, config, params)?.evaluate(images, labels)
 }

@@ -20,6 +20,8 @@ pub mod params;
 pub mod train;
 
 #[cfg(test)]
+mod backend_tests;
+#[cfg(test)]
 mod tests;
 
 pub use burn::tensor::Device;

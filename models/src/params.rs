@@ -13,7 +13,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use crate::model::{ShelfNet, ShelfNetConfig};
-use crate::{CHANNELS, ModelError, NUM_CLASSES, catch_backend_panic};
+use crate::{ModelError, catch_backend_panic};
 
 /// Name and shape of one parameter tensor.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -37,26 +37,29 @@ pub fn parameter_layout(config: &ShelfNetConfig) -> Vec<TensorSpec> {
         name: name.to_string(),
         shape,
     };
-    let [c1, c2, c3] = config.conv_channels;
-    let mut layout = Vec::with_capacity(10);
-    for (i, (c_in, c_out)) in [(CHANNELS, c1), (c1, c2), (c2, c3)].into_iter().enumerate() {
+    let mut layout = Vec::with_capacity(2 * config.conv_channels.len() + 4);
+    let k = config.kernel_size;
+    let mut c_in = config.input_channels;
+    for (i, &c_out) in config.conv_channels.iter().enumerate() {
         layout.push(spec(
             &format!("conv{}.weight", i + 1),
-            vec![c_out, c_in, 3, 3],
+            vec![c_out, c_in, k, k],
         ));
         layout.push(spec(&format!("conv{}.bias", i + 1), vec![c_out]));
+        c_in = c_out;
     }
     layout.push(spec(
         "fc1.weight",
         vec![config.flat_features(), config.hidden],
     ));
     layout.push(spec("fc1.bias", vec![config.hidden]));
-    layout.push(spec("fc2.weight", vec![config.hidden, NUM_CLASSES]));
-    layout.push(spec("fc2.bias", vec![NUM_CLASSES]));
+    layout.push(spec("fc2.weight", vec![config.hidden, config.num_classes]));
+    layout.push(spec("fc2.bias", vec![config.num_classes]));
     layout
 }
 
-/// Length of the flat parameter vector for `config` (71 666 for the standard net).
+/// Length of the flat parameter vector for `config` (71 666 for the standard net, 1 663 370 for
+/// [`ShelfNetConfig::mcmahan_cnn`]).
 pub fn num_parameters(config: &ShelfNetConfig) -> usize {
     parameter_layout(config).iter().map(TensorSpec::numel).sum()
 }
@@ -175,21 +178,31 @@ pub fn unflatten(
             rest = tail;
             TensorData::new(head.to_vec(), spec.shape.clone())
         };
-        let [c1w, c1b, c2w, c2b, c3w, c3b, f1w, f1b, f2w, f2b] = layout.as_slice() else {
-            return Err(ModelError::InvalidConfig(
-                "unexpected parameter layout".to_string(),
-            ));
+        let mut specs = layout.iter();
+        let mut param = |shape_of: &str| -> Result<TensorData, ModelError> {
+            let spec = specs.next().ok_or_else(|| {
+                ModelError::InvalidConfig(format!("parameter layout has no {shape_of}"))
+            })?;
+            if spec.name != shape_of {
+                return Err(ModelError::InvalidConfig(format!(
+                    "parameter layout has {} where {shape_of} belongs",
+                    spec.name
+                )));
+            }
+            Ok(next(spec))
         };
-        model.conv1.weight = Param::from_data(next(c1w), device);
-        model.conv1.bias = Some(Param::from_data(next(c1b), device));
-        model.conv2.weight = Param::from_data(next(c2w), device);
-        model.conv2.bias = Some(Param::from_data(next(c2b), device));
-        model.conv3.weight = Param::from_data(next(c3w), device);
-        model.conv3.bias = Some(Param::from_data(next(c3b), device));
-        model.fc1.weight = Param::from_data(next(f1w), device);
-        model.fc1.bias = Some(Param::from_data(next(f1b), device));
-        model.fc2.weight = Param::from_data(next(f2w), device);
-        model.fc2.bias = Some(Param::from_data(next(f2b), device));
+        model.conv1.weight = Param::from_data(param("conv1.weight")?, device);
+        model.conv1.bias = Some(Param::from_data(param("conv1.bias")?, device));
+        model.conv2.weight = Param::from_data(param("conv2.weight")?, device);
+        model.conv2.bias = Some(Param::from_data(param("conv2.bias")?, device));
+        if let Some(conv3) = model.conv3.as_mut() {
+            conv3.weight = Param::from_data(param("conv3.weight")?, device);
+            conv3.bias = Some(Param::from_data(param("conv3.bias")?, device));
+        }
+        model.fc1.weight = Param::from_data(param("fc1.weight")?, device);
+        model.fc1.bias = Some(Param::from_data(param("fc1.bias")?, device));
+        model.fc2.weight = Param::from_data(param("fc2.weight")?, device);
+        model.fc2.bias = Some(Param::from_data(param("fc2.bias")?, device));
         Ok(model)
     })
 }

@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 
-use burn::config::Config;
 use burn::tensor::Device;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -510,11 +509,33 @@ fn config_roundtrips_through_json_and_validates() {
     assert_eq!(map.len(), 2);
     let back: ShelfNetConfig = serde_json::from_value(json).unwrap();
     assert_eq!(back, config);
-    let text = burn::config::config_to_json(&config);
-    assert_eq!(
-        ShelfNetConfig::load_binary(text.as_bytes()).unwrap(),
-        config
+    // Unknown fields are refused; the McMahan CNN spells out every non-default field.
+    assert!(
+        serde_json::from_str::<ShelfNetConfig>(r#"{"conv_channels":[8,16,32],"hidden":32,"x":1}"#)
+            .is_err()
     );
+    let cnn = ShelfNetConfig::mcmahan_cnn();
+    let text = serde_json::to_string(&cnn).unwrap();
+    assert_eq!(
+        text,
+        r#"{"conv_channels":[32,64],"hidden":512,"kernel_size":5,"input_channels":1,"image_size":28,"num_classes":10}"#
+    );
+    assert_eq!(serde_json::from_str::<ShelfNetConfig>(&text).unwrap(), cnn);
+    assert!(cnn.validate().is_ok());
+    assert!(!cnn.is_shelf_classifier() && config.is_shelf_classifier());
+    // The paper's parameter count.
+    assert_eq!(crate::num_parameters(&cnn), 1_663_370);
+    for bad in [
+        ShelfNetConfig::new().with_conv_channels([8]),
+        ShelfNetConfig::new().with_conv_channels([8, 8, 8, 8]),
+        ShelfNetConfig::new().with_kernel_size(4),
+        ShelfNetConfig::new().with_kernel_size(9),
+        ShelfNetConfig::new().with_input(0, 64),
+        ShelfNetConfig::new().with_input(3, 60),
+        ShelfNetConfig::new().with_classes(1),
+    ] {
+        assert!(bad.validate().is_err(), "{bad:?}");
+    }
     assert!(
         ShelfNetConfig::new()
             .with_conv_channels([8, 0, 32])

@@ -8,7 +8,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use crate::device::ComputeDevice;
 use crate::model::{ShelfNet, ShelfNetConfig};
 use crate::params::{check_params, flatten, parameter_layout, unflatten};
-use crate::{CHANNELS, IMAGE_NUMEL, IMAGE_SIZE, ModelError, NUM_CLASSES, catch_backend_panic};
+use crate::{ModelError, catch_backend_panic};
 
 /// Momentum of the SGD optimiser. The momentum buffer starts at zero on every call.
 pub const SGD_MOMENTUM: f64 = 0.9;
@@ -58,7 +58,7 @@ pub fn train_local(
 ) -> Result<TrainOutcome, ModelError> {
     config.validate()?;
     check_params(&parameter_layout(config), base)?;
-    let n = check_examples(images, Some(labels))?;
+    let n = check_examples(config, images, Some(labels))?;
     if n == 0 {
         return Err(ModelError::InvalidInput(
             "training needs at least one example".to_string(),
@@ -85,7 +85,7 @@ pub fn train_local(
     let device = dev.device().clone().autodiff();
     let model = unflatten(config, base, &device)?;
     let (params, mean_loss) = catch_backend_panic("training", || {
-        run_sgd(model, &device, images, labels, batch, settings)
+        run_sgd(model, config, &device, images, labels, batch, settings)
     })?;
     if !mean_loss.is_finite() {
         return Err(ModelError::Diverged(format!("mean loss is {mean_loss}")));
@@ -105,6 +105,7 @@ pub fn train_local(
 /// The training loop proper; inputs are already validated.
 fn run_sgd(
     mut model: ShelfNet,
+    config: &ShelfNetConfig,
     device: &Device,
     images: &[f32],
     labels: &[u8],
@@ -120,7 +121,9 @@ fn run_sgd(
         .init();
     let loss_fn = CrossEntropyLoss::new(None, device);
     let mut order = EpochSampler::new(labels.len(), settings.seed);
-    let mut batch_images = Vec::with_capacity(batch * IMAGE_NUMEL);
+    let numel = config.input_numel();
+    let (channels, side) = (config.input_channels, config.image_size);
+    let mut batch_images = Vec::with_capacity(batch * numel);
     let mut batch_labels = Vec::with_capacity(batch);
     let mut loss_sum = 0.0f64;
     for _ in 0..settings.steps {
@@ -128,13 +131,13 @@ fn run_sgd(
         batch_labels.clear();
         for _ in 0..batch {
             let i = order.next_index();
-            batch_images.extend_from_slice(&images[i * IMAGE_NUMEL..(i + 1) * IMAGE_NUMEL]);
+            batch_images.extend_from_slice(&images[i * numel..(i + 1) * numel]);
             batch_labels.push(i64::from(labels[i]));
         }
         let x = Tensor::<4>::from_data(
             TensorData::new(
                 batch_images.clone(),
-                [batch, CHANNELS, IMAGE_SIZE, IMAGE_SIZE],
+                [batch, channels, side, side],
             ),
             device,
         );
@@ -151,15 +154,24 @@ fn run_sgd(
     Ok((flatten(&model)?, mean_loss))
 }
 
-/// Validates an image buffer (and labels, when given) and returns the number of examples.
-pub(crate) fn check_examples(images: &[f32], labels: Option<&[u8]>) -> Result<usize, ModelError> {
-    if !images.len().is_multiple_of(IMAGE_NUMEL) {
+/// Validates an image buffer for `config`'s input shape (and labels, when given, against its
+/// classes) and returns the number of examples.
+pub(crate) fn check_examples(
+    config: &ShelfNetConfig,
+    images: &[f32],
+    labels: Option<&[u8]>,
+) -> Result<usize, ModelError> {
+    let numel = config.input_numel();
+    if !images.len().is_multiple_of(numel) {
         return Err(ModelError::InvalidInput(format!(
-            "image buffer has {} values, not a multiple of {IMAGE_NUMEL} (3x64x64)",
-            images.len()
+            "image buffer has {} values, not a multiple of {numel} ({}x{}x{})",
+            images.len(),
+            config.input_channels,
+            config.image_size,
+            config.image_size
         )));
     }
-    let n = images.len() / IMAGE_NUMEL;
+    let n = images.len() / numel;
     if let Some(index) = images.iter().position(|v| !v.is_finite()) {
         return Err(ModelError::InvalidInput(format!(
             "pixel value {index} is not finite"
@@ -172,10 +184,13 @@ pub(crate) fn check_examples(images: &[f32], labels: Option<&[u8]>) -> Result<us
                 labels.len()
             )));
         }
-        if let Some(index) = labels.iter().position(|&l| usize::from(l) >= NUM_CLASSES) {
+        if let Some(index) = labels
+            .iter()
+            .position(|&l| usize::from(l) >= config.num_classes)
+        {
             return Err(ModelError::InvalidInput(format!(
-                "label {index} is {}, expected a class below {NUM_CLASSES}",
-                labels[index]
+                "label {index} is {}, expected a class below {}",
+                labels[index], config.num_classes
             )));
         }
     }

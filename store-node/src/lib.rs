@@ -195,7 +195,14 @@ async fn run_node(
         .context("backend selection task failed")?
         .context("cannot select a compute backend")?;
     let backend = device.description().to_owned();
-    info!(backend = %backend, "compute backend selected");
+    match device.fallback_reason() {
+        Some(reason) => info!(
+            backend = %backend,
+            requested = %choice,
+            "compute backend selected (wgpu not used: {reason})"
+        ),
+        None => info!(backend = %backend, requested = %choice, "compute backend selected"),
+    }
 
     let data = config.data.clone();
     let train_data = tokio::task::spawn_blocking(move || {

@@ -151,6 +151,16 @@ impl ModelStore {
         let config: ShelfNetConfig =
             serde_json::from_value(manifest.architecture_config.clone())
                 .map_err(|e| ModelRefusal::ArchitectureConfig(e.to_string()))?;
+        config
+            .validate()
+            .map_err(|e| ModelRefusal::ArchitectureConfig(e.to_string()))?;
+        if !config.is_shelf_classifier() {
+            return Err(ModelRefusal::ArchitectureConfig(format!(
+                "the model takes {}x{}x{} images into {} classes; this node classifies \
+                 3x64x64 shelf crops into 2",
+                config.input_channels, config.image_size, config.image_size, config.num_classes
+            )));
+        }
         let layout = backroom_models::parameter_layout(&config);
         let layout_parameters = backroom_models::num_parameters(&config);
         let params = backroom_models::from_safetensors(&layout, &weights)

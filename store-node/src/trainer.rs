@@ -179,6 +179,47 @@ pub fn update_chunks(
     head.chain(body).chain(tail)
 }
 
+/// A delta ready to leave the node: trained, clipped, noised (distributed mode).
+#[derive(Clone, Debug)]
+pub struct LocalUpdate {
+    /// Clipped (and, with `noise_stddev > 0`, noised) fine-tuned − base.
+    pub delta: Vec<f32>,
+    /// What clipping did, before noise.
+    pub clip: ClipOutcome,
+    /// Mean minibatch loss of local training.
+    pub mean_loss: f32,
+    /// Examples seen in training (steps × batch).
+    pub num_examples: u64,
+}
+
+/// The node's whole local step for one round, on a blocking thread: train from `base` on the
+/// samples, take delta = fine-tuned − base, clip it to L2 norm ≤ `clip_norm`, then add
+/// N(0, `noise_stddev`²) per coordinate (the distributed-noise share; 0 in central mode).
+/// `backroom bench-fl` runs exactly this for its simulated stores.
+#[allow(clippy::too_many_arguments)]
+pub fn local_update(
+    device: &backroom_models::ComputeDevice,
+    config: &backroom_models::ShelfNetConfig,
+    base: &[f32],
+    images: &[f32],
+    labels: &[u8],
+    settings: &TrainSettings,
+    clip_norm: f32,
+    noise_stddev: f64,
+) -> Result<LocalUpdate, TrainError> {
+    let outcome = train_local(device, config, base, images, labels, settings)
+        .map_err(|e| TrainError::Model(e.to_string()))?;
+    let mut delta = weight_delta(&outcome.params, base)?;
+    // Clip first, then noise: the noise is calibrated to the clipped sensitivity.
+    let clip = crate::dp::clip_and_noise(&mut delta, clip_norm, noise_stddev, &mut crate::dp::os_rng())?;
+    Ok(LocalUpdate {
+        delta,
+        clip,
+        mean_loss: outcome.mean_loss,
+        num_examples: outcome.examples_seen as u64,
+    })
+}
+
 struct PreparedUpdate {
     data: Arc<Vec<u8>>,
     sha256: Vec<u8>,
@@ -247,30 +288,23 @@ pub(crate) async fn run_task(
     let device = ctx.device.clone();
     let samples = ctx.train_data.clone();
     let job = tokio::task::spawn_blocking(move || -> Result<PreparedUpdate, TrainError> {
-        let outcome = train_local(
+        let update = local_update(
             &device,
             &base.config,
             &base.params,
             &samples.images,
             &samples.labels,
             &settings,
-        )
-        .map_err(|e| TrainError::Model(e.to_string()))?;
-        let mut delta = weight_delta(&outcome.params, &base.params)?;
-        // Clip first, then noise: the noise is calibrated to the clipped sensitivity.
-        let clip = crate::dp::clip_and_noise(
-            &mut delta,
             clip_norm,
             noise_stddev,
-            &mut crate::dp::os_rng(),
         )?;
-        let (data, sha256) = encode_delta(&delta);
+        let (data, sha256) = encode_delta(&update.delta);
         Ok(PreparedUpdate {
             data: Arc::new(data),
             sha256,
-            clip,
-            mean_loss: outcome.mean_loss,
-            num_examples: outcome.examples_seen as u64,
+            clip: update.clip,
+            mean_loss: update.mean_loss,
+            num_examples: update.num_examples,
         })
     });
     let prepared = tokio::select! {
