@@ -164,6 +164,8 @@ pub struct RunResult {
     pub epsilon: Option<f64>,
     /// Updates the coordinator's norm re-check refused (should be 0).
     pub updates_refused: usize,
+    /// Median L2 norm of the stores' deltas before clipping (what a clip norm is chosen from).
+    pub median_delta_norm: f64,
     pub seconds: f64,
 }
 
@@ -237,8 +239,7 @@ fn load(options: &FlOptions) -> anyhow::Result<Data> {
             let per_store = 200;
             let mut train = shelf_set(backroom_datasets::ShelfCrops::default());
             for store in 0..options.clients as u32 {
-                let crops =
-                    backroom_datasets::generate_store_split(options.seed, store, per_store);
+                let crops = backroom_datasets::generate_store_split(options.seed, store, per_store);
                 train.images.extend_from_slice(&crops.images);
                 train.labels.extend_from_slice(&crops.labels);
             }
@@ -269,7 +270,9 @@ type Shard = (Vec<f32>, Vec<u8>);
 fn shards(data: &Data, partition: Partition, options: &FlOptions) -> anyhow::Result<Vec<Shard>> {
     let n = data.train.labels.len();
     let indices = match partition {
-        Partition::Iid | Partition::FeatureShift => partition_iid(n, options.clients, options.seed)?,
+        Partition::Iid | Partition::FeatureShift => {
+            partition_iid(n, options.clients, options.seed)?
+        }
         Partition::Dirichlet(alpha) => {
             partition_dirichlet(&data.train.labels, options.clients, alpha, options.seed)?
         }
@@ -299,6 +302,11 @@ fn shards(data: &Data, partition: Partition, options: &FlOptions) -> anyhow::Res
         .collect::<anyhow::Result<Vec<Shard>>>()?)
 }
 
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 /// Local steps for E epochs of `n` examples at minibatch B (at least one).
 fn local_steps(epochs: usize, n: usize, batch: usize) -> usize {
     (epochs * n).div_ceil(batch.max(1)).max(1)
@@ -322,6 +330,7 @@ fn run_fedavg(
     let mut accuracy_by_round = Vec::new();
     let mut rounds_to_target = None;
     let mut refused = 0;
+    let mut norms = Vec::new();
     for round in 1..=options.rounds {
         let chosen: Vec<usize> = match dp {
             None => sample_indices(&mut rng, k, per_round).into_vec(),
@@ -347,6 +356,7 @@ fn run_fedavg(
                 device, config, &global, images, labels, &settings, clip_norm, 0.0,
             )
             .with_context(|| format!("round {round}, store {store}"))?;
+            norms.push(update.clip.norm_before);
             match dp {
                 None => sum.add(&update.delta)?,
                 Some(d) => {
@@ -413,6 +423,7 @@ fn run_fedavg(
         accuracy_by_round,
         epsilon,
         updates_refused: refused,
+        median_delta_norm: median(norms),
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -556,17 +567,16 @@ pub fn render(report: &FlReport) -> String {
         report.target * 100.0
     ));
     out.push_str(
-        "| partition | DP (C, z) | rounds to target | final acc. | best acc. | ε (δ) | time |\n\
-         |---|---|---|---|---|---|---|\n",
+        "| partition | DP (C, z) | rounds to target | final acc. | best acc. | ε (δ) | median ‖Δ‖ | time |\n\
+         |---|---|---|---|---|---|---|---|\n",
     );
     for run in &report.runs {
         let dp = run.dp.map_or("off".to_owned(), |d| {
             format!("C={}, z={}", d.clip_norm, d.noise_multiplier)
         });
-        let reached = run.rounds_to_target.map_or(
-            format!("not in {}", run.rounds_run),
-            |r| r.to_string(),
-        );
+        let reached = run
+            .rounds_to_target
+            .map_or(format!("not in {}", run.rounds_run), |r| r.to_string());
         let epsilon = run.epsilon.map_or("–".to_owned(), |e| {
             format!(
                 "{} ({})",
@@ -575,15 +585,20 @@ pub fn render(report: &FlReport) -> String {
             )
         });
         out.push_str(&format!(
-            "| {} | {dp} | {reached} | {:.2}% | {:.2}% | {epsilon} | {:.0} s |\n",
+            "| {} | {dp} | {reached} | {:.2}% | {:.2}% | {epsilon} | {:.2} | {:.0} s |\n",
             run.partition,
             run.final_accuracy * 100.0,
             run.best_accuracy * 100.0,
+            run.median_delta_norm,
             run.seconds
         ));
     }
     if let Some(central) = &report.centralised {
-        let best = central.accuracy_by_epoch.iter().copied().fold(0.0, f32::max);
+        let best = central
+            .accuracy_by_epoch
+            .iter()
+            .copied()
+            .fold(0.0, f32::max);
         out.push_str(&format!(
             "\nCentralised, same model, all training data: {} epoch(s) at B={}: {:.2}% \
              (best {:.2}%), {:.0} s\n",

@@ -7,8 +7,8 @@ use anyhow::Context;
 use backroom::pilot::{self, PilotOptions, state_name};
 use backroom::{bench_fl, client, metrics_report};
 use backroom_coordinator::CoordinatorConfig;
-use backroom_models::BackendChoice;
 use backroom_coordinator::identity::{CertificateAuthority, Role};
+use backroom_models::BackendChoice;
 use backroom_proto::v1 as pb;
 use backroom_store_node::config::NodeConfig;
 use clap::{Args, Parser, Subcommand};
@@ -213,7 +213,9 @@ impl std::str::FromStr for DpArg {
         let (clip, z) = s
             .split_once(':')
             .ok_or_else(|| format!("{s:?}: expected off or <clip>:<noise multiplier>"))?;
-        let clip_norm: f32 = clip.parse().map_err(|_| format!("{clip:?} is not a number"))?;
+        let clip_norm: f32 = clip
+            .parse()
+            .map_err(|_| format!("{clip:?} is not a number"))?;
         let noise_multiplier: f32 = z.parse().map_err(|_| format!("{z:?} is not a number"))?;
         if !(clip_norm.is_finite() && clip_norm > 0.0) {
             return Err(format!("clip norm {clip_norm} must be positive"));

@@ -15,9 +15,9 @@ use crate::*;
 /// for bit.
 const LOGIT_ATOL: f32 = 1e-4;
 const LOGIT_RTOL: f32 = 1e-4;
-/// After a few SGD steps parameters may drift apart by this much (absolute), since rounding
-/// differences are amplified by every step.
-const PARAM_ATOL: f32 = 1e-3;
+/// After a few SGD steps the backends' parameters may differ by this fraction of the largest
+/// parameter change (rounding differences are amplified by every step).
+const PARAM_RTOL: f32 = 1e-2;
 
 /// The wgpu device, or `None` (with the reason printed) where none exists and none is required.
 fn wgpu_device() -> Option<ComputeDevice> {
@@ -30,9 +30,7 @@ fn wgpu_device() -> Option<ComputeDevice> {
             if let Some(why) = wgpu_required() {
                 panic!("{why}, but wgpu is unavailable: {err}");
             }
-            eprintln!(
-                "skipped: {err} (install mesa-vulkan-drivers for lavapipe, as .ci/run does)"
-            );
+            eprintln!("skipped: {err} (install mesa-vulkan-drivers for lavapipe, as .ci/run does)");
             None
         }
     }
@@ -44,9 +42,10 @@ fn wgpu_required() -> Option<String> {
         return Some("BACKROOM_REQUIRE_WGPU=1".to_owned());
     }
     let icd_dir = std::path::Path::new("/usr/share/vulkan/icd.d");
-    let lavapipe = std::fs::read_dir(icd_dir).ok()?.flatten().find(|entry| {
-        entry.file_name().to_string_lossy().starts_with("lvp_icd")
-    })?;
+    let lavapipe = std::fs::read_dir(icd_dir)
+        .ok()?
+        .flatten()
+        .find(|entry| entry.file_name().to_string_lossy().starts_with("lvp_icd"))?;
     Some(format!(
         "the lavapipe driver is installed ({})",
         lavapipe.path().display()
@@ -110,7 +109,7 @@ fn wgpu_and_cpu_train_alike() {
     let settings = TrainSettings {
         steps: 3,
         batch_size: 8,
-        learning_rate: 0.01,
+        learning_rate: 0.05,
         seed: 4,
     };
     let a = train_local(&cpu, &config, &base, &images, &labels, &settings).unwrap();
@@ -122,13 +121,16 @@ fn wgpu_and_cpu_train_alike() {
         .zip(&base)
         .map(|(p, q)| (p - q).abs())
         .fold(0.0f32, f32::max);
-    assert!(moved > 10.0 * PARAM_ATOL, "training barely moved: {moved}");
     let worst = a
         .params
         .iter()
         .zip(&b.params)
         .map(|(p, q)| (p - q).abs())
         .fold(0.0f32, f32::max);
-    assert!(worst <= PARAM_ATOL, "parameters differ by {worst}");
-    eprintln!("after 3 steps: max |cpu - wgpu| parameter difference {worst:e}");
+    eprintln!("after 3 steps: largest parameter change {moved:e}, max |cpu - wgpu| {worst:e}");
+    assert!(moved > 1e-3, "training barely moved: {moved}");
+    assert!(
+        worst <= PARAM_RTOL * moved,
+        "parameters differ by {worst}, more than {PARAM_RTOL} of the largest change {moved}"
+    );
 }

@@ -28,7 +28,7 @@ pub enum ModelRefusal {
     Verify(#[from] VerifyError),
     #[error("the coordinator sent version {received} when version {requested} was asked for")]
     WrongVersion { requested: u64, received: u64 },
-    #[error("architecture_config is not a valid ShelfNet config: {0}")]
+    #[error("unusable architecture_config: {0}")]
     ArchitectureConfig(String),
     #[error("weights do not fit the architecture: {0}")]
     Weights(String),

@@ -211,7 +211,12 @@ pub fn local_update(
         .map_err(|e| TrainError::Model(e.to_string()))?;
     let mut delta = weight_delta(&outcome.params, base)?;
     // Clip first, then noise: the noise is calibrated to the clipped sensitivity.
-    let clip = crate::dp::clip_and_noise(&mut delta, clip_norm, noise_stddev, &mut crate::dp::os_rng())?;
+    let clip = crate::dp::clip_and_noise(
+        &mut delta,
+        clip_norm,
+        noise_stddev,
+        &mut crate::dp::os_rng(),
+    )?;
     Ok(LocalUpdate {
         delta,
         clip,

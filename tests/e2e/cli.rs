@@ -92,3 +92,77 @@ fn a_bad_configuration_lists_every_problem_and_exits_64() {
     assert_eq!(output.status.code(), Some(64), "{stderr}");
     assert!(stderr.contains("unknown_key"), "{stderr}");
 }
+
+/// Runs a short pilot on `backend` and returns its JSON summary.
+fn short_pilot(backend: &str) -> serde_json::Value {
+    let output = backroom()
+        .args(["pilot", "--json", "--stores", "2", "--rounds", "2"])
+        .args(["--seed", "7", "--backend", backend])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run backroom: {e}"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "pilot --backend {backend} failed: {stderr}"
+    );
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {stderr}"))
+}
+
+/// Whether this machine must run wgpu: the lavapipe software Vulkan driver is installed (as
+/// `.ci/run` does) or `BACKROOM_REQUIRE_WGPU=1`.
+fn wgpu_expected() -> bool {
+    std::env::var("BACKROOM_REQUIRE_WGPU").is_ok_and(|v| v == "1")
+        || std::fs::read_dir("/usr/share/vulkan/icd.d").is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("lvp_icd"))
+        })
+}
+
+#[test]
+fn pilot_on_wgpu_completes_and_learns_like_the_cpu() {
+    if !wgpu_expected() {
+        eprintln!(
+            "skipped: no lavapipe driver (mesa-vulkan-drivers) and BACKROOM_REQUIRE_WGPU unset"
+        );
+        return;
+    }
+    let gpu = short_pilot("wgpu");
+    let cpu = short_pilot("cpu");
+    for node in gpu["nodes"].as_array().cloned().unwrap_or_default() {
+        assert!(
+            node["backend"]
+                .as_str()
+                .is_some_and(|b| b.starts_with("wgpu: ")),
+            "{node}"
+        );
+        assert_eq!(node["installed_version"], 3, "{node}");
+    }
+    for node in cpu["nodes"].as_array().cloned().unwrap_or_default() {
+        assert_eq!(node["backend"], "cpu (flex)", "{node}");
+    }
+    let accuracy = |s: &serde_json::Value, key: &str| s[key].as_f64().unwrap_or(f64::NAN);
+    let (gpu_final, cpu_final) = (
+        accuracy(&gpu, "final_accuracy"),
+        accuracy(&cpu, "final_accuracy"),
+    );
+    eprintln!(
+        "2 rounds x 60 steps: wgpu {:.3} -> {gpu_final:.3}, cpu {:.3} -> {cpu_final:.3}",
+        accuracy(&gpu, "initial_accuracy"),
+        accuracy(&cpu, "initial_accuracy")
+    );
+    // Both learn (the untrained model scores 0.5 on the balanced test split; two rounds reach
+    // about 0.69 here), and wgpu is not worse than the CPU beyond run-to-run variation: round
+    // ids, hence minibatch orders, and the noise draws differ between the two runs.
+    for (name, summary, reached) in [("wgpu", &gpu, gpu_final), ("cpu", &cpu, cpu_final)] {
+        assert!(
+            reached >= accuracy(summary, "initial_accuracy") + 0.05,
+            "{name} did not learn: {summary}"
+        );
+    }
+    assert!(
+        gpu_final >= cpu_final - 0.1,
+        "wgpu reached {gpu_final}, cpu {cpu_final}"
+    );
+}

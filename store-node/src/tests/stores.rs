@@ -20,7 +20,16 @@ fn signing_key() -> SigningKey {
 
 /// A signed, valid ShelfNet version: (manifest bytes, signature, weights).
 fn signed_version(version: u64, expires_unix_ms: i64) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
-    let config = ShelfNetConfig::new();
+    signed_version_of(&ShelfNetConfig::new(), version, expires_unix_ms)
+}
+
+/// A signed version of any architecture configuration.
+fn signed_version_of(
+    config: &ShelfNetConfig,
+    version: u64,
+    expires_unix_ms: i64,
+) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let config = config.clone();
     let layout = backroom_models::parameter_layout(&config);
     let params = backroom_models::init_parameters(&config, 5).expect("init");
     let weights = backroom_models::to_safetensors(&layout, &params).expect("safetensors");
@@ -53,6 +62,24 @@ fn store_in(dir: &Path) -> ModelStore {
         "shelfnet".into(),
         1 << 30,
     )
+}
+
+#[test]
+fn a_correctly_signed_model_for_other_images_is_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = store_in(tmp.path());
+    // Well-formed, signed and consistent, but it classifies 28x28 grey digits: a node has only
+    // shelf crops to give it.
+    let (manifest, signature, weights) =
+        signed_version_of(&ShelfNetConfig::mcmahan_cnn(), 1, i64::MAX);
+    let err = store
+        .verify(manifest, signature, weights, 0, Some(1_000))
+        .expect_err("a digit classifier is not a shelf model");
+    assert!(
+        err.to_string().contains("1x28x28 images into 10 classes"),
+        "{err}"
+    );
+    assert!(store.load_installed(1_000).expect("empty dir").is_none());
 }
 
 #[test]
