@@ -14,7 +14,8 @@
 //! McMahan's FedAvg weights stores by example count, which only differs when stores hold
 //! different amounts of data (Dirichlet partitions).
 
-use std::path::{Path, PathBuf};
+use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
@@ -399,6 +400,15 @@ fn run_fedavg(
         }
         bar.inc(1);
         bar.set_message(format!("round {round}: {:.2}%", accuracy * 100.0));
+        if options.progress && !std::io::stderr().is_terminal() {
+            // No terminal, no bars: one line per round for logs.
+            eprintln!(
+                "{}: round {round}/{}: {:.2}%",
+                bar.prefix(),
+                options.rounds,
+                accuracy * 100.0
+            );
+        }
     }
     let epsilon = match dp {
         None => None,
@@ -465,6 +475,13 @@ fn run_centralised(
         accuracy_by_epoch.push(accuracy);
         bar.inc(1);
         bar.set_message(format!("epoch {epoch}: {:.2}%", accuracy * 100.0));
+        if options.progress && !std::io::stderr().is_terminal() {
+            eprintln!(
+                "centralised: epoch {epoch}/{}: {:.2}%",
+                options.centralised_epochs,
+                accuracy * 100.0
+            );
+        }
     }
     Ok(CentralResult {
         epochs: options.centralised_epochs,
@@ -610,9 +627,4 @@ pub fn render(report: &FlReport) -> String {
         ));
     }
     out
-}
-
-/// Default location of Debian's Fashion-MNIST.
-pub fn default_fashion_dir() -> &'static Path {
-    Path::new("/usr/share/datasets/fashion-mnist")
 }

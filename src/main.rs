@@ -149,7 +149,7 @@ struct BenchFlArgs {
     #[arg(long, env = "BACKROOM_DATA_DIR", default_value = "data")]
     data_dir: PathBuf,
     /// Fashion-MNIST's directory (gzipped IDX files).
-    #[arg(long, default_value = "/usr/share/datasets/fashion-mnist")]
+    #[arg(long, default_value = backroom_datasets::real::FASHION_MNIST_DEBIAN_DIR)]
     fashion_dir: PathBuf,
     /// Simulated stores K.
     #[arg(long, default_value_t = 100)]

@@ -1,5 +1,6 @@
 //! End-to-end tests: a real coordinator and real store nodes over mTLS on loopback.
 
+mod bench_fl;
 mod cli;
 mod federation;
 mod http2;
