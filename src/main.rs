@@ -130,6 +130,10 @@ struct PilotArgs {
     /// wgpu (any wgpu adapter, software ones such as lavapipe included) or cpu.
     #[arg(long, default_value = "auto", value_parser = parse_backend)]
     backend: BackendChoice,
+    /// Seconds each round waits for the stores' updates (wgpu on lavapipe needs a minute or
+    /// two more in its first round, for shader compilation).
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(10..=86_400))]
+    round_deadline: u32,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -531,6 +535,7 @@ async fn run_pilot(args: PilotArgs) -> anyhow::Result<ExitCode> {
         train_samples: args.train_samples as usize,
         progress: !args.json,
         backend: args.backend,
+        round_deadline_secs: args.round_deadline,
         ..PilotOptions::default()
     };
     let summary = pilot::run(options).await?;

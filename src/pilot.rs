@@ -43,6 +43,8 @@ pub struct PilotOptions {
     pub progress: bool,
     /// Compute backend of every store node.
     pub backend: BackendChoice,
+    /// How long each round waits for the stores' updates.
+    pub round_deadline_secs: u32,
 }
 
 impl Default for PilotOptions {
@@ -63,6 +65,7 @@ impl Default for PilotOptions {
             test_samples: 1000,
             progress: true,
             backend: BackendChoice::Auto,
+            round_deadline_secs: 300,
         }
     }
 }
@@ -286,7 +289,7 @@ async fn drive(
             strategy: "fedavg".into(),
             target_clients: u32::try_from(options.stores).unwrap_or(u32::MAX),
             min_clients: u32::try_from(options.stores).unwrap_or(u32::MAX),
-            deadline_secs: 300,
+            deadline_secs: options.round_deadline_secs,
             local_steps: options.local_steps,
             batch_size: options.batch_size,
             learning_rate: options.learning_rate,
@@ -309,10 +312,12 @@ async fn drive(
                 round.failure_reason
             ));
             bail!(
-                "round {} ended {}: {}",
+                "round {} ended {}: {} (a slow backend, such as wgpu on a software driver, may \
+                 need a longer --round-deadline than {} s)",
                 round.round_id,
                 state_name(round.state),
-                round.failure_reason
+                round.failure_reason,
+                options.round_deadline_secs
             );
         }
         let accuracy = accuracy_of(sandbox, round.published_version, &trusted, options).await?;

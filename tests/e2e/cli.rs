@@ -97,7 +97,14 @@ fn a_bad_configuration_lists_every_problem_and_exits_64() {
 fn short_pilot(backend: &str) -> serde_json::Value {
     let output = backroom()
         .args(["pilot", "--json", "--stores", "2", "--rounds", "2"])
-        .args(["--seed", "7", "--backend", backend])
+        .args([
+            "--seed",
+            "7",
+            "--backend",
+            backend,
+            "--round-deadline",
+            "1200",
+        ])
         .output()
         .unwrap_or_else(|e| panic!("cannot run backroom: {e}"));
     let stderr = String::from_utf8_lossy(&output.stderr);
