@@ -280,7 +280,7 @@ fn shards(data: &Data, partition: Partition, options: &FlOptions) -> anyhow::Res
     };
     let numel = data.config.input_numel();
     let (channels, side) = (data.config.input_channels, data.config.image_size);
-    Ok(indices
+    indices
         .iter()
         .enumerate()
         .map(|(store, items)| {
@@ -300,7 +300,7 @@ fn shards(data: &Data, partition: Partition, options: &FlOptions) -> anyhow::Res
             }
             Ok((images, labels))
         })
-        .collect::<anyhow::Result<Vec<Shard>>>()?)
+        .collect::<anyhow::Result<Vec<Shard>>>()
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
