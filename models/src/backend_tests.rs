@@ -30,9 +30,7 @@ fn wgpu_device() -> Option<ComputeDevice> {
             if let Some(why) = wgpu_required() {
                 panic!("{why}, but wgpu is unavailable: {err}");
             }
-            eprintln!(
-                "skipped: {err} (install mesa-vulkan-drivers for lavapipe, as .ci/run does)"
-            );
+            eprintln!("skipped: {err} (install mesa-vulkan-drivers for lavapipe, as .ci/run does)");
             None
         }
     }
@@ -44,9 +42,10 @@ fn wgpu_required() -> Option<String> {
         return Some("BACKROOM_REQUIRE_WGPU=1".to_owned());
     }
     let icd_dir = std::path::Path::new("/usr/share/vulkan/icd.d");
-    let lavapipe = std::fs::read_dir(icd_dir).ok()?.flatten().find(|entry| {
-        entry.file_name().to_string_lossy().starts_with("lvp_icd")
-    })?;
+    let lavapipe = std::fs::read_dir(icd_dir)
+        .ok()?
+        .flatten()
+        .find(|entry| entry.file_name().to_string_lossy().starts_with("lvp_icd"))?;
     Some(format!(
         "the lavapipe driver is installed ({})",
         lavapipe.path().display()

@@ -69,10 +69,7 @@ pub struct ShelfNetConfig {
     /// Width of the hidden fully connected layer.
     pub hidden: usize,
     /// Side of the square conv kernels (odd; "same" padding keeps the spatial size).
-    #[serde(
-        default = "default_kernel",
-        skip_serializing_if = "is_default_kernel"
-    )]
+    #[serde(default = "default_kernel", skip_serializing_if = "is_default_kernel")]
     pub kernel_size: usize,
     /// Channels of the input images (3 for shelf crops, 1 for grey digits).
     #[serde(

@@ -135,10 +135,7 @@ fn run_sgd(
             batch_labels.push(i64::from(labels[i]));
         }
         let x = Tensor::<4>::from_data(
-            TensorData::new(
-                batch_images.clone(),
-                [batch, channels, side, side],
-            ),
+            TensorData::new(batch_images.clone(), [batch, channels, side, side]),
             device,
         );
         let y = Tensor::<1, Int>::from_data(TensorData::new(batch_labels.clone(), [batch]), device);
