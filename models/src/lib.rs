@@ -8,12 +8,16 @@
 //!   pure-Rust `flex` CPU backend).
 //! * [`train`] and [`infer`]: local SGD on a node's labelled crops, and batched inference.
 //! * [`manifest`]: signed descriptions of model versions.
+//! * [`interop`]: the weights as the `state_dict` of the equivalent PyTorch module (safetensors,
+//!   linear weights transposed to PyTorch's `[out, in]`), read by
+//!   `deploy/torch/backroom_shelfnet.py`.
 //!
 //! Images everywhere are `n * 3 * 64 * 64` `f32` values in `[0, 1]`, CHW per image, images
 //! concatenated. Labels are `u8` class indices into [`CLASS_NAMES`].
 
 pub mod device;
 pub mod infer;
+pub mod interop;
 pub mod manifest;
 pub mod model;
 pub mod params;
@@ -27,6 +31,7 @@ mod tests;
 pub use burn::tensor::Device;
 pub use device::{BackendChoice, ComputeDevice, select_device};
 pub use infer::{LoadedModel, evaluate, predict};
+pub use interop::{from_torch_safetensors, to_torch_safetensors, torch_layout};
 pub use model::{ShelfNet, ShelfNetConfig};
 pub use params::{
     TensorSpec, flatten, from_safetensors, init_parameters, num_parameters, parameter_layout,

@@ -123,22 +123,21 @@ fn run_sgd(
     let mut order = EpochSampler::new(labels.len(), settings.seed);
     let numel = config.input_numel();
     let (channels, side) = (config.input_channels, config.image_size);
-    let mut batch_images = Vec::with_capacity(batch * numel);
-    let mut batch_labels = Vec::with_capacity(batch);
     let mut loss_sum = 0.0f64;
     for _ in 0..settings.steps {
-        batch_images.clear();
-        batch_labels.clear();
+        // Gathered straight into the buffers the tensors take over: no copy of the batch.
+        let mut batch_images = Vec::with_capacity(batch * numel);
+        let mut batch_labels = Vec::with_capacity(batch);
         for _ in 0..batch {
             let i = order.next_index();
             batch_images.extend_from_slice(&images[i * numel..(i + 1) * numel]);
             batch_labels.push(i64::from(labels[i]));
         }
         let x = Tensor::<4>::from_data(
-            TensorData::new(batch_images.clone(), [batch, channels, side, side]),
+            TensorData::new(batch_images, [batch, channels, side, side]),
             device,
         );
-        let y = Tensor::<1, Int>::from_data(TensorData::new(batch_labels.clone(), [batch]), device);
+        let y = Tensor::<1, Int>::from_data(TensorData::new(batch_labels, [batch]), device);
         let loss = loss_fn.forward(model.forward(x), y);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         let loss_value = loss
