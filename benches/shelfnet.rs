@@ -249,7 +249,7 @@ fn main() -> anyhow::Result<()> {
     };
     println!("{description}");
     println!(
-        "| net | train batch | Burn steps/s | PyTorch steps/s | Burn/PyTorch | inference batch | Burn inferences/s | PyTorch inferences/s | Burn/PyTorch |"
+        "| net | train batch | Burn steps/s | PyTorch steps/s | Burn/PyTorch | inference batch | Burn batches/s | PyTorch batches/s | Burn/PyTorch |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for ((net, ours), theirs) in nets.iter().zip(&burn).zip(&torch) {
