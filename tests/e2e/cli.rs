@@ -150,9 +150,9 @@ fn pilot_on_wgpu_completes_on_the_gpu_path() {
     }
 }
 
-/// Known defect (README, "Not built yet"): with several in-process nodes sharing one wgpu
-/// device, the pilot's rounds publish but the model does not improve (0.50 -> 0.50 here, where
-/// the CPU pilot reaches 0.70), although one process training alone on wgpu matches the CPU
+/// Known defect (README, "Not built yet"): on wgpu the pilot's rounds publish but the model
+/// barely improves (0.50 -> 0.50 here with two stores, 0.53 with one, where the CPU pilot
+/// reaches 0.70), although a short training on wgpu alone matches the CPU
 /// (`backend_tests::wgpu_and_cpu_train_alike`, `bench-fl --backend wgpu`). Run with
 /// `--ignored` to reproduce.
 #[test]
