@@ -10,6 +10,9 @@
 //! `BACKROOM_BENCH_DP_MEMORY=1`, and the script with `--mode memory`), with glibc's
 //! `MALLOC_MMAP_THRESHOLD_` fixed so that freed buffers leave the resident size.
 
+#[path = "support/peer.rs"]
+mod peer;
+
 use std::hint::black_box;
 use std::process::Command;
 use std::time::Instant;
@@ -220,26 +223,7 @@ fn run_flower(mode: &str) -> Result<serde_json::Value, String> {
     if mode == "memory" {
         command.env("MALLOC_MMAP_THRESHOLD_", MMAP_THRESHOLD);
     }
-    let output = command
-        .output()
-        .map_err(|e| format!("cannot run {python}: {e}"))?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
-        return Err(format!(
-            "{python} {script} failed ({}): {}",
-            output.status,
-            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-        ));
-    }
-    let line = stdout.lines().last().unwrap_or_default();
-    let value: serde_json::Value =
-        serde_json::from_str(line).map_err(|e| format!("unreadable output {line:?}: {e}"))?;
-    if let Some(reason) = value.get("skipped").and_then(|r| r.as_str()) {
-        return Err(reason.to_owned());
-    }
-    Ok(value)
+    peer::run_peer(command, &python, script)
 }
 
 fn cpu_model() -> String {

@@ -13,6 +13,9 @@
 //! one thread too (`torch.set_num_threads(1)`), the like-for-like comparison;
 //! `BACKROOM_BENCH_TORCH_THREADS=N` gives it N instead (e.g. every core, PyTorch's own default).
 
+#[path = "support/peer.rs"]
+mod peer;
+
 use std::process::Command;
 use std::time::Instant;
 
@@ -156,28 +159,12 @@ fn run_torch(nets: &[Net], threads: usize) -> Result<(String, Vec<Figures>), Str
         .iter()
         .map(|net| serde_json::json!([net.name, net.config, net.train_batch, net.infer_batch]))
         .collect();
-    let output = Command::new(&python)
+    let mut command = Command::new(&python);
+    command
         .arg(script)
         .args(["--threads", &threads.to_string()])
-        .args(["--nets", &serde_json::Value::from(spec).to_string()])
-        .output()
-        .map_err(|e| format!("cannot run {python}: {e}"))?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
-        return Err(format!(
-            "{python} {script} failed ({}): {}",
-            output.status,
-            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-        ));
-    }
-    let line = stdout.lines().last().unwrap_or_default();
-    let value: serde_json::Value =
-        serde_json::from_str(line).map_err(|e| format!("unreadable output {line:?}: {e}"))?;
-    if let Some(reason) = value.get("skipped").and_then(|r| r.as_str()) {
-        return Err(reason.to_owned());
-    }
+        .args(["--nets", &serde_json::Value::from(spec).to_string()]);
+    let value = peer::run_peer(command, &python, script)?;
     let results = value["results"].as_array().cloned().unwrap_or_default();
     let figures = results
         .iter()
