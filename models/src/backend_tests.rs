@@ -134,3 +134,64 @@ fn wgpu_and_cpu_train_alike() {
         "parameters differ by {worst}, more than {PARAM_RTOL} of the largest change {moved}"
     );
 }
+
+/// A store node trains on the same device its camera loop runs inference on, from other
+/// threads (each frame on whichever blocking thread is free). Training must come out as it
+/// does alone.
+#[test]
+fn wgpu_training_is_unaffected_by_inference_on_other_threads() {
+    let Some(gpu) = wgpu_device() else { return };
+    let config = ShelfNetConfig::new();
+    let base = init_parameters(&config, 5).unwrap();
+    let n = 64;
+    let images = uniform(n * config.input_numel(), 21);
+    let labels: Vec<u8> = (0..n).map(|i| (i % 2) as u8).collect();
+    let settings = TrainSettings {
+        steps: 12,
+        batch_size: 16,
+        learning_rate: 0.05,
+        seed: 8,
+    };
+    let alone = train_local(&gpu, &config, &base, &images, &labels, &settings).unwrap();
+    let frames = uniform(8 * config.input_numel(), 22);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (together, inferences) = std::thread::scope(|scope| {
+        let camera = scope.spawn(|| {
+            let model = LoadedModel::new(&gpu, &config, &base).unwrap();
+            let mut count = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // A fresh thread per frame, like `spawn_blocking` under a busy runtime.
+                std::thread::scope(|frame| {
+                    frame
+                        .spawn(|| model.predict(&frames).unwrap())
+                        .join()
+                        .unwrap();
+                });
+                count += 1;
+            }
+            count
+        });
+        let trained = train_local(&gpu, &config, &base, &images, &labels, &settings).unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (trained, camera.join().unwrap())
+    });
+    let moved = max_abs_diff(&alone.params, &base);
+    let worst = max_abs_diff(&alone.params, &together.params);
+    eprintln!(
+        "{inferences} inferences during training; largest change {moved:e}, \
+         max |alone - with inference| {worst:e}, loss {} vs {}",
+        alone.mean_loss, together.mean_loss
+    );
+    assert!(inferences > 0, "no inference ran during training");
+    assert!(
+        worst <= PARAM_RTOL * moved,
+        "training with inference on other threads differs by {worst}, more than {PARAM_RTOL} of the largest change {moved}"
+    );
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0f32, f32::max)
+}
