@@ -115,18 +115,8 @@ fn wgpu_and_cpu_train_alike() {
     let a = train_local(&cpu, &config, &base, &images, &labels, &settings).unwrap();
     let b = train_local(&gpu, &config, &base, &images, &labels, &settings).unwrap();
     assert!((a.mean_loss - b.mean_loss).abs() <= 1e-4, "{a:?} vs {b:?}");
-    let moved = a
-        .params
-        .iter()
-        .zip(&base)
-        .map(|(p, q)| (p - q).abs())
-        .fold(0.0f32, f32::max);
-    let worst = a
-        .params
-        .iter()
-        .zip(&b.params)
-        .map(|(p, q)| (p - q).abs())
-        .fold(0.0f32, f32::max);
+    let moved = max_abs_diff(&a.params, &base);
+    let worst = max_abs_diff(&a.params, &b.params);
     eprintln!("after 3 steps: largest parameter change {moved:e}, max |cpu - wgpu| {worst:e}");
     assert!(moved > 1e-3, "training barely moved: {moved}");
     assert!(
