@@ -106,7 +106,7 @@ class ShelfNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for name in self.conv_names:
-            x = F.max_pool2d(F.relu(getattr(self, name)(x)), 2)
+            x = F.relu(F.max_pool2d(getattr(self, name)(x), 2))  # = pool(relu(.)), exactly
         x = torch.flatten(x, 1)
         return self.fc2(F.relu(self.fc1(x)))
 

@@ -310,7 +310,11 @@ impl ShelfNet {
     }
 
     /// conv k×k (same size) -> ReLU -> 2x2 max pool (halves height and width).
+    ///
+    /// Computed as pool then ReLU: ReLU is monotone, so `max(relu(a), relu(b), ..) =
+    /// relu(max(a, b, ..))` exactly, and the gradient reaches the same element; ReLU then runs
+    /// on a quarter of the elements (and its backward pass too).
     fn block(&self, conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-        self.pool.forward(self.relu.forward(conv.forward(x)))
+        self.relu.forward(self.pool.forward(conv.forward(x)))
     }
 }
