@@ -89,6 +89,18 @@ enum Command {
     /// Differential privacy: plan ε before rounds (`privacy epsilon ...`) or show a lineage's
     /// budget, ε spent and ledger (`privacy <lineage>`).
     Privacy(privacy_cli::PrivacyArgs),
+    /// Redact one image file exactly as a store node redacts its frames: faces (frontal and
+    /// profile) filled with flat grey, EXIF/GPS and all other metadata dropped. Prints the
+    /// regions filled, in pixels of the input (after its EXIF orientation is applied).
+    Redact {
+        /// Input image (JPEG or PNG).
+        input: PathBuf,
+        /// Output image: .jpg/.jpeg or .png (written whole, or not at all).
+        output: PathBuf,
+        /// Print `{"regions": [{"x":..,"y":..,"w":..,"h":..}]}` instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -404,6 +416,32 @@ fn main() -> ExitCode {
     }
 }
 
+/// `backroom redact`: the node's redactor on one file (on a blocking thread).
+async fn redact(input: PathBuf, output: PathBuf, json: bool) -> anyhow::Result<ExitCode> {
+    use backroom_store_node::redact::{Redactor, redact_file};
+    let (input_shown, output_shown) = (input.display().to_string(), output.display().to_string());
+    let regions = tokio::task::spawn_blocking(move || {
+        let redactor = Redactor::new()?;
+        redact_file(&redactor, &input, &output)
+    })
+    .await
+    .context("redaction thread")?
+    .with_context(|| format!("cannot redact {input_shown}"))?;
+    if json {
+        println!("{}", serde_json::json!({ "regions": regions }));
+    } else {
+        println!(
+            "{output_shown}: {} region(s) filled{}",
+            regions.len(),
+            if regions.is_empty() { "" } else { ":" }
+        );
+        for r in &regions {
+            println!("  x={} y={} w={} h={}", r.x, r.y, r.w, r.h);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Pilot(args) => run_pilot(args).await,
@@ -497,6 +535,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Privacy(args) => privacy_cli::run(args).await,
+        Command::Redact {
+            input,
+            output,
+            json,
+        } => redact(input, output, json).await,
         Command::Nodes { connection } => {
             let mut admin = connect(&connection).await?;
             let nodes = admin

@@ -17,6 +17,7 @@ pub mod ledger;
 pub mod metrics_sync;
 pub mod model_store;
 pub mod model_stream;
+pub mod redact;
 pub mod release;
 mod session;
 pub mod trainer;

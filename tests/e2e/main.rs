@@ -6,6 +6,7 @@ mod federation;
 mod http2;
 mod metrics;
 mod privacy;
+mod redaction;
 mod refusals;
 mod support;
 mod wire_scan;

@@ -1,0 +1,106 @@
+//! Redaction speed at 1280×720 on one core: the node's whole redaction of a frame (grey
+//! conversion, every detector, the fill), and each detector alone.
+//!
+//! `cargo bench --bench redact`. The frame is a real photograph: `astronaut.png` (fetched by
+//! `tests/data/fetch-face-photos.sh`) scaled to 720 rows and set twice, at two sizes, on a
+//! 1280×720 frame of the photo's own background tiles, so the detectors scan real texture and
+//! real faces. Without the photos the bench says so and uses a synthetic frame (gradients and
+//! noise; no faces). Figures: median of 15 runs after 2 warm-ups.
+
+use std::path::Path;
+use std::time::Instant;
+
+use backroom_store_node::redact::{Redactor, decode};
+use image::{Rgb, RgbImage, imageops};
+use rand::{Rng, SeedableRng};
+
+const WIDTH: u32 = 1280;
+const HEIGHT: u32 = 720;
+const RUNS: usize = 15;
+
+fn frame() -> (RgbImage, &'static str) {
+    let photo = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/faces/astronaut.png");
+    match std::fs::read(&photo).ok().and_then(|b| decode(&b).ok()) {
+        Some(photo) => {
+            let mut frame = RgbImage::new(WIDTH, HEIGHT);
+            // Background: the photo's top-right corner (wall and shuttle), tiled.
+            let tile = imageops::crop_imm(&photo, 312, 0, 200, 200).to_image();
+            for y in (0..HEIGHT).step_by(200) {
+                for x in (0..WIDTH).step_by(200) {
+                    imageops::overlay(&mut frame, &tile, x.into(), y.into());
+                }
+            }
+            let large = imageops::resize(&photo, 720, 720, imageops::FilterType::Triangle);
+            let small = imageops::resize(&photo, 300, 300, imageops::FilterType::Triangle);
+            imageops::overlay(&mut frame, &large, 0, 0);
+            imageops::overlay(&mut frame, &small, 900, 300);
+            (
+                frame,
+                "astronaut.png at 720 and 300 px on its own background",
+            )
+        }
+        None => {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+            let frame = RgbImage::from_fn(WIDTH, HEIGHT, |x, y| {
+                let n: u8 = rng.random_range(0..40);
+                Rgb([(x / 5) as u8 + n, (y / 3) as u8 + n, 128 + n / 2])
+            });
+            (
+                frame,
+                "synthetic (no photos: run tests/data/fetch-face-photos.sh)",
+            )
+        }
+    }
+}
+
+fn median_ms(mut run: impl FnMut()) -> f64 {
+    for _ in 0..2 {
+        run();
+    }
+    let mut times: Vec<f64> = (0..RUNS)
+        .map(|_| {
+            let start = Instant::now();
+            run();
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[RUNS / 2]
+}
+
+fn main() -> anyhow::Result<()> {
+    let redactor = Redactor::new()?;
+    let (frame, what) = frame();
+    let gray = imageops::grayscale(&frame);
+    println!("redaction bench: {WIDTH}x{HEIGHT}, one thread; frame: {what}");
+    let mut regions = Vec::new();
+    let whole = median_ms(|| {
+        let mut copy = frame.clone();
+        regions = redactor.redact(&mut copy);
+    });
+    let frontal = median_ms(|| {
+        std::hint::black_box(redactor.detect_frontal(&gray));
+    });
+    let profile = median_ms(|| {
+        std::hint::black_box(redactor.detect_profile(&gray));
+    });
+    println!("regions filled: {}", regions.len());
+    println!("| step | ms per frame | frames/s |");
+    println!("| --- | --- | --- |");
+    for (name, ms) in [
+        ("whole redaction (grey, all detectors, fill)", whole),
+        ("SeetaFace frontal (rustface)", frontal),
+        ("Haar profile, frame + mirror", profile),
+    ] {
+        println!("| {name} | {ms:.1} | {:.1} |", 1e3 / ms);
+    }
+    println!(
+        "target: >= 30 frames/s on one core: {}",
+        if 1e3 / whole >= 30.0 {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+    Ok(())
+}

@@ -1,0 +1,321 @@
+//! Redaction, the first step of the node's frame pipeline: faces are found and filled
+//! irreversibly, and image metadata (EXIF, GPS, XMP, ICC, text chunks) is dropped, before
+//! anything else sees the frame.
+//!
+//! Detectors (all run on every frame; a region any of them finds is filled):
+//! - SeetaFace's frontal cascade through the `rustface` crate (model shipped in
+//!   `assets/seeta_fd_frontal_v1.0.bin`, BSD-2-Clause);
+//! - OpenCV's Haar profile-face cascade (`assets/haarcascade_profileface.xml`, Intel licence),
+//!   run as trained and mirrored (it finds faces turned one way only), through our own
+//!   evaluator ([`haar`]).
+//!
+//! Filling: each detected box is grown by [`RedactorSettings::margin`] on every side and set to
+//! one flat grey. Nothing of the original pixels survives (unlike pixelation or a blur, which
+//! keep averages that can be inverted or matched).
+//!
+//! Memory: [`redact_file`] zeroes the encoded input bytes and the decoded unredacted buffer
+//! once the redacted copy exists. Buffers internal to the image decoders are not zeroed.
+
+pub mod haar;
+
+#[cfg(test)]
+mod tests;
+
+use std::io::Cursor;
+use std::path::Path;
+
+use image::{DynamicImage, GrayImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
+use serde::Serialize;
+use zeroize::Zeroize;
+
+use haar::{Cascade, CascadeError, ScanSettings};
+
+static SEETA_FRONTAL: &[u8] = include_bytes!("../../assets/seeta_fd_frontal_v1.0.bin");
+static HAAR_PROFILE: &str = include_str!("../../assets/haarcascade_profileface.xml");
+
+/// Largest input the CLI and the node accept (pixels); larger frames are refused, not resized.
+pub const MAX_PIXELS: u64 = 40_000_000;
+
+/// The grey that filled regions are set to.
+pub const FILL: [u8; 3] = [128, 128, 128];
+
+/// A rectangle in pixels of the frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Region {
+    pub x: u32,
+    pub y: u32,
+    pub w: u32,
+    pub h: u32,
+}
+
+impl Region {
+    /// Whether `other` lies inside `self`.
+    pub fn contains(&self, other: &Region) -> bool {
+        other.x >= self.x
+            && other.y >= self.y
+            && other.x + other.w <= self.x + self.w
+            && other.y + other.h <= self.y + self.h
+    }
+
+    /// Grows the box by `margin × side` on each side, clamped to a `width × height` frame.
+    pub fn grown(&self, margin: f32, width: u32, height: u32) -> Region {
+        let dx = (self.w as f32 * margin).round() as u32;
+        let dy = (self.h as f32 * margin).round() as u32;
+        let x0 = self.x.saturating_sub(dx);
+        let y0 = self.y.saturating_sub(dy);
+        let x1 = (self.x + self.w + dx).min(width);
+        let y1 = (self.y + self.h + dy).min(height);
+        Region {
+            x: x0,
+            y: y0,
+            w: x1.saturating_sub(x0),
+            h: y1.saturating_sub(y0),
+        }
+    }
+
+    /// Pixels of the box.
+    pub fn area(&self) -> u64 {
+        u64::from(self.w) * u64::from(self.h)
+    }
+}
+
+/// Detector thresholds and the fill margin.
+#[derive(Clone, Copy, Debug)]
+pub struct RedactorSettings {
+    /// SeetaFace score threshold (its own default is 3.85; lower finds more faces).
+    pub frontal_score: f64,
+    /// The profile cascade's scan. Its smallest face defaults to 40 pixels, SeetaFace's own
+    /// smallest (its window), which also skips the pyramid's finest and costliest levels.
+    pub profile: ScanSettings,
+    /// Fraction of a box's side added on each side before filling.
+    pub margin: f32,
+}
+
+impl Default for RedactorSettings {
+    fn default() -> Self {
+        RedactorSettings {
+            frontal_score: 2.0,
+            profile: ScanSettings {
+                scale_factor: 1.1,
+                min_neighbors: 2,
+                min_size: 40,
+            },
+            margin: 0.25,
+        }
+    }
+}
+
+/// Why redaction could not run. A frame that cannot be redacted is dropped, never passed on.
+#[derive(Debug, thiserror::Error)]
+pub enum RedactError {
+    #[error("face model: {0}")]
+    Model(std::io::Error),
+    #[error(transparent)]
+    Cascade(#[from] CascadeError),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot decode image: {0}")]
+    Decode(image::ImageError),
+    #[error("image is {width}x{height}: more than {MAX_PIXELS} pixels")]
+    TooLarge { width: u32, height: u32 },
+    #[error("output must end in .jpg, .jpeg or .png: {0}")]
+    OutputFormat(String),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot encode image: {0}")]
+    Encode(image::ImageError),
+}
+
+/// The face detectors, loaded once and shared by every frame (`Send + Sync`).
+pub struct Redactor {
+    frontal: rustface::Model,
+    profile: Cascade,
+    profile_mirrored: Cascade,
+    settings: RedactorSettings,
+}
+
+impl Redactor {
+    /// Loads the shipped detectors with default settings.
+    pub fn new() -> Result<Self, RedactError> {
+        Self::with_settings(RedactorSettings::default())
+    }
+
+    pub fn with_settings(settings: RedactorSettings) -> Result<Self, RedactError> {
+        let profile = Cascade::parse(HAAR_PROFILE)?;
+        Ok(Redactor {
+            frontal: rustface::read_model(SEETA_FRONTAL).map_err(RedactError::Model)?,
+            profile_mirrored: profile.mirrored(),
+            profile,
+            settings,
+        })
+    }
+
+    pub fn settings(&self) -> &RedactorSettings {
+        &self.settings
+    }
+
+    /// Face boxes found in `gray` by every detector (before the margin), in its pixels.
+    pub fn detect(&self, gray: &GrayImage) -> Vec<Region> {
+        let mut found = self.detect_frontal(gray);
+        found.extend(self.detect_profile(gray));
+        found
+    }
+
+    /// SeetaFace's frontal detections.
+    pub fn detect_frontal(&self, gray: &GrayImage) -> Vec<Region> {
+        let (width, height) = gray.dimensions();
+        if width == 0 || height == 0 {
+            return Vec::new();
+        }
+        // rustface's detector is not Send, so each call builds its own from the shared model.
+        let mut frontal = rustface::create_detector_with_model(self.frontal.clone());
+        frontal.set_score_thresh(self.settings.frontal_score);
+        frontal.set_pyramid_scale_factor(0.8);
+        frontal.set_slide_window_step(4, 4);
+        let mut found = Vec::new();
+        for face in frontal.detect(&rustface::ImageData::new(gray.as_raw(), width, height)) {
+            let b = face.bbox();
+            let (x0, y0) = (b.x().max(0) as u32, b.y().max(0) as u32);
+            let x1 = (i64::from(b.x()) + i64::from(b.width())).clamp(0, i64::from(width)) as u32;
+            let y1 = (i64::from(b.y()) + i64::from(b.height())).clamp(0, i64::from(height)) as u32;
+            if x1 > x0 && y1 > y0 {
+                found.push(Region {
+                    x: x0,
+                    y: y0,
+                    w: x1 - x0,
+                    h: y1 - y0,
+                });
+            }
+        }
+        found
+    }
+
+    /// The profile cascade's detections, with the cascade as trained and mirrored (faces
+    /// turned either way), in one scan of the frame's pyramid.
+    pub fn detect_profile(&self, gray: &GrayImage) -> Vec<Region> {
+        haar::detect_all(
+            &[&self.profile, &self.profile_mirrored],
+            gray,
+            &self.settings.profile,
+        )
+    }
+
+    /// Redacts `frame` in place: every detected face, grown by the margin, is filled with
+    /// [`FILL`]. Returns the filled regions.
+    pub fn redact(&self, frame: &mut RgbImage) -> Vec<Region> {
+        let luma = image::imageops::grayscale(frame);
+        let regions = self.fill_regions(&luma, frame);
+        let mut luma = luma.into_raw();
+        luma.zeroize();
+        regions
+    }
+
+    fn fill_regions(&self, gray: &GrayImage, frame: &mut RgbImage) -> Vec<Region> {
+        let (width, height) = frame.dimensions();
+        let regions: Vec<Region> = self
+            .detect(gray)
+            .into_iter()
+            .map(|r| r.grown(self.settings.margin, width, height))
+            .filter(|r| r.area() > 0)
+            .collect();
+        self.fill(frame, &regions);
+        regions
+    }
+
+    /// Sets every pixel of `regions` (clamped to the frame) to [`FILL`].
+    pub fn fill(&self, frame: &mut RgbImage, regions: &[Region]) {
+        let (width, height) = frame.dimensions();
+        for r in regions {
+            for y in r.y.min(height)..(r.y + r.h).min(height) {
+                for x in r.x.min(width)..(r.x + r.w).min(width) {
+                    frame.put_pixel(x, y, image::Rgb(FILL));
+                }
+            }
+        }
+    }
+
+    /// The profile cascade's base window (width, height).
+    pub fn profile_window(&self) -> (u32, u32) {
+        self.profile.window()
+    }
+}
+
+/// Decodes an image file's bytes, applying its EXIF orientation (so the detectors see it
+/// upright), as 8-bit RGB. The metadata itself is not kept.
+pub fn decode(bytes: &[u8]) -> Result<RgbImage, RedactError> {
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| RedactError::Decode(image::ImageError::IoError(e)))?;
+    let mut decoder = reader.into_decoder().map_err(RedactError::Decode)?;
+    let (width, height) = decoder.dimensions();
+    if u64::from(width) * u64::from(height) > MAX_PIXELS {
+        return Err(RedactError::TooLarge { width, height });
+    }
+    let orientation = decoder.orientation().map_err(RedactError::Decode)?;
+    let mut image = DynamicImage::from_decoder(decoder).map_err(RedactError::Decode)?;
+    image.apply_orientation(orientation);
+    Ok(match image {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        other => {
+            let rgb = other.to_rgb8();
+            let mut raw = other.into_bytes();
+            raw.zeroize();
+            rgb
+        }
+    })
+}
+
+/// Redacts one image file as the node does and writes it to `output` (JPEG or PNG by the
+/// extension; no metadata is written). The output appears whole or not at all (written to a
+/// temporary file beside it, then renamed). Returns the filled regions, in the input's pixels
+/// after its EXIF orientation is applied.
+pub fn redact_file(
+    redactor: &Redactor,
+    input: &Path,
+    output: &Path,
+) -> Result<Vec<Region>, RedactError> {
+    let format = match output
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("jpg" | "jpeg") => ImageFormat::Jpeg,
+        Some("png") => ImageFormat::Png,
+        _ => return Err(RedactError::OutputFormat(output.display().to_string())),
+    };
+    let mut bytes = std::fs::read(input).map_err(|source| RedactError::Read {
+        path: input.display().to_string(),
+        source,
+    })?;
+    let decoded = decode(&bytes);
+    bytes.zeroize();
+    let mut frame = decoded?;
+    let regions = redactor.redact(&mut frame);
+
+    let mut encoded = Cursor::new(Vec::new());
+    let written = DynamicImage::ImageRgb8(frame).write_to(&mut encoded, format);
+    written.map_err(RedactError::Encode)?;
+    let write_error = |source| RedactError::Write {
+        path: output.display().to_string(),
+        source,
+    };
+    let dir = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(write_error)?;
+    std::io::Write::write_all(&mut temp, encoded.get_ref()).map_err(write_error)?;
+    temp.as_file().sync_all().map_err(write_error)?;
+    temp.persist(output).map_err(|e| RedactError::Write {
+        path: output.display().to_string(),
+        source: e.error,
+    })?;
+    Ok(regions)
+}

@@ -1,0 +1,216 @@
+//! Redaction on real photographs (fetched by `tests/data/fetch-face-photos.sh`; `.ci/run`
+//! fetches them): every hand-labelled face must be filled, recall on the 100 LFW faces is
+//! reported and held to the issue's floor, and the false-positive rate on the 100 LFW non-faces
+//! is reported. Also `backroom redact` on a photo, as a privacy officer would run it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use backroom_store_node::redact::{FILL, Redactor, Region};
+use image::{GrayImage, Luma, Rgb, RgbImage};
+
+/// Share of a labelled box that must be filled for its face to count as redacted.
+const COVERED: f64 = 0.9;
+/// Recall floor on the LFW faces (issue 5: ≥ 95%).
+const RECALL_FLOOR: f64 = 0.95;
+
+fn faces_dir() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/faces");
+    if dir.join("lfw_subset.npy").is_file() {
+        return Some(dir);
+    }
+    assert!(
+        !std::env::var("BACKROOM_REQUIRE_FACES").is_ok_and(|v| v == "1"),
+        "BACKROOM_REQUIRE_FACES=1 but {} lacks the photos: run tests/data/fetch-face-photos.sh",
+        dir.display()
+    );
+    eprintln!(
+        "skipped: no face photos in {} (run tests/data/fetch-face-photos.sh)",
+        dir.display()
+    );
+    None
+}
+
+fn labels() -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/face_boxes.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn region(v: &serde_json::Value) -> Region {
+    let n = |k: &str| v[k].as_u64().unwrap() as u32;
+    Region {
+        x: n("x"),
+        y: n("y"),
+        w: n("w"),
+        h: n("h"),
+    }
+}
+
+/// Fraction of `label`'s pixels that are [`FILL`] in `frame`.
+fn covered(frame: &RgbImage, label: &Region) -> f64 {
+    let mut filled = 0u64;
+    for y in label.y..label.y + label.h {
+        for x in label.x..label.x + label.w {
+            filled += u64::from(frame.get_pixel(x, y).0 == FILL);
+        }
+    }
+    filled as f64 / label.area() as f64
+}
+
+/// The LFW crops as 8-bit grey images (NPY v1, `<f8`, shape (200, 25, 25), values in [0, 1]).
+fn lfw_crops(path: &Path) -> Vec<GrayImage> {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..6], b"\x93NUMPY");
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
+    assert!(
+        header.contains("'<f8'") && header.contains("(200, 25, 25)"),
+        "{header}"
+    );
+    let data = &bytes[10 + header_len..];
+    (0..200)
+        .map(|i| {
+            GrayImage::from_fn(25, 25, |x, y| {
+                let at = (i * 625 + (y * 25 + x) as usize) * 8;
+                let v = f64::from_le_bytes(data[at..at + 8].try_into().unwrap());
+                Luma([(v * 255.0).round().clamp(0.0, 255.0) as u8])
+            })
+        })
+        .collect()
+}
+
+/// A crop enlarged `scale`× into the middle of a mid-grey frame with a `border` on each side,
+/// and where its face box lands.
+fn framed(crop: &GrayImage, scale: u32, border: u32, face: &Region) -> (RgbImage, Region) {
+    let side = crop.width() * scale;
+    let big = image::imageops::resize(crop, side, side, image::imageops::FilterType::CatmullRom);
+    let total = side + 2 * border;
+    let frame = RgbImage::from_fn(total, total, |x, y| {
+        if (border..border + side).contains(&x) && (border..border + side).contains(&y) {
+            let v = big.get_pixel(x - border, y - border).0[0];
+            Rgb([v, v, v])
+        } else {
+            Rgb([110, 110, 110])
+        }
+    });
+    let label = Region {
+        x: border + face.x * scale,
+        y: border + face.y * scale,
+        w: face.w * scale,
+        h: face.h * scale,
+    };
+    (frame, label)
+}
+
+#[test]
+fn every_labelled_face_in_the_photos_is_filled() {
+    let Some(dir) = faces_dir() else { return };
+    let redactor = Redactor::new().unwrap();
+    let labels = labels();
+    for (name, boxes) in labels["photos"].as_object().unwrap() {
+        let bytes = std::fs::read(dir.join(name)).unwrap();
+        let mut frame = backroom_store_node::redact::decode(&bytes).unwrap();
+        let regions = redactor.redact(&mut frame);
+        for label in boxes.as_array().unwrap().iter().map(region) {
+            let share = covered(&frame, &label);
+            eprintln!(
+                "{name}: face {label:?} {:.0}% filled (regions {regions:?})",
+                share * 100.0
+            );
+            assert!(
+                share >= COVERED,
+                "{name}: labelled face {label:?} survived redaction ({:.0}% filled; regions {regions:?})",
+                share * 100.0
+            );
+        }
+    }
+}
+
+#[test]
+fn lfw_faces_are_found_and_non_faces_mostly_left_alone() {
+    let Some(dir) = faces_dir() else { return };
+    let redactor = Redactor::new().unwrap();
+    let labels = labels();
+    let lfw = &labels["lfw_subset"];
+    let face_box = region(&lfw["face_box_in_crop"]);
+    let crops = lfw_crops(&dir.join("lfw_subset.npy"));
+    // 25-pixel crops enlarged 4x (100-pixel faces, as a shelf camera sees a shopper at a few
+    // metres) in a frame with a 40-pixel border.
+    let (mut found, mut missed) = (0, Vec::new());
+    for (i, crop) in crops[..100].iter().enumerate() {
+        let (mut frame, label) = framed(crop, 4, 40, &face_box);
+        redactor.redact(&mut frame);
+        if covered(&frame, &label) >= COVERED {
+            found += 1;
+        } else {
+            missed.push(i);
+        }
+    }
+    let mut false_positives = Vec::new();
+    for (i, crop) in crops[100..].iter().enumerate() {
+        let (mut frame, _) = framed(crop, 4, 40, &face_box);
+        if !redactor.redact(&mut frame).is_empty() {
+            false_positives.push(100 + i);
+        }
+    }
+    let recall = f64::from(found) / 100.0;
+    eprintln!(
+        "LFW: recall {found}/100 (missed {missed:?}); false positives {}/100 ({false_positives:?})",
+        false_positives.len()
+    );
+    assert!(
+        recall >= RECALL_FLOOR,
+        "recall {recall:.2} below {RECALL_FLOOR}: missed {missed:?}"
+    );
+}
+
+#[test]
+fn backroom_redact_fills_the_face_and_prints_the_regions() {
+    let Some(dir) = faces_dir() else { return };
+    let out = tempfile::tempdir().unwrap();
+    let output = out.path().join("astronaut-redacted.jpg");
+    let result = Command::new(env!("CARGO_BIN_EXE_backroom"))
+        .arg("redact")
+        .arg(dir.join("astronaut.png"))
+        .arg(&output)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "{stderr}");
+    let printed: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+    let regions: Vec<Region> = serde_json::from_value(printed["regions"].clone()).unwrap();
+    let label = region(&labels()["photos"]["astronaut.png"][0]);
+    assert!(
+        regions.iter().any(|r| r.contains(&label)),
+        "no printed region holds the face {label:?}: {regions:?}"
+    );
+    // The written JPEG: the face is flat grey (within JPEG's rounding), so no detail survives.
+    let written = image::open(&output).unwrap().to_rgb8();
+    let mut spread = 0u32;
+    for y in label.y..label.y + label.h {
+        for x in label.x..label.x + label.w {
+            for c in written.get_pixel(x, y).0 {
+                spread = spread.max(u32::from(c.abs_diff(FILL[0])));
+            }
+        }
+    }
+    assert!(
+        spread <= 8,
+        "face pixels differ from the fill by up to {spread}"
+    );
+
+    // Bad input: a clear error, non-zero exit, no output file.
+    let bad = out.path().join("bad.png");
+    std::fs::write(&bad, b"not an image").unwrap();
+    let refused = Command::new(env!("CARGO_BIN_EXE_backroom"))
+        .arg("redact")
+        .arg(&bad)
+        .arg(out.path().join("never.png"))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("cannot decode image"), "{stderr}");
+    assert!(!out.path().join("never.png").exists());
+}
