@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Redaction on real photographs (fetched by `tests/data/fetch-face-photos.sh`; `.ci/run`
 //! fetches them): every hand-labelled face must be filled, recall on the 100 LFW faces is
 //! reported and held to the floor, and the false-positive rate on the 100 LFW non-faces

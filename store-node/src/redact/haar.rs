@@ -200,7 +200,7 @@ impl Cascade {
             for classifier in items(child(stage, "weakClassifiers")?) {
                 let nodes: Vec<f64> = numbers(text(classifier, "internalNodes")?, "internalNodes")?;
                 let leaves: Vec<f32> = numbers(text(classifier, "leafValues")?, "leafValues")?;
-                if nodes.is_empty() || nodes.len() % 4 != 0 {
+                if nodes.is_empty() || !nodes.len().is_multiple_of(4) {
                     return Err(CascadeError::Invalid("internalNodes not in fours".into()));
                 }
                 let splits: Vec<Split> = nodes

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Redaction unit tests on synthetic input; the real-photo recall test is in
 //! `tests/e2e/redaction.rs`.
 
