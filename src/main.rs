@@ -13,6 +13,7 @@ use backroom_proto::v1 as pb;
 use backroom_store_node::config::NodeConfig;
 use clap::{Args, Parser, Subcommand};
 
+mod node_data_cli;
 mod privacy_cli;
 
 /// Exit code for configuration errors (EX_CONFIG-style usage error).
@@ -81,6 +82,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A store node's encrypted local store (run on the store's machine): what it holds, the
+    /// deletion log, and deletion requests for a capture-time window.
+    #[command(name = "node-data")]
+    NodeData(node_data_cli::NodeDataArgs),
     /// Enrolled nodes, when they were last seen and what they run.
     Nodes {
         #[command(flatten)]
@@ -535,6 +540,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Privacy(args) => privacy_cli::run(args).await,
+        Command::NodeData(args) => node_data_cli::run(args).await,
         Command::Redact {
             input,
             output,

@@ -77,6 +77,14 @@ pub struct NodeSummary {
     pub backend: String,
     pub rounds_trained: u32,
     pub frames_processed: u64,
+    /// Frames dropped unprocessed because the node was behind (load shedding).
+    pub frames_dropped: u64,
+    /// Regions redaction filled (the synthetic shelves show no people, so these are the
+    /// detectors' false positives on shelf images).
+    pub faces_redacted: u64,
+    /// Frame events and images in the node's encrypted local store.
+    pub frames_stored: u64,
+    pub images_stored: u64,
     pub windows_synced: u64,
 }
 
@@ -362,6 +370,10 @@ async fn drive(
                 backend: s.backend.clone(),
                 rounds_trained: s.rounds_trained,
                 frames_processed: s.frames_processed,
+                frames_dropped: s.frames_dropped,
+                faces_redacted: s.faces_redacted,
+                frames_stored: s.frames_stored,
+                images_stored: s.images_stored,
                 windows_synced: s.windows_synced,
             }
         })
@@ -528,17 +540,21 @@ pub fn render(summary: &PilotSummary) -> String {
     }
     let _ = writeln!(
         out,
-        "\n  store     installed  backend        rounds  frames  windows synced"
+        "\n  store     installed  backend        rounds  frames  dropped  redacted  stored (images)  windows synced"
     );
     for n in &summary.nodes {
         let _ = writeln!(
             out,
-            "  {:<8}  v{:<8}  {:<13}  {:>6}  {:>6}  {:>14}",
+            "  {:<8}  v{:<8}  {:<13}  {:>6}  {:>6}  {:>7}  {:>8}  {:>6} ({:>6})  {:>14}",
             n.id,
             n.installed_version,
             n.backend,
             n.rounds_trained,
             n.frames_processed,
+            n.frames_dropped,
+            n.faces_redacted,
+            n.frames_stored,
+            n.images_stored,
             n.windows_synced
         );
     }

@@ -15,7 +15,7 @@ use backroom_models::BackendChoice;
 use backroom_proto::v1 as pb;
 use backroom_store_node::NodeStatus;
 use backroom_store_node::config::{
-    CameraSettings, DataSettings, MetricPrivacySettings, NodeConfig,
+    CameraSettings, DataSettings, LocalStoreSettings, MetricPrivacySettings, NodeConfig,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -33,6 +33,8 @@ pub struct SandboxOptions {
     pub camera: CameraSettings,
     /// Differential privacy of the nodes' metric releases.
     pub metrics: MetricPrivacySettings,
+    /// The nodes' encrypted local store and its retention.
+    pub local_store: LocalStoreSettings,
     /// Longest wait of a node's long poll.
     pub poll_wait_secs: u32,
     /// The lineage's privacy budget (ε_max, δ) given to the coordinator.
@@ -57,6 +59,7 @@ impl SandboxOptions {
                 ..CameraSettings::default()
             },
             metrics: MetricPrivacySettings::default(),
+            local_store: LocalStoreSettings::default(),
             poll_wait_secs: 5,
             privacy_budget: DEFAULT_BUDGET,
             tap_connections: false,
@@ -165,6 +168,7 @@ impl Sandbox {
         config.backend = self.options.backend;
         config.camera = self.options.camera.clone();
         config.metrics = self.options.metrics.clone();
+        config.local_store = self.options.local_store.clone();
         config.poll_wait_secs = self.options.poll_wait_secs;
         let (status_tx, status) = watch::channel(NodeStatus::default());
         let (shutdown, rx) = watch::channel(false);

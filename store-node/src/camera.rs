@@ -1,15 +1,23 @@
-//! The camera pipeline: frames from the (simulated) camera, inference with the live model,
-//! per-window shelf counts, and at window close a noised release ([`crate::release`]) charged to
-//! the privacy ledger ([`crate::ledger`]) and queued. Raw counts stay in memory.
+//! The camera pipeline: frames from the camera's source ([`crate::frames`]), redaction
+//! ([`crate::redact`]) before anything else, inference with the live model on the slot crops,
+//! the encrypted local store ([`crate::local_store`]), per-window shelf counts, and at window
+//! close a noised release ([`crate::release`]) charged to the privacy ledger
+//! ([`crate::ledger`]) and queued. Only noised releases are queued for sending.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use anyhow::Context;
 use backroom_datasets::CameraReplay;
 use backroom_models::LoadedModel;
-use tokio::time::MissedTickBehavior;
 use tracing::{debug, info, warn};
 
+use crate::config::FrameSourceSettings;
+use crate::frames::capture::spawn_capture;
+use crate::frames::sources::{
+    FrameSource, ImageSequence, SyntheticShelf, WatchedDir, synthetic_grid,
+};
+use crate::frames::{RedactedFrame, SlotGrid};
 use crate::ledger::ReleaseOutcome;
 use crate::metrics_sync::idempotency_key;
 use crate::release::{ReleasePolicy, release_window};
@@ -108,7 +116,61 @@ impl WindowAggregator {
     }
 }
 
-/// Runs the camera until shutdown. A partial window is never closed on shutdown.
+/// The frame source and slot grid of the configured camera (opening a sequence reads its
+/// directory, so this runs on a blocking thread).
+fn open_source(ctx: &NodeContext) -> anyhow::Result<(Box<dyn FrameSource>, SlotGrid)> {
+    let cam = &ctx.config.camera;
+    Ok(match &cam.source {
+        FrameSourceSettings::Synthetic => {
+            let replay = CameraReplay::new(
+                ctx.config.data.world_seed,
+                ctx.config.data.store_index,
+                cam.camera_id,
+                cam.slots,
+                cam.start_unix,
+                cam.seconds_per_frame,
+            );
+            let grid = synthetic_grid(cam.slots);
+            let source = SyntheticShelf::new(
+                replay,
+                cam.frame_interval,
+                cam.start_unix,
+                cam.seconds_per_frame,
+            );
+            (Box::new(source), grid)
+        }
+        FrameSourceSettings::Directory { dir, poll_interval } => {
+            let grid = cam.slot_grid.context("camera.slot_grid is required")?;
+            let source = WatchedDir::new(cam.camera_id, dir.clone(), *poll_interval);
+            (Box::new(source), grid)
+        }
+        FrameSourceSettings::Sequence { dir, repeat } => {
+            let grid = cam.slot_grid.context("camera.slot_grid is required")?;
+            let source = ImageSequence::open(
+                cam.camera_id,
+                dir.clone(),
+                cam.frame_interval,
+                *repeat,
+                cam.start_unix,
+                cam.seconds_per_frame,
+            )?;
+            (Box::new(source), grid)
+        }
+    })
+}
+
+/// What processing one frame gave.
+struct Processed {
+    frame: RedactedFrame,
+    states: Option<Result<Vec<u8>, String>>,
+}
+
+/// Runs the camera until shutdown or until its source ends. A partial window is never closed
+/// on shutdown.
+///
+/// Each frame goes, on a blocking thread: redaction (first, always) → slot crops → inference;
+/// then, back on the runtime: the window counts, and the local store (event always, image
+/// every `keep_image_every`).
 pub(crate) async fn run_camera(
     ctx: Arc<NodeContext>,
     mut shutdown: Shutdown,
@@ -122,62 +184,79 @@ pub(crate) async fn run_camera(
         },
     };
     let cam = ctx.config.camera.clone();
-    let mut replay = Some(CameraReplay::new(
-        ctx.config.data.world_seed,
-        ctx.config.data.store_index,
-        cam.camera_id,
-        cam.slots,
-        cam.start_unix,
-        cam.seconds_per_frame,
-    ));
+    let opener = ctx.clone();
+    let (source, grid) = tokio::task::spawn_blocking(move || open_source(&opener))
+        .await
+        .context("frame source task failed")?
+        .context("cannot open the camera's frame source")?;
+    let described = source.describe();
+    let mut capture =
+        spawn_capture(source, cam.queue_frames).context("cannot start the capture thread")?;
     let mut aggregator = WindowAggregator::new(cam.camera_id, ctx.config.metric_window_secs);
     let mut unsaved: VecDeque<ClosedWindow> = VecDeque::new();
     // The network built for the live version, rebuilt only when the version changes.
     let mut loaded: Option<(u64, LoadedModel)> = None;
-    let mut ticker = tokio::time::interval(cam.frame_interval);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    info!(camera_id = cam.camera_id, slots = cam.slots, %node_id, "camera started");
+    let keep_every = ctx
+        .config
+        .local_store
+        .keep_image_every
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let mut last_kept_ms: Option<i64> = None;
+    info!(camera_id = cam.camera_id, slots = cam.slots, source = %described, %node_id, "camera started");
 
     loop {
-        tokio::select! {
+        let raw = tokio::select! {
             _ = shutdown.triggered() => break,
-            _ = ticker.tick() => {}
-        }
-        let Some(mut source) = replay.take() else {
-            break;
+            raw = capture.frames.recv() => match raw {
+                Some(raw) => raw,
+                None => {
+                    info!(camera_id = cam.camera_id, "the camera's frame source ended");
+                    break;
+                }
+            },
         };
         let model = ctx.installed_model();
         let device = ctx.device.clone();
+        let redactor = ctx.redactor.clone();
         let mut network = loaded.take();
         let job = tokio::task::spawn_blocking(move || {
-            let frame = source.next_frame();
-            // Redaction goes here: faces and people must be blurred irreversibly (and EXIF
-            // stripped) before anything else sees the frame. The synthetic replay renders shelf
-            // crops only, with no people in them, so this version has no redaction stage yet.
+            // Redaction first: nothing else ever sees the raw frame, which is zeroed here.
+            let frame = redactor.redact_frame(raw);
             let states = model.map(|m| {
+                let crops = grid.crops(&frame.image).map_err(|e| e.to_string())?;
                 let reuse = matches!(&network, Some((version, _)) if *version == m.version());
                 if !reuse {
                     network = None;
-                    let built = LoadedModel::new(&device, &m.config, &m.params)?;
+                    let built = LoadedModel::new(&device, &m.config, &m.params)
+                        .map_err(|e| e.to_string())?;
                     network = Some((m.version(), built));
                 }
                 match &network {
-                    Some((_, net)) => net.predict(&frame.crops.images),
+                    Some((_, net)) => net.predict(&crops).map_err(|e| e.to_string()),
                     None => Ok(Vec::new()),
                 }
             });
-            (source, network, frame.captured_unix, states)
+            (Processed { frame, states }, network)
         });
         let joined = tokio::select! {
             _ = shutdown.triggered() => break,
             joined = job => joined,
         };
-        let (source, network, captured_unix, states) = match joined {
+        let (processed, network) = match joined {
             Ok(parts) => parts,
             Err(join) => anyhow::bail!("camera frame task failed: {join}"),
         };
-        replay = Some(source);
         loaded = network;
+        let Processed { frame, states } = processed;
+        let captured_unix = frame.captured_unix_ms.div_euclid(1000);
+        let (captured, dropped, unreadable) = capture.counters.snapshot();
+        let faces = frame.regions.len() as u64;
+        ctx.update_status(|s| {
+            s.frames_captured = captured;
+            s.frames_dropped = dropped;
+            s.frames_unreadable = unreadable;
+            s.faces_redacted += faces;
+        });
         match states {
             None => {
                 debug!(captured_unix, "no model installed; frame skipped");
@@ -202,10 +281,39 @@ pub(crate) async fn run_camera(
                     unsaved.push_back(closed);
                 }
                 ctx.update_status(|s| s.frames_processed += 1);
+                let keep = keep_every.is_some_and(|every| {
+                    last_kept_ms
+                        .is_none_or(|last| frame.captured_unix_ms.saturating_sub(last) >= every)
+                });
+                match ctx
+                    .local_store
+                    .record(&frame, &states, keep, now_unix_ms())
+                    .await
+                {
+                    Ok(stored) => {
+                        if stored.image_file.is_some() {
+                            last_kept_ms = Some(frame.captured_unix_ms);
+                        }
+                        ctx.update_status(|s| {
+                            s.frames_stored += 1;
+                            s.images_stored += u64::from(stored.image_file.is_some());
+                        });
+                    }
+                    Err(error) => {
+                        warn!(captured_unix, "cannot store the frame locally: {error}");
+                        ctx.update_status(|s| {
+                            s.store_errors += 1;
+                            s.last_error = Some(format!("local store: {error}"));
+                        });
+                    }
+                }
             }
         }
         release_closed_windows(&ctx, &node_id, &mut unsaved).await;
     }
+    // Closing the queue stops the capture thread (within its nap); frames still queued are
+    // dropped, and zeroed, with it.
+    drop(capture.frames);
     if let Some(partial) = aggregator.current() {
         debug!(
             window_start_unix = partial.window_start_unix,

@@ -9,9 +9,14 @@ use std::time::Duration;
 
 use backroom_models::BackendChoice;
 
+pub use crate::frames::SlotGrid;
+
 mod raw;
 
-pub use raw::{RawCameraConfig, RawDataConfig, RawMetricsConfig, RawNodeConfig};
+pub use raw::{
+    RawCameraConfig, RawDataConfig, RawLocalStoreConfig, RawMetricsConfig, RawNodeConfig,
+    RawSlotGrid,
+};
 use raw::{check_lineage, check_non_empty, check_url};
 
 /// Default TLS server name checked against the coordinator's certificate.
@@ -34,6 +39,16 @@ pub const DEFAULT_RHO_PER_RELEASE: f64 = 0.04;
 pub const DEFAULT_RHO_PER_DAY: f64 = 1.0;
 /// Default suppression threshold on noised counts.
 pub const DEFAULT_SUPPRESS_BELOW: u64 = 5;
+/// Default bound on frames waiting for processing.
+pub const DEFAULT_QUEUE_FRAMES: usize = 2;
+/// Default retention of the local store: 7 days.
+pub const DEFAULT_RETENTION_HOURS: u64 = 168;
+/// Default spacing of kept frame images (capture time).
+pub const DEFAULT_KEEP_IMAGE_EVERY_SECS: u64 = 300;
+/// Default interval between retention sweeps.
+pub const DEFAULT_SWEEP_INTERVAL_SECS: u64 = 600;
+/// Default poll interval of a watched directory.
+pub const DEFAULT_POLL_INTERVAL_MS: u64 = 200;
 /// Largest ρ accepted for a release or a day: beyond it the noise is negligible and the "privacy"
 /// meaningless, which is most likely a typo.
 pub const MAX_RHO: f64 = 100.0;
@@ -63,28 +78,88 @@ pub struct DataSettings {
     pub train_samples: usize,
 }
 
-/// The simulated camera.
+/// Where a camera's frames come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FrameSourceSettings {
+    /// The synthetic shelf replay (no people in it), rendered as frames.
+    Synthetic,
+    /// A drop directory of JPEG/PNG files, each deleted once read.
+    Directory {
+        dir: PathBuf,
+        poll_interval: Duration,
+    },
+    /// A recorded image sequence (a directory's JPEG/PNG files in name order).
+    Sequence { dir: PathBuf, repeat: bool },
+}
+
+impl FrameSourceSettings {
+    pub fn name(&self) -> &'static str {
+        match self {
+            FrameSourceSettings::Synthetic => "synthetic",
+            FrameSourceSettings::Directory { .. } => "directory",
+            FrameSourceSettings::Sequence { .. } => "sequence",
+        }
+    }
+}
+
+/// `[camera]`: one camera and its shelf.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CameraSettings {
     pub camera_id: u32,
+    pub source: FrameSourceSettings,
+    /// Slots on the shelf (the grid's cells for an image source).
     pub slots: usize,
-    /// Simulated seconds between two frames (advances `captured_unix`).
+    /// Where the slots are in an image source's frames (`None` for the synthetic replay,
+    /// which lays out its own).
+    pub slot_grid: Option<SlotGrid>,
+    /// Seconds of shelf time one frame stands for: the capture interval of the camera. For the
+    /// synthetic replay and a sequence it also advances each frame's capture time.
     pub seconds_per_frame: i64,
-    /// Real time between two frames.
+    /// Real time between two frames of the synthetic replay or a sequence (1 / fps).
     pub frame_interval: Duration,
-    /// `captured_unix` of the first frame.
+    /// Capture time of the first frame of the synthetic replay or a sequence.
     pub start_unix: i64,
+    /// Frames that may wait for processing; later arrivals are dropped and counted.
+    pub queue_frames: usize,
 }
 
 impl Default for CameraSettings {
     fn default() -> Self {
         Self {
             camera_id: 0,
+            source: FrameSourceSettings::Synthetic,
             slots: 12,
+            slot_grid: None,
             seconds_per_frame: 60,
             frame_interval: Duration::from_millis(1000),
             // 2024-01-01T00:00:00Z, aligned to the hour.
             start_unix: 1_704_067_200,
+            queue_frames: DEFAULT_QUEUE_FRAMES,
+        }
+    }
+}
+
+/// `[local_store]`: the encrypted store of redacted frames and events, and its retention.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LocalStoreSettings {
+    /// The data key (created with mode 0600 when absent). `None`: `<data_dir>/local-store.key`.
+    pub key_file: Option<PathBuf>,
+    /// Frames and events stored longer ago than this are deleted.
+    pub retention: Duration,
+    /// Keep one redacted image per camera per this much capture time (`None`: keep no images,
+    /// events only).
+    pub keep_image_every: Option<Duration>,
+    /// How often retention runs.
+    pub sweep_interval: Duration,
+}
+
+impl Default for LocalStoreSettings {
+    fn default() -> Self {
+        Self {
+            key_file: None,
+            retention: Duration::from_secs(DEFAULT_RETENTION_HOURS * 3600),
+            keep_image_every: Some(Duration::from_secs(DEFAULT_KEEP_IMAGE_EVERY_SECS)),
+            sweep_interval: Duration::from_secs(DEFAULT_SWEEP_INTERVAL_SECS),
         }
     }
 }
@@ -148,7 +223,7 @@ pub struct NodeConfig {
     pub tls_server_name: String,
     /// Holds `ca.pem`, `cert.pem`, `key.pem` and `model-signing.pub.pem`.
     pub bundle_dir: PathBuf,
-    /// Holds `node.db` and `model/`.
+    /// Holds `node.db`, `model/`, `frames/` and (by default) `local-store.key`.
     pub data_dir: PathBuf,
     pub lineage: String,
     pub backend: BackendChoice,
@@ -156,6 +231,7 @@ pub struct NodeConfig {
     pub camera: CameraSettings,
     pub metric_window_secs: u32,
     pub metrics: MetricPrivacySettings,
+    pub local_store: LocalStoreSettings,
     pub poll_wait_secs: u32,
     pub max_model_bytes: u64,
 }
@@ -179,6 +255,7 @@ impl NodeConfig {
             camera: CameraSettings::default(),
             metric_window_secs: DEFAULT_METRIC_WINDOW_SECS,
             metrics: MetricPrivacySettings::default(),
+            local_store: LocalStoreSettings::default(),
             poll_wait_secs: DEFAULT_POLL_WAIT_SECS,
             max_model_bytes: DEFAULT_MAX_MODEL_BYTES,
         }
@@ -191,6 +268,14 @@ impl NodeConfig {
             problems: vec![format!("TOML: {}", e.message().trim())],
         })?;
         raw.validate(base_dir)
+    }
+
+    /// The local store's key file.
+    pub fn key_file(&self) -> PathBuf {
+        self.local_store
+            .key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("local-store.key"))
     }
 
     /// Checks a configuration built in code (the same rules as a file).
@@ -217,6 +302,37 @@ impl NodeConfig {
         }
         if self.camera.slots == 0 {
             problems.push("camera.slots must be at least 1".to_owned());
+        }
+        match (&self.camera.source, &self.camera.slot_grid) {
+            (FrameSourceSettings::Synthetic, Some(_)) => problems.push(
+                "camera.slot_grid applies to image sources only (the synthetic replay lays out its own slots)"
+                    .to_owned(),
+            ),
+            (FrameSourceSettings::Synthetic, None) => {}
+            (_, None) => problems.push(format!(
+                "camera.slot_grid is required for source = \"{}\"",
+                self.camera.source.name()
+            )),
+            (_, Some(grid)) => {
+                if grid.slots() != self.camera.slots {
+                    problems.push(format!(
+                        "camera.slots ({}) differs from the slot grid's {} x {} cells",
+                        self.camera.slots, grid.rows, grid.cols
+                    ));
+                }
+                if grid.rows == 0 || grid.cols == 0 || grid.width < grid.cols || grid.height < grid.rows {
+                    problems.push("camera.slot_grid needs at least one pixel per cell".to_owned());
+                }
+            }
+        }
+        if self.camera.queue_frames == 0 {
+            problems.push("camera.queue_frames must be at least 1".to_owned());
+        }
+        if self.local_store.retention.is_zero() {
+            problems.push("local_store.retention_hours must be at least 1".to_owned());
+        }
+        if self.local_store.sweep_interval.is_zero() {
+            problems.push("local_store.sweep_interval_secs must be at least 1".to_owned());
         }
         if self.camera.seconds_per_frame <= 0 {
             problems.push("camera.seconds_per_frame must be at least 1".to_owned());

@@ -2,18 +2,22 @@
 //! rounds, verified model updates, and shelf metrics queued locally and synced to the coordinator.
 //!
 //! Entry points: [`run`] and [`run_with_status`]. They set up the node (bundle, local database,
-//! installed model, compute backend, local samples), say `Hello`, and run four loops until the
-//! shutdown future resolves:
+//! data key, installed model, compute backend, redactor, local samples), say `Hello`, and run
+//! five loops until the shutdown future resolves:
 //! - [`updater`]: long poll; installs newer signed versions and runs training tasks ([`trainer`]);
 //! - heartbeat ([`session`]);
-//! - [`camera`]: frames → inference → per-window counts → a noised [`release`] charged to the
-//!   privacy [`ledger`] → the local queue (raw counts never leave memory);
+//! - [`camera`]: [`frames`] from the camera's source → [`redact`] → inference → the encrypted
+//!   [`local_store`] and per-window counts → a noised [`release`] charged to the privacy
+//!   [`ledger`] → the local queue;
+//! - retention ([`local_store::run_retention`]): deletes what is older than the window;
 //! - [`metrics_sync`]: the queue → the coordinator, with idempotency keys.
 
 pub mod camera;
 pub mod config;
 pub mod dp;
+pub mod frames;
 pub mod ledger;
+pub mod local_store;
 pub mod metrics_sync;
 pub mod model_store;
 pub mod model_stream;
@@ -43,8 +47,10 @@ use tracing::{error, info, warn};
 pub use config::{CameraSettings, ConfigError, DataSettings, MetricPrivacySettings, NodeConfig};
 pub use ledger::DayBudget;
 
+use crate::local_store::{LocalStore, Vault};
 use crate::metrics_sync::MetricQueue;
 use crate::model_store::{InstalledModel, ModelStore};
+use crate::redact::Redactor;
 use crate::transport::Shutdown;
 
 /// How long the loops get to finish after shutdown before they are aborted.
@@ -59,7 +65,21 @@ pub struct NodeStatus {
     pub rounds_trained: u32,
     pub last_round_id: String,
     pub last_train_loss: Option<f32>,
+    /// Frames the camera's source handed to the pipeline.
+    pub frames_captured: u64,
+    /// Frames dropped unprocessed because the pipeline was behind (load shedding).
+    pub frames_dropped: u64,
+    /// Frames that could not be read or decoded.
+    pub frames_unreadable: u64,
+    /// Regions filled by redaction.
+    pub faces_redacted: u64,
+    /// Frames redacted, inferred and counted.
     pub frames_processed: u64,
+    /// Frame events written to the encrypted local store, and images among them.
+    pub frames_stored: u64,
+    pub images_stored: u64,
+    /// Frames that could not be stored locally (a full disk, say); they were still counted.
+    pub store_errors: u64,
     /// Windows closed (released, refused, or replayed after a restart and already recorded).
     pub windows_closed: u64,
     /// Windows released (noised, charged, queued) by this run.
@@ -117,6 +137,8 @@ pub(crate) struct NodeContext {
     pub(crate) device: Arc<ComputeDevice>,
     pub(crate) backend: String,
     pub(crate) queue: MetricQueue,
+    pub(crate) local_store: LocalStore,
+    pub(crate) redactor: Arc<Redactor>,
     pub(crate) train_data: Arc<ShelfCrops>,
     /// Known once the coordinator answered `Hello` (or from the last run).
     pub(crate) node_id: watch::Sender<Option<String>>,
@@ -182,6 +204,21 @@ async fn run_node(
             config.data_dir.display()
         )
     })?;
+    let key_file = config.key_file();
+    let vault = tokio::task::spawn_blocking(move || Vault::open_or_create(&key_file))
+        .await
+        .context("key file task failed")?
+        .with_context(|| {
+            format!(
+                "cannot open the local store's key file {}",
+                config.key_file().display()
+            )
+        })?;
+    let local_store = LocalStore::new(queue.pool.clone(), &config.data_dir, Arc::new(vault));
+    let redactor = tokio::task::spawn_blocking(Redactor::new)
+        .await
+        .context("redactor task failed")?
+        .context("cannot load the face detectors")?;
     let model_store = ModelStore::new(
         config.data_dir.join("model"),
         bundle.model_signing_key,
@@ -254,6 +291,8 @@ async fn run_node(
         device: Arc::new(device),
         backend,
         queue,
+        local_store,
+        redactor: Arc::new(redactor),
         train_data: Arc::new(train_data),
         node_id: watch::Sender::new(stored_node_id),
         windows_ready: Notify::new(),
@@ -263,6 +302,7 @@ async fn run_node(
     // The camera needs only a node id, which a previous run may have stored: it keeps counting
     // while the coordinator is away.
     tasks.spawn(camera::run_camera(ctx.clone(), shutdown.clone()));
+    tasks.spawn(local_store::run_retention(ctx.clone(), shutdown.clone()));
     if let Some(hello) = session::hello_until_answered(&ctx, &mut shutdown).await {
         let interval = hello.heartbeat_interval_secs;
         tasks.spawn(session::run_heartbeat(

@@ -8,5 +8,6 @@ mod metrics;
 mod privacy;
 mod redaction;
 mod refusals;
+mod store_privacy;
 mod support;
 mod wire_scan;

@@ -15,7 +15,7 @@ const COVERED: f64 = 0.9;
 /// Recall floor on the LFW faces (issue 5: ≥ 95%).
 const RECALL_FLOOR: f64 = 0.95;
 
-fn faces_dir() -> Option<PathBuf> {
+pub(crate) fn faces_dir() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/faces");
     if dir.join("lfw_subset.npy").is_file() {
         return Some(dir);
@@ -32,12 +32,12 @@ fn faces_dir() -> Option<PathBuf> {
     None
 }
 
-fn labels() -> serde_json::Value {
+pub(crate) fn labels() -> serde_json::Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/face_boxes.json");
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-fn region(v: &serde_json::Value) -> Region {
+pub(crate) fn region(v: &serde_json::Value) -> Region {
     let n = |k: &str| v[k].as_u64().unwrap() as u32;
     Region {
         x: n("x"),

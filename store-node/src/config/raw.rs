@@ -8,9 +8,12 @@ use backroom_models::BackendChoice;
 use serde::Deserialize;
 
 use super::{
-    CameraSettings, ConfigError, DEFAULT_LINEAGE, DEFAULT_MAX_MODEL_BYTES,
-    DEFAULT_METRIC_WINDOW_SECS, DEFAULT_POLL_WAIT_SECS, DEFAULT_TLS_SERVER_NAME,
-    DEFAULT_TRAIN_SAMPLES, DataSettings, MAX_POLL_WAIT_SECS, MetricPrivacySettings, NodeConfig,
+    CameraSettings, ConfigError, DEFAULT_KEEP_IMAGE_EVERY_SECS, DEFAULT_LINEAGE,
+    DEFAULT_MAX_MODEL_BYTES, DEFAULT_METRIC_WINDOW_SECS, DEFAULT_POLL_INTERVAL_MS,
+    DEFAULT_POLL_WAIT_SECS, DEFAULT_QUEUE_FRAMES, DEFAULT_RETENTION_HOURS,
+    DEFAULT_SWEEP_INTERVAL_SECS, DEFAULT_TLS_SERVER_NAME, DEFAULT_TRAIN_SAMPLES, DataSettings,
+    FrameSourceSettings, LocalStoreSettings, MAX_POLL_WAIT_SECS, MetricPrivacySettings, NodeConfig,
+    SlotGrid,
 };
 
 /// The file as written. Numbers are wide signed integers so that a negative or oversized value
@@ -30,6 +33,29 @@ pub struct RawNodeConfig {
     pub data: Option<RawDataConfig>,
     pub camera: Option<RawCameraConfig>,
     pub metrics: Option<RawMetricsConfig>,
+    pub local_store: Option<RawLocalStoreConfig>,
+}
+
+/// `[local_store]`: the encrypted local store and its retention.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLocalStoreConfig {
+    pub key_file: Option<PathBuf>,
+    pub retention_hours: Option<i64>,
+    pub keep_image_every_secs: Option<i64>,
+    pub sweep_interval_secs: Option<i64>,
+}
+
+/// `[camera.slot_grid]`: the shelf slots of an image source, in pixels.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSlotGrid {
+    pub x: Option<i64>,
+    pub y: Option<i64>,
+    pub width: Option<i64>,
+    pub height: Option<i64>,
+    pub rows: Option<i64>,
+    pub cols: Option<i64>,
 }
 
 /// `[metrics]`: differential privacy of the shelf-metric releases.
@@ -50,15 +76,23 @@ pub struct RawDataConfig {
     pub train_samples: Option<i64>,
 }
 
-/// `[camera]`: the simulated camera replay.
+/// `[camera]`: the camera, its frame source and its shelf slots.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCameraConfig {
     pub camera_id: Option<i64>,
+    /// `"synthetic"` (default), `"directory"` or `"sequence"`.
+    pub source: Option<String>,
+    pub dir: Option<PathBuf>,
+    pub poll_interval_ms: Option<i64>,
+    pub repeat: Option<bool>,
     pub slots: Option<i64>,
+    pub slot_grid: Option<RawSlotGrid>,
     pub seconds_per_frame: Option<i64>,
     pub frame_interval_ms: Option<i64>,
+    pub fps: Option<f64>,
     pub start_unix: Option<i64>,
+    pub queue_frames: Option<i64>,
 }
 
 /// Where the node's local training data comes from.
@@ -115,8 +149,9 @@ impl RawNodeConfig {
         );
 
         let data = validate_data(self.data, p);
-        let camera = validate_camera(self.camera.unwrap_or_default(), p);
+        let camera = validate_camera(self.camera.unwrap_or_default(), base_dir, p);
         let metrics = validate_metrics(self.metrics.unwrap_or_default(), p);
+        let local_store = validate_local_store(self.local_store.unwrap_or_default(), base_dir, p);
 
         match (coordinator_url, bundle_dir, data_dir, backend, data, camera) {
             (
@@ -137,6 +172,7 @@ impl RawNodeConfig {
                 camera,
                 metric_window_secs: u32::try_from(metric_window_secs).unwrap_or(0),
                 metrics,
+                local_store,
                 poll_wait_secs: u32::try_from(poll_wait_secs).unwrap_or(0),
                 max_model_bytes: u64::try_from(max_model_bytes).unwrap_or(0),
             }),
@@ -173,7 +209,11 @@ fn validate_data(raw: Option<RawDataConfig>, p: &mut Vec<String>) -> Option<Data
     })
 }
 
-fn validate_camera(raw: RawCameraConfig, p: &mut Vec<String>) -> Option<CameraSettings> {
+fn validate_camera(
+    raw: RawCameraConfig,
+    base_dir: &Path,
+    p: &mut Vec<String>,
+) -> Option<CameraSettings> {
     let d = CameraSettings::default();
     let camera_id = ranged(
         "camera.camera_id",
@@ -183,7 +223,6 @@ fn validate_camera(raw: RawCameraConfig, p: &mut Vec<String>) -> Option<CameraSe
         u32::MAX.into(),
         p,
     );
-    let slots = ranged("camera.slots", raw.slots, 12, 1, 4096, p);
     let spf = ranged(
         "camera.seconds_per_frame",
         raw.seconds_per_frame,
@@ -192,22 +231,158 @@ fn validate_camera(raw: RawCameraConfig, p: &mut Vec<String>) -> Option<CameraSe
         86_400,
         p,
     );
-    let interval = ranged(
-        "camera.frame_interval_ms",
-        raw.frame_interval_ms,
-        1000,
-        1,
-        3_600_000,
-        p,
-    );
+    let interval = match (raw.fps, raw.frame_interval_ms) {
+        (Some(_), Some(_)) => {
+            p.push("camera.fps and camera.frame_interval_ms are alternatives: give one".to_owned());
+            Duration::from_millis(1000)
+        }
+        (Some(fps), None) if fps.is_finite() && (1.0 / 3600.0..=1000.0).contains(&fps) => {
+            Duration::from_secs_f64(1.0 / fps)
+        }
+        (Some(fps), None) => {
+            p.push(format!(
+                "camera.fps must be between 1/3600 and 1000, got {fps}"
+            ));
+            Duration::from_millis(1000)
+        }
+        (None, ms) => {
+            let ms = ranged("camera.frame_interval_ms", ms, 1000, 1, 3_600_000, p);
+            Duration::from_millis(u64::try_from(ms).unwrap_or(1000))
+        }
+    };
     let start_unix = raw.start_unix.unwrap_or(d.start_unix);
+    let queue = i64::try_from(DEFAULT_QUEUE_FRAMES).unwrap_or(2);
+    let queue_frames = ranged("camera.queue_frames", raw.queue_frames, queue, 1, 1024, p);
+    let dir = raw.dir.map(|dir| resolve(base_dir, dir));
+    let source_name = raw.source.as_deref().unwrap_or("synthetic");
+    let source = match source_name {
+        "synthetic" => {
+            if dir.is_some() {
+                p.push("camera.dir applies to source = \"directory\" or \"sequence\"".to_owned());
+            }
+            Some(FrameSourceSettings::Synthetic)
+        }
+        "directory" => {
+            let default_poll = i64::try_from(DEFAULT_POLL_INTERVAL_MS).unwrap_or(200);
+            let poll = ranged(
+                "camera.poll_interval_ms",
+                raw.poll_interval_ms,
+                default_poll,
+                1,
+                60_000,
+                p,
+            );
+            required("camera.dir", dir, p).map(|dir| FrameSourceSettings::Directory {
+                dir,
+                poll_interval: Duration::from_millis(u64::try_from(poll).unwrap_or(200)),
+            })
+        }
+        "sequence" => required("camera.dir", dir, p).map(|dir| FrameSourceSettings::Sequence {
+            dir,
+            repeat: raw.repeat.unwrap_or(false),
+        }),
+        other => {
+            p.push(format!(
+                "camera.source must be one of \"synthetic\", \"directory\", \"sequence\", got {other:?}"
+            ));
+            None
+        }
+    };
+    if raw.repeat.is_some() && source_name != "sequence" {
+        p.push("camera.repeat applies to source = \"sequence\" only".to_owned());
+    }
+    if raw.poll_interval_ms.is_some() && source_name != "directory" {
+        p.push("camera.poll_interval_ms applies to source = \"directory\" only".to_owned());
+    }
+    let slot_grid = raw.slot_grid.and_then(|grid| validate_grid(grid, p));
+    let default_slots = slot_grid.map_or(12, |g| i64::try_from(g.slots()).unwrap_or(0));
+    let slots = ranged("camera.slots", raw.slots, default_slots, 1, 4096, p);
     Some(CameraSettings {
         camera_id: u32::try_from(camera_id).ok()?,
+        source: source?,
         slots: usize::try_from(slots).ok()?,
+        slot_grid,
         seconds_per_frame: spf,
-        frame_interval: Duration::from_millis(u64::try_from(interval).ok()?),
+        frame_interval: interval,
         start_unix,
+        queue_frames: usize::try_from(queue_frames).ok()?,
     })
+}
+
+fn validate_grid(raw: RawSlotGrid, p: &mut Vec<String>) -> Option<SlotGrid> {
+    let max = i64::from(u32::MAX / 2);
+    let mut field = |name: &str, value: Option<i64>, min: i64| {
+        let name = format!("camera.slot_grid.{name}");
+        required(&name, value, p).and_then(|v| in_range(&name, v, min, max, p))
+    };
+    let grid = (
+        field("x", raw.x, 0),
+        field("y", raw.y, 0),
+        field("width", raw.width, 1),
+        field("height", raw.height, 1),
+        field("rows", raw.rows, 1),
+        field("cols", raw.cols, 1),
+    );
+    let (Some(x), Some(y), Some(width), Some(height), Some(rows), Some(cols)) = grid else {
+        return None;
+    };
+    if rows * cols > 4096 {
+        p.push(format!(
+            "camera.slot_grid has {} cells; at most 4096",
+            rows * cols
+        ));
+        return None;
+    }
+    let as_u32 = |v: i64| u32::try_from(v).unwrap_or(0);
+    Some(SlotGrid {
+        x: as_u32(x),
+        y: as_u32(y),
+        width: as_u32(width),
+        height: as_u32(height),
+        rows: as_u32(rows),
+        cols: as_u32(cols),
+    })
+}
+
+fn validate_local_store(
+    raw: RawLocalStoreConfig,
+    base_dir: &Path,
+    p: &mut Vec<String>,
+) -> LocalStoreSettings {
+    let retention = i64::try_from(DEFAULT_RETENTION_HOURS).unwrap_or(168);
+    let retention_hours = ranged(
+        "local_store.retention_hours",
+        raw.retention_hours,
+        retention,
+        1,
+        24 * 3650,
+        p,
+    );
+    let keep = i64::try_from(DEFAULT_KEEP_IMAGE_EVERY_SECS).unwrap_or(300);
+    let keep_every = ranged(
+        "local_store.keep_image_every_secs",
+        raw.keep_image_every_secs,
+        keep,
+        0,
+        86_400 * 365,
+        p,
+    );
+    let sweep = i64::try_from(DEFAULT_SWEEP_INTERVAL_SECS).unwrap_or(600);
+    let sweep_secs = ranged(
+        "local_store.sweep_interval_secs",
+        raw.sweep_interval_secs,
+        sweep,
+        1,
+        86_400,
+        p,
+    );
+    let secs = |v: i64| Duration::from_secs(u64::try_from(v).unwrap_or(0));
+    LocalStoreSettings {
+        key_file: raw.key_file.map(|f| resolve(base_dir, f)),
+        retention: secs(retention_hours.saturating_mul(3600)),
+        keep_image_every: (keep_every > 0).then(|| secs(keep_every)),
+        sweep_interval: secs(sweep_secs),
+    }
 }
 
 fn validate_metrics(raw: RawMetricsConfig, p: &mut Vec<String>) -> MetricPrivacySettings {

@@ -30,6 +30,8 @@ use zeroize::Zeroize;
 
 use haar::{Cascade, CascadeError, ScanSettings};
 
+use crate::frames::{RawFrame, RedactedFrame};
+
 static SEETA_FRONTAL: &[u8] = include_bytes!("../../assets/seeta_fd_frontal_v1.0.bin");
 static HAAR_PROFILE: &str = include_str!("../../assets/haarcascade_profileface.xml");
 
@@ -226,6 +228,18 @@ impl Redactor {
             .collect();
         self.fill(frame, &regions);
         regions
+    }
+
+    /// Redacts a captured frame: the only way from a [`RawFrame`] to anything else. The pixels
+    /// are filled in place and moved into the result, so no unredacted copy remains.
+    pub fn redact_frame(&self, mut raw: RawFrame) -> RedactedFrame {
+        let regions = self.redact(&mut raw.pixels);
+        RedactedFrame {
+            camera_id: raw.camera_id(),
+            captured_unix_ms: raw.captured_unix_ms(),
+            image: std::mem::take(&mut raw.pixels),
+            regions,
+        }
     }
 
     /// Sets every pixel of `regions` (clamped to the frame) to [`FILL`].

@@ -208,3 +208,165 @@ fn the_example_file_is_valid() {
     assert_eq!(config.bundle_dir, Path::new("/srv/node/bundle"));
     assert_eq!(config.max_model_bytes, 256 * 1024 * 1024);
 }
+
+const IMAGE_SOURCE_TOML: &str = r#"
+coordinator_url = "https://127.0.0.1:7443"
+bundle_dir = "bundle"
+data_dir = "data"
+
+[data]
+world_seed = 1
+store_index = 0
+
+[camera]
+camera_id = 4
+source = "directory"
+dir = "incoming"
+poll_interval_ms = 100
+seconds_per_frame = 10
+queue_frames = 3
+
+[camera.slot_grid]
+x = 10
+y = 20
+width = 600
+height = 200
+rows = 2
+cols = 6
+
+[local_store]
+key_file = "/etc/backroom/local-store.key"
+retention_hours = 48
+keep_image_every_secs = 0
+sweep_interval_secs = 60
+"#;
+
+#[test]
+fn an_image_source_with_its_slot_grid_and_the_local_store_parse() {
+    use crate::config::FrameSourceSettings;
+    use crate::frames::SlotGrid;
+    let config =
+        NodeConfig::from_toml_str(IMAGE_SOURCE_TOML, Path::new("/srv/node")).expect("valid");
+    assert_eq!(
+        config.camera.source,
+        FrameSourceSettings::Directory {
+            dir: "/srv/node/incoming".into(),
+            poll_interval: Duration::from_millis(100),
+        }
+    );
+    assert_eq!(
+        config.camera.slot_grid,
+        Some(SlotGrid {
+            x: 10,
+            y: 20,
+            width: 600,
+            height: 200,
+            rows: 2,
+            cols: 6
+        })
+    );
+    assert_eq!(config.camera.slots, 12, "slots default to the grid's cells");
+    assert_eq!(config.camera.queue_frames, 3);
+    assert_eq!(
+        config.key_file(),
+        Path::new("/etc/backroom/local-store.key")
+    );
+    assert_eq!(config.local_store.retention, Duration::from_secs(48 * 3600));
+    assert_eq!(config.local_store.keep_image_every, None);
+    assert_eq!(config.local_store.sweep_interval, Duration::from_secs(60));
+    assert!(config.validate().is_ok());
+
+    // Defaults: the key beside the data, a week's retention, an image every five minutes.
+    let plain = NodeConfig::from_toml_str(FULL_TOML, Path::new("/etc/backroom")).expect("valid");
+    assert_eq!(
+        plain.key_file(),
+        Path::new("/var/lib/backroom/local-store.key")
+    );
+    assert_eq!(
+        plain.local_store.retention,
+        Duration::from_secs(7 * 24 * 3600)
+    );
+    assert_eq!(
+        plain.local_store.keep_image_every,
+        Some(Duration::from_secs(300))
+    );
+    assert_eq!(plain.camera.source, FrameSourceSettings::Synthetic);
+}
+
+#[test]
+fn frame_source_mistakes_are_all_reported() {
+    let text = IMAGE_SOURCE_TOML
+        .replace(
+            "source = \"directory\"",
+            "source = \"sequence\"\nfps = 5.0\nframe_interval_ms = 100",
+        )
+        .replace("rows = 2", "rows = 0")
+        .replace("retention_hours = 48", "retention_hours = 0");
+    let problems = NodeConfig::from_toml_str(&text, Path::new("/"))
+        .expect_err("must be refused")
+        .problems;
+    let has = |needle: &str| problems.iter().any(|p| p.contains(needle));
+    assert!(
+        has("camera.fps and camera.frame_interval_ms are alternatives"),
+        "{problems:?}"
+    );
+    assert!(
+        has("camera.poll_interval_ms applies to source = \"directory\" only"),
+        "{problems:?}"
+    );
+    assert!(
+        has("camera.slot_grid.rows must be between 1"),
+        "{problems:?}"
+    );
+    assert!(
+        has("local_store.retention_hours must be between 1"),
+        "{problems:?}"
+    );
+
+    let no_grid = IMAGE_SOURCE_TOML.replace("[camera.slot_grid]", "[unused]");
+    let problems = NodeConfig::from_toml_str(&no_grid, Path::new("/"))
+        .expect_err("must be refused")
+        .problems;
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("unknown field") || p.contains("unused")),
+        "{problems:?}"
+    );
+
+    let mut config = NodeConfig::from_toml_str(IMAGE_SOURCE_TOML, Path::new("/")).expect("valid");
+    config.camera.slot_grid = None;
+    let problems = config.validate().expect_err("must be refused").problems;
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("camera.slot_grid is required for source = \"directory\"")),
+        "{problems:?}"
+    );
+
+    let unknown = IMAGE_SOURCE_TOML.replace("source = \"directory\"", "source = \"rtsp\"");
+    let problems = NodeConfig::from_toml_str(&unknown, Path::new("/"))
+        .expect_err("must be refused")
+        .problems;
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("camera.source must be one of")),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn the_example_configuration_parses() {
+    let text = include_str!("../../../deploy/examples/node.toml");
+    let config = NodeConfig::from_toml_str(text, Path::new("/srv/backroom/deploy/examples"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.camera.source,
+        crate::config::FrameSourceSettings::Synthetic
+    );
+    assert_eq!(
+        config.local_store.retention,
+        Duration::from_secs(168 * 3600)
+    );
+}

@@ -3,7 +3,9 @@
 mod camera_stream;
 mod config;
 mod dp;
+mod frames;
 mod ledger;
+mod local_data;
 mod release;
 mod stores;
 mod trainer;
