@@ -35,3 +35,15 @@ pub async fn admin(url: &str, server_name: &str, bundle_dir: &Path) -> anyhow::R
     let channel = connect(url, server_name, bundle_dir).await?;
     Ok(AdminServiceClient::new(channel).max_decoding_message_size(8 << 20))
 }
+
+pub type PrivacyClient = backroom_proto::v1::privacy_service_client::PrivacyServiceClient<Channel>;
+
+/// A privacy-officer client for the coordinator at `url`.
+pub async fn privacy(
+    url: &str,
+    server_name: &str,
+    bundle_dir: &Path,
+) -> anyhow::Result<PrivacyClient> {
+    let channel = connect(url, server_name, bundle_dir).await?;
+    Ok(PrivacyClient::new(channel))
+}

@@ -5,6 +5,7 @@
 pub mod bench_fl;
 pub mod client;
 pub mod evaluate;
+pub mod frames;
 pub mod metrics_report;
 pub mod pilot;
 pub mod sandbox;

@@ -13,6 +13,7 @@ use backroom_proto::v1 as pb;
 use backroom_store_node::config::NodeConfig;
 use clap::{Args, Parser, Subcommand};
 
+mod frames_cli;
 mod node_data_cli;
 mod privacy_cli;
 
@@ -86,6 +87,9 @@ enum Command {
     /// deletion log, and deletion requests for a capture-time window.
     #[command(name = "node-data")]
     NodeData(node_data_cli::NodeDataArgs),
+    /// Audited requests for a store's redacted frames: request, review, approve or deny,
+    /// download (sealed to the requester's key; deleted when the request expires).
+    Frames(frames_cli::FramesArgs),
     /// Enrolled nodes, when they were last seen and what they run.
     Nodes {
         #[command(flatten)]
@@ -290,11 +294,15 @@ struct EnrollArgs {
     #[arg(long)]
     data_dir: PathBuf,
     /// Issue a store-node bundle for this store id.
-    #[arg(long, conflicts_with = "admin", required_unless_present = "admin")]
+    #[arg(long, required_unless_present_any = ["admin", "privacy_officer"])]
     store: Option<String>,
-    /// Issue an admin bundle for this name.
-    #[arg(long)]
+    /// Issue an admin bundle for this name (ML engineers, operations).
+    #[arg(long, conflicts_with = "store")]
     admin: Option<String>,
+    /// Issue a privacy-officer bundle for this name (approves or denies frame requests; cannot
+    /// call anything else).
+    #[arg(long, conflicts_with_all = ["store", "admin"])]
+    privacy_officer: Option<String>,
     /// Directory to write the bundle into (must not hold one already).
     #[arg(long)]
     out: PathBuf,
@@ -541,6 +549,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Privacy(args) => privacy_cli::run(args).await,
         Command::NodeData(args) => node_data_cli::run(args).await,
+        Command::Frames(args) => frames_cli::run(args).await,
         Command::Redact {
             input,
             output,
@@ -597,10 +606,11 @@ async fn run_pilot(args: PilotArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn enroll(args: EnrollArgs) -> anyhow::Result<ExitCode> {
-    let (role, name) = match (args.store, args.admin) {
-        (Some(store), None) => (Role::Node, store),
-        (None, Some(admin)) => (Role::Admin, admin),
-        _ => anyhow::bail!("pass exactly one of --store or --admin"),
+    let (role, name) = match (args.store, args.admin, args.privacy_officer) {
+        (Some(store), None, None) => (Role::Node, store),
+        (None, Some(admin), None) => (Role::Admin, admin),
+        (None, None, Some(officer)) => (Role::PrivacyOfficer, officer),
+        _ => anyhow::bail!("pass exactly one of --store, --admin or --privacy-officer"),
     };
     let pki = args.data_dir.join("pki");
     let out = args.out.clone();

@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::require;
 use crate::core::{Core, PrivacyState};
+use crate::frame_requests::request_to_proto;
 use crate::identity::Role;
 use crate::round::{AdaptiveClipping, NoiseMode, RoundRecord, RoundSpec, RoundState, Strategy};
 use crate::store::{NodeRow, VersionRow};
@@ -28,9 +29,55 @@ impl AdminApi {
 }
 
 type RoundStream = Pin<Box<dyn Stream<Item = Result<pb::Round, Status>> + Send>>;
+type ExportStream = Pin<Box<dyn Stream<Item = Result<pb::FrameExportChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl AdminService for AdminApi {
+    async fn request_frames(
+        &self,
+        request: Request<pb::RequestFramesRequest>,
+    ) -> Result<Response<pb::FrameRequest>, Status> {
+        let peer = require(&request, Role::Admin)?;
+        let row = self
+            .core
+            .request_frames(&peer.name, request.get_ref())
+            .await?;
+        Ok(Response::new(request_to_proto(&self.core, &row).await?))
+    }
+
+    async fn list_frame_requests(
+        &self,
+        request: Request<pb::ListFrameRequestsRequest>,
+    ) -> Result<Response<pb::ListFrameRequestsResponse>, Status> {
+        require(&request, Role::Admin)?;
+        Ok(Response::new(list_frame_requests(&self.core).await?))
+    }
+
+    type DownloadFramesStream = ExportStream;
+
+    async fn download_frames(
+        &self,
+        request: Request<pb::GetFrameRequestRequest>,
+    ) -> Result<Response<Self::DownloadFramesStream>, Status> {
+        let peer = require(&request, Role::Admin)?;
+        let request_id = request.into_inner().request_id;
+        let path = self
+            .core
+            .export_for_download(&peer.name, &request_id)
+            .await?;
+        let sealed = tokio::fs::read(&path).await.map_err(|e| {
+            Status::from(crate::error::CoordinatorError::io(
+                format!("cannot read the export of {request_id}"),
+                e,
+            ))
+        })?;
+        let row = self.core.frame_request(&request_id).await?;
+        tracing::info!(request_id, requester = %peer.name, bytes = sealed.len(), "serving a sealed frame export");
+        Ok(Response::new(Box::pin(futures::stream::iter(
+            export_chunks(&request_id, row.frames, &sealed),
+        ))))
+    }
+
     async fn start_round(
         &self,
         request: Request<pb::StartRoundRequest>,
@@ -300,4 +347,43 @@ fn node_to_proto(row: NodeRow) -> pb::NodeInfo {
         installed_version: row.installed_version,
         backend: row.backend,
     }
+}
+
+/// Every frame request with its trail (admins and privacy officers see the same list).
+pub(crate) async fn list_frame_requests(
+    core: &Core,
+) -> Result<pb::ListFrameRequestsResponse, Status> {
+    let mut requests = Vec::new();
+    for row in core.store.list_frame_requests().await? {
+        requests.push(request_to_proto(core, &row).await?);
+    }
+    Ok(pb::ListFrameRequestsResponse { requests })
+}
+
+/// A sealed export as header, data chunks of at most 1 MiB, and trailer.
+pub fn export_chunks(
+    request_id: &str,
+    frames: u32,
+    sealed: &[u8],
+) -> Vec<Result<pb::FrameExportChunk, Status>> {
+    use backroom_proto::v1::frame_export_chunk::Kind;
+    use sha2::{Digest, Sha256};
+    let mut chunks = vec![Ok(pb::FrameExportChunk {
+        kind: Some(Kind::Header(pb::FrameExportHeader {
+            request_id: request_id.to_owned(),
+            total_bytes: sealed.len() as u64,
+            frames,
+        })),
+    })];
+    for piece in sealed.chunks(backroom_proto::MAX_CHUNK_BYTES) {
+        chunks.push(Ok(pb::FrameExportChunk {
+            kind: Some(Kind::Data(piece.to_vec())),
+        }));
+    }
+    chunks.push(Ok(pb::FrameExportChunk {
+        kind: Some(Kind::Trailer(pb::FrameExportTrailer {
+            sha256: Sha256::digest(sealed).to_vec(),
+        })),
+    }));
+    chunks
 }

@@ -24,10 +24,16 @@ pub fn require<T>(request: &Request<T>, role: Role) -> Result<Peer, Status> {
         Ok(peer)
     } else {
         Err(Status::permission_denied(format!(
-            "a {} certificate cannot call this service (it needs a {role} certificate)",
-            peer.role
+            "{} {} certificate cannot call this service (it needs {} {role} certificate)",
+            article(peer.role),
+            peer.role,
+            article(role)
         )))
     }
+}
+
+fn article(role: Role) -> &'static str {
+    if role == Role::Admin { "an" } else { "a" }
 }
 
 /// Interceptor for the admin service: refuses every non-admin caller before the handler runs.
@@ -39,5 +45,11 @@ pub fn admin_only(request: Request<()>) -> Result<Request<()>, Status> {
 /// Interceptor for the node service.
 pub fn node_only(request: Request<()>) -> Result<Request<()>, Status> {
     require(&request, Role::Node)?;
+    Ok(request)
+}
+
+/// Interceptor for the privacy service.
+pub fn privacy_officer_only(request: Request<()>) -> Result<Request<()>, Status> {
+    require(&request, Role::PrivacyOfficer)?;
     Ok(request)
 }

@@ -24,6 +24,7 @@ struct RawConfig {
     sampling_timeout_secs: Option<u64>,
     overselect: Option<f32>,
     online_window_secs: Option<u64>,
+    max_export_bytes: Option<u64>,
     privacy: Option<RawPrivacy>,
 }
 
@@ -57,6 +58,10 @@ pub struct CoordinatorConfig {
     pub online_window: Duration,
     /// The lineage's privacy budget (ε_max, δ), written to the database at every start.
     pub privacy_budget: Budget,
+    /// Largest sealed frame export a node may deliver for a frame request.
+    pub max_export_bytes: u64,
+    /// How often expired frame requests are closed and their exports deleted.
+    pub frame_request_sweep: Duration,
 }
 
 /// Default budget: ε ≤ 10 at δ = 1e-5 per lineage.
@@ -89,6 +94,8 @@ impl CoordinatorConfig {
             overselect: 1.0,
             online_window: Duration::from_secs(60),
             privacy_budget: DEFAULT_BUDGET,
+            max_export_bytes: 256 << 20,
+            frame_request_sweep: Duration::from_secs(10),
         }
     }
 
@@ -175,6 +182,12 @@ impl CoordinatorConfig {
                 problems.push("online_window_secs must be > 0".to_owned());
             }
             config.online_window = Duration::from_secs(secs);
+        }
+        if let Some(bytes) = raw.max_export_bytes {
+            if bytes == 0 {
+                problems.push("max_export_bytes must be > 0".to_owned());
+            }
+            config.max_export_bytes = bytes;
         }
         if let Some(privacy) = raw.privacy {
             let unlimited = privacy.unlimited.unwrap_or(false);

@@ -24,6 +24,12 @@ pub struct Settings {
     pub overselect: f32,
     pub online_window: Duration,
     pub updates_dir: PathBuf,
+    /// How often expired frame requests are closed.
+    pub frame_request_sweep: Duration,
+    /// Sealed frame exports, each kept until its request expires.
+    pub exports_dir: PathBuf,
+    /// Largest sealed frame export accepted from a node.
+    pub max_export_bytes: u64,
 }
 
 /// A lineage's privacy position, for `backroom privacy <lineage>`.
@@ -76,6 +82,15 @@ impl Core {
 
     pub fn is_shutting_down(&self) -> bool {
         *self.shutdown.borrow()
+    }
+
+    /// Sleeps for `timeout` or until shutdown; returns whether shutdown came.
+    pub async fn wait_shutdown(&self, timeout: Duration) -> bool {
+        let mut shutdown = self.shutdown.clone();
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => true,
+            () = tokio::time::sleep(timeout) => self.is_shutting_down(),
+        }
     }
 
     /// Waits for a change, the timeout, or shutdown, whichever comes first.
@@ -282,7 +297,11 @@ impl Core {
         lineage: &str,
         installed_version: u64,
         wait: Duration,
-    ) -> Result<(Option<TrainTask>, u64)> {
+    ) -> Result<(
+        Option<TrainTask>,
+        u64,
+        Vec<backroom_proto::v1::FrameExportTask>,
+    )> {
         let mut changes = self.subscribe();
         let until = tokio::time::Instant::now() + wait;
         self.store
@@ -297,13 +316,15 @@ impl Core {
                 .latest_version(lineage)
                 .await?
                 .map_or(0, |v| v.version);
+            let exports = self.frame_exports_for(node_id).await?;
             let now = tokio::time::Instant::now();
             if task.is_some()
                 || latest > installed_version
+                || !exports.is_empty()
                 || now >= until
                 || self.is_shutting_down()
             {
-                return Ok((task, latest));
+                return Ok((task, latest, exports));
             }
             self.wait_for_change(&mut changes, until - now).await;
         }

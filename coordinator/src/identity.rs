@@ -53,6 +53,9 @@ pub enum Role {
     Node,
     /// An ML engineer or operator: may call the admin service only.
     Admin,
+    /// A privacy officer: may call the privacy service only (decisions on frame requests), so
+    /// the person who asks for a store's frames is never the one who approves it.
+    PrivacyOfficer,
 }
 
 impl Role {
@@ -60,6 +63,7 @@ impl Role {
         match self {
             Role::Node => "node",
             Role::Admin => "admin",
+            Role::PrivacyOfficer => "privacy-officer",
         }
     }
 }
@@ -107,6 +111,7 @@ fn parse_identity_uri(uri: &str) -> Option<Peer> {
     let role = match role {
         "node" => Role::Node,
         "admin" => Role::Admin,
+        "privacy-officer" => Role::PrivacyOfficer,
         _ => return None,
     };
     validate_name(name).ok()?;

@@ -11,11 +11,13 @@ pub mod config;
 pub mod core;
 pub mod driver;
 pub mod error;
+pub mod frame_requests;
 pub mod identity;
 pub mod ledger;
 pub mod metrics;
 pub mod node_service;
 pub mod privacy;
+pub mod privacy_service;
 pub mod registry;
 pub mod round;
 pub mod store;
@@ -31,6 +33,7 @@ use anyhow::Context;
 use backroom_proto::MAX_CHUNK_BYTES;
 use backroom_proto::v1::admin_service_server::AdminServiceServer;
 use backroom_proto::v1::node_service_server::NodeServiceServer;
+use backroom_proto::v1::privacy_service_server::PrivacyServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
@@ -107,6 +110,9 @@ impl Coordinator {
             overselect: config.overselect,
             online_window: config.online_window,
             updates_dir: config.data_dir.join("updates"),
+            frame_request_sweep: config.frame_request_sweep,
+            exports_dir: config.data_dir.join("frame-exports"),
+            max_export_bytes: config.max_export_bytes,
         };
         let core = Arc::new(Core::new(store, registry, settings, shutdown_rx));
 
@@ -165,6 +171,12 @@ impl Coordinator {
         let admin = AdminServiceServer::new(admin_service::AdminApi::new(Arc::clone(&core)))
             .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let admin = InterceptedService::new(admin, auth::admin_only);
+        let privacy =
+            PrivacyServiceServer::new(privacy_service::PrivacyApi::new(Arc::clone(&core)));
+        let privacy = InterceptedService::new(privacy, auth::privacy_officer_only);
+        let sweeper = tokio::spawn(
+            Arc::clone(&core).run_frame_request_sweeper(core.settings.frame_request_sweep),
+        );
         tracing::info!(%local_addr, "coordinator listening (TLS 1.3, client certificates required)");
         let signal = async move {
             shutdown.await;
@@ -174,9 +186,11 @@ impl Coordinator {
         tonic::transport::Server::builder()
             .add_service(node)
             .add_service(admin)
+            .add_service(privacy)
             .serve_with_incoming_shutdown(incoming, signal)
             .await
             .context("gRPC server failed")?;
+        sweeper.abort();
         Ok(())
     }
 }

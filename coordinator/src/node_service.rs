@@ -7,11 +7,14 @@ use std::time::Duration;
 use backroom_proto::MAX_CHUNK_BYTES;
 use backroom_proto::v1::node_service_server::NodeService;
 use backroom_proto::v1::{
-    DownloadModelRequest, HeartbeatRequest, HeartbeatResponse, HelloRequest, HelloResponse,
-    ModelChunk, ModelHeader, ModelTrailer, PollTaskRequest, PollTaskResponse, SyncMetricsRequest,
-    SyncMetricsResponse, UpdateChunk, UploadUpdateResponse, model_chunk, update_chunk,
+    DownloadModelRequest, FrameExportChunk, FrameExportHeader, HeartbeatRequest, HeartbeatResponse,
+    HelloRequest, HelloResponse, ModelChunk, ModelHeader, ModelTrailer, PollTaskRequest,
+    PollTaskResponse, SyncMetricsRequest, SyncMetricsResponse, UpdateChunk,
+    UploadFrameExportResponse, UploadUpdateResponse, frame_export_chunk, model_chunk, update_chunk,
 };
 use futures::Stream;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::require;
@@ -87,13 +90,14 @@ impl NodeService for NodeApi {
         let poll = request.into_inner();
         check_text("lineage", &poll.lineage)?;
         let wait = Duration::from_secs(u64::from(poll.wait_secs.min(MAX_POLL_WAIT_SECS)));
-        let (task, latest_version) = self
+        let (task, latest_version, frame_exports) = self
             .core
             .poll_task(&peer.name, &poll.lineage, poll.installed_version, wait)
             .await?;
         Ok(Response::new(PollTaskResponse {
             task,
             latest_version,
+            frame_exports,
         }))
     }
 
@@ -232,6 +236,43 @@ impl NodeService for NodeApi {
         }
     }
 
+    async fn upload_frame_export(
+        &self,
+        request: Request<Streaming<FrameExportChunk>>,
+    ) -> Result<Response<UploadFrameExportResponse>, Status> {
+        let peer = require(&request, Role::Node)?;
+        let mut stream = request.into_inner();
+        let header = match stream.message().await? {
+            Some(FrameExportChunk {
+                kind: Some(frame_export_chunk::Kind::Header(header)),
+            }) => header,
+            Some(_) => return Err(Status::invalid_argument("the first chunk must be a header")),
+            None => return Err(Status::invalid_argument("empty upload")),
+        };
+        self.core.check_export_header(&peer.name, &header).await?;
+        let final_path = self.core.export_path(&header.request_id);
+        let temp_path = final_path.with_extension("partial");
+        let written = receive_export(&mut stream, &header, &temp_path).await;
+        let result = match written {
+            Ok(()) => match tokio::fs::rename(&temp_path, &final_path).await {
+                Ok(()) => self
+                    .core
+                    .accept_export(&peer.name, &header, &final_path)
+                    .await
+                    .inspect_err(|_| {
+                        let _ = std::fs::remove_file(&final_path);
+                    }),
+                Err(e) => Err(CoordinatorError::io("cannot keep the export", e)),
+            },
+            Err(error) => Err(error),
+        };
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&temp_path).await;
+        }
+        result?;
+        Ok(Response::new(UploadFrameExportResponse {}))
+    }
+
     async fn sync_metrics(
         &self,
         request: Request<SyncMetricsRequest>,
@@ -244,6 +285,72 @@ impl NodeService for NodeApi {
             accepted,
             duplicates,
         }))
+    }
+}
+
+/// Writes an export's data chunks to `path`, checking sizes as they come and the SHA-256 at the
+/// trailer; fsynced before it returns.
+async fn receive_export(
+    stream: &mut Streaming<FrameExportChunk>,
+    header: &FrameExportHeader,
+    path: &std::path::Path,
+) -> Result<(), CoordinatorError> {
+    let invalid = |m: String| CoordinatorError::InvalidArgument(m);
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| CoordinatorError::io("cannot create the exports directory", e))?;
+    }
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .map_err(|e| CoordinatorError::io("cannot write an export", e))?;
+    let mut hasher = Sha256::new();
+    let mut received: u64 = 0;
+    loop {
+        let chunk = stream
+            .message()
+            .await
+            .map_err(|s| invalid(format!("upload stream broke: {}", s.message())))?;
+        match chunk.and_then(|c| c.kind) {
+            Some(frame_export_chunk::Kind::Data(data)) => {
+                if data.len() > MAX_CHUNK_BYTES {
+                    return Err(invalid(format!(
+                        "chunk of {} bytes exceeds {MAX_CHUNK_BYTES}",
+                        data.len()
+                    )));
+                }
+                received += data.len() as u64;
+                if received > header.total_bytes {
+                    return Err(invalid(format!(
+                        "more than the declared {} bytes",
+                        header.total_bytes
+                    )));
+                }
+                hasher.update(&data);
+                file.write_all(&data)
+                    .await
+                    .map_err(|e| CoordinatorError::io("cannot write an export", e))?;
+            }
+            Some(frame_export_chunk::Kind::Trailer(trailer)) => {
+                if received != header.total_bytes {
+                    return Err(invalid(format!(
+                        "{received} bytes received, {} declared",
+                        header.total_bytes
+                    )));
+                }
+                if hasher.finalize().as_slice() != trailer.sha256.as_slice() {
+                    return Err(invalid("the export's SHA-256 does not match".into()));
+                }
+                file.sync_all()
+                    .await
+                    .map_err(|e| CoordinatorError::io("cannot write an export", e))?;
+                return Ok(());
+            }
+            Some(frame_export_chunk::Kind::Header(_)) => {
+                return Err(invalid("a second header chunk".into()));
+            }
+            None => return Err(invalid("upload ended without a trailer".into())),
+        }
     }
 }
 

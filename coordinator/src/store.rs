@@ -13,8 +13,10 @@ use sqlx::sqlite::{
 use crate::error::{CoordinatorError, Result};
 use crate::round::{RoundRecord, RoundSpec, RoundState};
 
+mod frame_requests;
 mod metrics;
 
+pub use frame_requests::{FrameRequestEventRow, FrameRequestRow};
 pub use metrics::{MetricValueRow, ReleaseRow};
 
 /// A published model version as stored.
@@ -63,7 +65,7 @@ pub(crate) fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-fn to_u64(value: i64) -> u64 {
+pub(crate) fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 

@@ -4,7 +4,8 @@
 //! Entry points: [`run`] and [`run_with_status`]. They set up the node (bundle, local database,
 //! data key, installed model, compute backend, redactor, local samples), say `Hello`, and run
 //! five loops until the shutdown future resolves:
-//! - [`updater`]: long poll; installs newer signed versions and runs training tasks ([`trainer`]);
+//! - [`updater`]: long poll; installs newer signed versions, runs training tasks ([`trainer`]) and
+//!   delivers approved frame requests ([`frame_export`]);
 //! - heartbeat ([`session`]);
 //! - [`camera`]: [`frames`] from the camera's source → [`redact`] → inference → the encrypted
 //!   [`local_store`] and per-window counts → a noised [`release`] charged to the privacy
@@ -15,6 +16,7 @@
 pub mod camera;
 pub mod config;
 pub mod dp;
+pub mod frame_export;
 pub mod frames;
 pub mod ledger;
 pub mod local_store;

@@ -49,6 +49,8 @@ pub(crate) struct Updater {
     refused: HashMap<u64, Instant>,
     handled_rounds: VecDeque<String>,
     handled_set: HashSet<String>,
+    /// Frame requests delivered or refused by this run.
+    handled_exports: HashSet<String>,
 }
 
 impl Updater {
@@ -58,6 +60,7 @@ impl Updater {
             refused: HashMap::new(),
             handled_rounds: VecDeque::new(),
             handled_set: HashSet::new(),
+            handled_exports: HashSet::new(),
         }
     }
 
@@ -289,6 +292,16 @@ pub(crate) async fn run_updater(
         }
         if shutdown.is_triggered() {
             return Ok(());
+        }
+        if !response.frame_exports.is_empty()
+            && crate::frame_export::run_exports(
+                &ctx,
+                &mut updater.handled_exports,
+                response.frame_exports,
+            )
+            .await
+        {
+            acted = true;
         }
         let latest = response.latest_version;
         if latest > ctx.installed_version() && updater.may_try(latest) {

@@ -3,6 +3,7 @@
 mod bench_fl;
 mod cli;
 mod federation;
+mod frame_requests;
 mod http2;
 mod metrics;
 mod privacy;

@@ -266,6 +266,20 @@ impl LocalStore {
         Ok(Some(image))
     }
 
+    /// A stored frame's image as the JPEG bytes it was kept as (`None` when none was kept).
+    pub async fn image_jpeg(&self, frame: &StoredFrame) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(file) = frame.image_file.clone() else {
+            return Ok(None);
+        };
+        let (dir, vault) = (self.frame_dir.clone(), self.vault.clone());
+        let (camera_id, captured) = (frame.camera_id, frame.captured_unix_ms);
+        let jpeg = tokio::task::spawn_blocking(move || {
+            open_image_file(&dir, &file, &vault, camera_id, captured)
+        })
+        .await??;
+        Ok(Some(jpeg))
+    }
+
     /// Deletes everything stored before `now − retention` (storage time); records the sweep
     /// when it deleted something. Returns the record.
     pub async fn prune(
@@ -495,6 +509,21 @@ fn write_image(
     Ok(())
 }
 
+fn open_image_file(
+    dir: &Path,
+    file: &str,
+    vault: &Vault,
+    camera_id: u32,
+    captured_unix_ms: i64,
+) -> Result<Vec<u8>, StoreError> {
+    let path = dir.join(file);
+    let sealed = std::fs::read(&path).map_err(|source| StoreError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(vault.open_sealed(&image_aad(camera_id, captured_unix_ms, file), &sealed)?)
+}
+
 fn read_image(
     dir: &Path,
     file: &str,
@@ -502,12 +531,7 @@ fn read_image(
     camera_id: u32,
     captured_unix_ms: i64,
 ) -> Result<RgbImage, StoreError> {
-    let path = dir.join(file);
-    let sealed = std::fs::read(&path).map_err(|source| StoreError::Read {
-        path: path.clone(),
-        source,
-    })?;
-    let plain = vault.open_sealed(&image_aad(camera_id, captured_unix_ms, file), &sealed)?;
+    let plain = open_image_file(dir, file, vault, camera_id, captured_unix_ms)?;
     Ok(image::load_from_memory_with_format(&plain, ImageFormat::Jpeg)?.to_rgb8())
 }
 
