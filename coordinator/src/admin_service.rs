@@ -73,9 +73,12 @@ impl AdminService for AdminApi {
         })?;
         let row = self.core.frame_request(&request_id).await?;
         tracing::info!(request_id, requester = %peer.name, bytes = sealed.len(), "serving a sealed frame export");
-        Ok(Response::new(Box::pin(futures::stream::iter(
-            export_chunks(&request_id, row.frames, &sealed),
-        ))))
+        // Hashing a large export: off the runtime.
+        let chunks =
+            tokio::task::spawn_blocking(move || export_chunks(&request_id, row.frames, &sealed))
+                .await
+                .map_err(|e| Status::internal(format!("export task failed: {e}")))?;
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
     }
 
     async fn start_round(

@@ -123,24 +123,13 @@ pub(crate) async fn export_one(ctx: &NodeContext, task: &FrameExportTask) -> Exp
         Err(reason) => return ExportOutcome::Refused(reason),
     };
     let bytes = sealed.len();
-    let sha = Sha256::digest(&sealed).to_vec();
-    let mut chunks = vec![FrameExportChunk {
-        kind: Some(frame_export_chunk::Kind::Header(FrameExportHeader {
-            request_id: task.request_id.clone(),
-            total_bytes: bytes as u64,
-            frames: u32::try_from(frames).unwrap_or(u32::MAX),
-        })),
-    }];
-    for piece in sealed.chunks(backroom_proto::MAX_CHUNK_BYTES) {
-        chunks.push(FrameExportChunk {
-            kind: Some(frame_export_chunk::Kind::Data(piece.to_vec())),
-        });
-    }
-    chunks.push(FrameExportChunk {
-        kind: Some(frame_export_chunk::Kind::Trailer(FrameExportTrailer {
-            sha256: sha,
-        })),
-    });
+    // Hashing and cutting up to a few hundred MiB: off the runtime.
+    let request_id = task.request_id.clone();
+    let chunks =
+        tokio::task::spawn_blocking(move || export_chunks(request_id, frames, &sealed)).await;
+    let Ok(chunks) = chunks else {
+        return ExportOutcome::Refused("export task failed".into());
+    };
     let mut client = ctx.client.clone();
     let stream = futures::stream::iter(chunks);
     match client
@@ -162,6 +151,28 @@ pub(crate) async fn export_one(ctx: &NodeContext, task: &FrameExportTask) -> Exp
         }
         Err(status) => ExportOutcome::Unavailable(describe_status(&status)),
     }
+}
+
+/// A sealed export as a header, data chunks of at most 1 MiB and a trailer with its SHA-256.
+fn export_chunks(request_id: String, frames: usize, sealed: &[u8]) -> Vec<FrameExportChunk> {
+    let mut chunks = vec![FrameExportChunk {
+        kind: Some(frame_export_chunk::Kind::Header(FrameExportHeader {
+            request_id,
+            total_bytes: sealed.len() as u64,
+            frames: u32::try_from(frames).unwrap_or(u32::MAX),
+        })),
+    }];
+    for piece in sealed.chunks(backroom_proto::MAX_CHUNK_BYTES) {
+        chunks.push(FrameExportChunk {
+            kind: Some(frame_export_chunk::Kind::Data(piece.to_vec())),
+        });
+    }
+    chunks.push(FrameExportChunk {
+        kind: Some(frame_export_chunk::Kind::Trailer(FrameExportTrailer {
+            sha256: Sha256::digest(sealed).to_vec(),
+        })),
+    });
+    chunks
 }
 
 /// Delivers the approved requests of a poll that were not handled yet; returns whether it did

@@ -323,3 +323,40 @@ async fn an_image_that_cannot_be_written_still_leaves_its_event() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(event.slot_states, vec![1, 0]);
 }
+
+#[test]
+fn the_node_checks_an_export_task_itself() {
+    use crate::frame_export::check_task;
+    use backroom_proto::v1::FrameExportTask;
+    let task = FrameExportTask {
+        request_id: "fr-1".into(),
+        camera_id: Some(0),
+        from_unix_ms: NOW - HOUR_MS,
+        to_unix_ms: NOW,
+        recipient_public_key: vec![7; 32],
+        expires_unix_ms: NOW + HOUR_MS,
+        max_bytes: 1 << 20,
+    };
+    assert!(check_task(&task, NOW).is_ok());
+    let expired = FrameExportTask {
+        expires_unix_ms: NOW,
+        ..task.clone()
+    };
+    assert!(check_task(&expired, NOW).is_err_and(|e| e.contains("expired")));
+    let too_long = FrameExportTask {
+        from_unix_ms: NOW - DAY_MS - 1,
+        ..task.clone()
+    };
+    assert!(check_task(&too_long, NOW).is_err_and(|e| e.contains("24 hours")));
+    let backwards = FrameExportTask {
+        from_unix_ms: NOW,
+        to_unix_ms: NOW,
+        ..task.clone()
+    };
+    assert!(check_task(&backwards, NOW).is_err());
+    let bad_key = FrameExportTask {
+        recipient_public_key: vec![7; 31],
+        ..task
+    };
+    assert!(check_task(&bad_key, NOW).is_err_and(|e| e.contains("32-byte")));
+}
