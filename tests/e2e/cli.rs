@@ -150,13 +150,15 @@ fn pilot_on_wgpu_completes_on_the_gpu_path() {
     }
 }
 
-/// Known defect (README, "Not built yet"): on wgpu the pilot's rounds publish but the model
-/// barely improves (0.50 -> 0.50 here with two stores, 0.53 with one, where the CPU pilot
-/// reaches 0.70), although a short training on wgpu alone matches the CPU
-/// (`backend_tests::wgpu_and_cpu_train_alike`, `bench-fl --backend wgpu`). Run with
-/// `--ignored` to reproduce.
+/// Ignored (README, "Not built yet", wgpu pilot learning): a single run per backend cannot
+/// show "learns as well". In this setting (two stores, two rounds) the CPU pilot alone ends
+/// anywhere from 0.53 to 0.83 depending on the seed (2026-12-03, seeds 1–11), and wgpu's
+/// floating-point order sends the same seed down a different path, so this test fails now and
+/// then whichever backend is at fault, or none. Training on wgpu matches the CPU where it can
+/// be compared exactly (`backend_tests::wgpu_and_cpu_train_alike`). To be rewritten over
+/// several seeds or on a quantity that does not flip with argmax; run with `--ignored`.
 #[test]
-#[ignore = "known defect: the multi-node pilot on wgpu does not learn yet"]
+#[ignore = "single-run accuracy comparison; too seed-sensitive to show a backend difference"]
 fn pilot_on_wgpu_learns_like_the_cpu() {
     let gpu = short_pilot("wgpu");
     let cpu = short_pilot("cpu");
