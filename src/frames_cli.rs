@@ -5,12 +5,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::time_arg::{parse_unix_ms, show_unix_ms};
 use anyhow::Context;
 use backroom::{client, frames};
 use backroom_proto::v1 as pb;
 use clap::{Args, Subcommand};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::{Connection, connect, status};
 
@@ -97,23 +96,6 @@ enum FramesCommand {
     },
 }
 
-fn parse_time(name: &str, text: &str) -> anyhow::Result<i64> {
-    let time = OffsetDateTime::parse(text, &Rfc3339).map_err(|_| {
-        anyhow::anyhow!(
-            "--{name} must be an RFC 3339 time such as 2026-12-01T14:00:00Z, got {text:?}"
-        )
-    })?;
-    i64::try_from(time.unix_timestamp_nanos() / 1_000_000)
-        .with_context(|| format!("--{name} is out of range"))
-}
-
-fn show_time(unix_ms: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_else(|| format!("{unix_ms} ms"))
-}
-
 fn render(request: &pb::FrameRequest) -> String {
     let camera = request
         .camera_id
@@ -123,11 +105,11 @@ fn render(request: &pb::FrameRequest) -> String {
         request.request_id,
         request.state,
         request.store_id,
-        show_time(request.from_unix_ms),
-        show_time(request.to_unix_ms),
+        show_unix_ms(request.from_unix_ms),
+        show_unix_ms(request.to_unix_ms),
         request.requested_by,
         request.reason,
-        show_time(request.expires_unix_ms),
+        show_unix_ms(request.expires_unix_ms),
     );
     if request.state == "delivered" {
         out.push_str(&format!(
@@ -138,7 +120,7 @@ fn render(request: &pb::FrameRequest) -> String {
     for event in &request.history {
         out.push_str(&format!(
             "\n    {}  {:<16} {}{}",
-            show_time(event.at_unix_ms),
+            show_unix_ms(event.at_unix_ms),
             event.action,
             event.actor,
             if event.detail.is_empty() {
@@ -184,8 +166,8 @@ pub async fn run(args: FramesArgs) -> anyhow::Result<ExitCode> {
             recipient_key,
             expires_in_hours,
         } => {
-            let from_unix_ms = parse_time("from", &from)?;
-            let to_unix_ms = parse_time("to", &to)?;
+            let from_unix_ms = parse_unix_ms("from", &from)?;
+            let to_unix_ms = parse_unix_ms("to", &to)?;
             let key = frames::read_public_key(&recipient_key)?;
             let mut admin = connect(&connection).await?;
             let request = admin

@@ -16,6 +16,7 @@ use clap::{Args, Parser, Subcommand};
 mod frames_cli;
 mod node_data_cli;
 mod privacy_cli;
+mod time_arg;
 
 /// Exit code for configuration errors (EX_CONFIG-style usage error).
 const EXIT_CONFIG: u8 = 64;

@@ -4,11 +4,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
+use crate::time_arg::{parse_unix_ms, show_unix_ms};
 use backroom_store_node::local_store::{self, DeletionRecord, DeletionRequest};
 use clap::{Args, Subcommand};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 #[derive(Args, Debug)]
 pub struct NodeDataArgs {
@@ -60,21 +58,6 @@ enum NodeDataCommand {
     },
 }
 
-fn parse_time(name: &str, text: &str) -> anyhow::Result<i64> {
-    let time = OffsetDateTime::parse(text, &Rfc3339).with_context(|| {
-        format!("--{name} must be an RFC 3339 time such as 2026-12-01T14:00:00Z, got {text:?}")
-    })?;
-    i64::try_from(time.unix_timestamp_nanos() / 1_000_000)
-        .with_context(|| format!("--{name} is out of range"))
-}
-
-fn show_time(unix_ms: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_else(|| format!("{unix_ms} ms"))
-}
-
 fn render(record: &DeletionRecord) -> String {
     let camera = record
         .camera_id
@@ -83,11 +66,11 @@ fn render(record: &DeletionRecord) -> String {
         "#{:<4} {:<9} {} .. {} ({camera}): {} frame(s), {} image(s) deleted at {} by {:?}: {}",
         record.id,
         record.kind,
-        show_time(record.from_unix_ms),
-        show_time(record.to_unix_ms),
+        show_unix_ms(record.from_unix_ms),
+        show_unix_ms(record.to_unix_ms),
         record.frames_deleted,
         record.images_deleted,
-        show_time(record.done_unix_ms),
+        show_unix_ms(record.done_unix_ms),
         record.requested_by,
         record.reason
     )
@@ -126,8 +109,8 @@ pub async fn run(args: NodeDataArgs) -> anyhow::Result<ExitCode> {
             requested_by,
             reason,
         } => {
-            let from_unix_ms = parse_time("from", &from)?;
-            let to_unix_ms = parse_time("to", &to)?;
+            let from_unix_ms = parse_unix_ms("from", &from)?;
+            let to_unix_ms = parse_unix_ms("to", &to)?;
             anyhow::ensure!(from_unix_ms < to_unix_ms, "--from must be before --to");
             anyhow::ensure!(
                 !requested_by.trim().is_empty(),
@@ -143,9 +126,8 @@ pub async fn run(args: NodeDataArgs) -> anyhow::Result<ExitCode> {
                 requested_by,
                 reason,
             };
-            let now = OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
             let record = local
-                .delete_matching(&request, i64::try_from(now).unwrap_or(i64::MAX))
+                .delete_matching(&request, crate::time_arg::now_unix_ms())
                 .await?;
             if store.json {
                 println!("{}", serde_json::to_string_pretty(&record)?);

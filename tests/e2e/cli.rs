@@ -179,3 +179,94 @@ fn pilot_on_wgpu_learns_like_the_cpu() {
         "wgpu reached {gpu_final}, cpu {cpu_final}"
     );
 }
+
+/// `backroom node-data` on the store data a pilot left: what the store holds, a deletion
+/// request for a window (recorded), and clear errors for bad input.
+#[test]
+fn node_data_shows_the_store_and_deletes_a_window_on_request() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let pilot = backroom()
+        .args([
+            "pilot",
+            "--json",
+            "--stores",
+            "1",
+            "--rounds",
+            "1",
+            "--local-steps",
+            "5",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run backroom: {e}"));
+    assert!(
+        pilot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pilot.stderr)
+    );
+    let store = dir.path().join("nodes/store-1");
+    let show = |store: &std::path::Path| -> serde_json::Value {
+        let output = backroom()
+            .args(["node-data", "show", "--json", "--data-dir"])
+            .arg(store)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let before = show(&store);
+    let frames = before["frames"].as_u64().unwrap_or(0);
+    assert!(frames > 0, "the pilot's store kept no frame: {before}");
+    assert_eq!(before["deletions"].as_array().map(Vec::len), Some(0));
+
+    // The pilot's camera starts at 2024-01-01T00:00:00Z; this window holds every frame of it.
+    let delete = backroom()
+        .args(["node-data", "delete", "--json", "--data-dir"])
+        .arg(&store)
+        .args([
+            "--from",
+            "2024-01-01T00:00:00Z",
+            "--to",
+            "2025-01-01T00:00:00Z",
+        ])
+        .args(["--requested-by", "store manager", "--reason", "ticket 42"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        delete.status.success(),
+        "{}",
+        String::from_utf8_lossy(&delete.stderr)
+    );
+    let record: serde_json::Value =
+        serde_json::from_slice(&delete.stdout).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(record["frames_deleted"].as_u64(), Some(frames), "{record}");
+    let after = show(&store);
+    assert_eq!(after["frames"].as_u64(), Some(0), "{after}");
+    assert_eq!(after["deletions"][0]["reason"], "ticket 42", "{after}");
+    let frame_files = std::fs::read_dir(store.join("frames/0"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(frame_files, 0, "images survived the deletion request");
+
+    let bad_time = backroom()
+        .args(["node-data", "delete", "--data-dir"])
+        .arg(&store)
+        .args(["--from", "yesterday", "--to", "2025-01-01T00:00:00Z"])
+        .args(["--requested-by", "x", "--reason", "y"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!bad_time.status.success());
+    assert!(String::from_utf8_lossy(&bad_time.stderr).contains("must be an RFC 3339 time"));
+    let nowhere = backroom()
+        .args(["node-data", "show", "--data-dir"])
+        .arg(dir.path().join("missing"))
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!nowhere.status.success());
+    assert!(String::from_utf8_lossy(&nowhere.stderr).contains("holds no node database"));
+}

@@ -13,23 +13,11 @@ use backroom_proto::v1 as pb;
 use backroom_store_node::config::{FrameSourceSettings, LocalStoreSettings};
 use backroom_store_node::frames::SlotGrid;
 use backroom_store_node::local_store;
-use backroom_store_node::redact::{FILL, Region};
 
-use crate::redaction::{faces_dir, labels, region};
+use crate::redaction::{faces_dir, filled_after_jpeg, labels, region};
 use crate::support::{shutdown, start, test_options, wait_installed};
 
 const START_UNIX: i64 = 1_780_000_000;
-
-fn filled(frame: &image::RgbImage, face: &Region) -> f64 {
-    let mut grey = 0u64;
-    for y in face.y..face.y + face.h {
-        for x in face.x..face.x + face.w {
-            let pixel = frame.get_pixel(x, y).0;
-            grey += u64::from(pixel.iter().all(|c| c.abs_diff(FILL[0]) <= 8));
-        }
-    }
-    grey as f64 / face.area() as f64
-}
 
 async fn request_state(admin: &mut client::AdminClient, id: &str) -> pb::FrameRequest {
     admin
@@ -290,7 +278,7 @@ async fn frames_leave_a_store_only_approved_sealed_to_the_requester_and_until_ex
         let image = image::load_from_memory(&frame.jpeg)
             .unwrap_or_else(|e| panic!("{e}"))
             .to_rgb8();
-        let share = filled(&image, &face);
+        let share = filled_after_jpeg(&image, &face);
         assert!(
             share >= 0.9,
             "an exported frame shows the face ({:.0}% filled)",

@@ -58,6 +58,19 @@ fn covered(frame: &RgbImage, label: &Region) -> f64 {
     filled as f64 / label.area() as f64
 }
 
+/// Share of `face` that is flat fill grey in a frame that went through JPEG (within JPEG's
+/// rounding).
+pub(crate) fn filled_after_jpeg(frame: &RgbImage, face: &Region) -> f64 {
+    let mut grey = 0u64;
+    for y in face.y..face.y + face.h {
+        for x in face.x..face.x + face.w {
+            let pixel = frame.get_pixel(x, y).0;
+            grey += u64::from(pixel.iter().all(|c| c.abs_diff(FILL[0]) <= 8));
+        }
+    }
+    grey as f64 / face.area() as f64
+}
+
 /// The LFW crops as 8-bit grey images (NPY v1, `<f8`, shape (200, 25, 25), values in [0, 1]).
 fn lfw_crops(path: &Path) -> Vec<GrayImage> {
     let bytes = std::fs::read(path).unwrap();

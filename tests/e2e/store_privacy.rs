@@ -16,10 +16,10 @@ use std::time::{Duration, SystemTime};
 use backroom_store_node::config::{FrameSourceSettings, LocalStoreSettings};
 use backroom_store_node::frames::SlotGrid;
 use backroom_store_node::local_store;
-use backroom_store_node::redact::{FILL, Region};
+use backroom_store_node::redact::Region;
 use image::RgbImage;
 
-use crate::redaction::{faces_dir, labels, region};
+use crate::redaction::{faces_dir, filled_after_jpeg, labels, region};
 use crate::support::{run_round, shutdown, spec, start, test_options, wait_installed};
 
 const FRAMES: usize = 12;
@@ -59,18 +59,6 @@ fn face_runs(photo: &RgbImage, face: &Region) -> Vec<Vec<u8>> {
             raw[y * stride + x * 3..y * stride + (x + 16) * 3].to_vec()
         })
         .collect()
-}
-
-/// Share of `face` that is flat fill grey in a JPEG-stored frame (within JPEG's rounding).
-fn filled(frame: &RgbImage, face: &Region) -> f64 {
-    let mut grey = 0u64;
-    for y in face.y..face.y + face.h {
-        for x in face.x..face.x + face.w {
-            let pixel = frame.get_pixel(x, y).0;
-            grey += u64::from(pixel.iter().all(|c| c.abs_diff(FILL[0]) <= 8));
-        }
-    }
-    grey as f64 / face.area() as f64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,7 +235,7 @@ async fn no_unredacted_pixel_of_a_real_face_reaches_disk_or_the_wire() {
             .unwrap_or_else(|| panic!("frame {i} kept no image"));
         let (name, _, original, boxes) = &photos[i % photos.len()];
         for face in boxes {
-            let share = filled(&image, face);
+            let share = filled_after_jpeg(&image, face);
             assert!(
                 share >= 0.9,
                 "{name}: face {face:?} only {:.0}% filled in stored frame {i}",
