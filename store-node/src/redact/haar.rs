@@ -85,6 +85,80 @@ struct Corners {
     weight: f32,
 }
 
+/// A stump (a weak classifier with one split) with its feature's rectangles inlined, for one
+/// level's stride: the layout the scan's inner loop reads in order, with no indirection.
+#[derive(Clone, Copy, Debug)]
+struct FlatStump {
+    rects: [Corners; 3],
+    n_rects: usize,
+    threshold: f32,
+    /// The leaf value when the feature is below `threshold · norm`, and otherwise.
+    below: f32,
+    above: f32,
+}
+
+/// A stage of a [`Compiled`] cascade: its stumps end at `end`.
+#[derive(Clone, Copy, Debug)]
+struct FlatStage {
+    end: usize,
+    threshold: f32,
+}
+
+/// A cascade of stumps compiled for one level (see [`Cascade::compile`]); evaluates exactly
+/// as [`Cascade::passes`] does, in the same order, so decisions are bit for bit the same.
+#[derive(Debug)]
+struct Compiled {
+    stumps: Vec<FlatStump>,
+    stages: Vec<FlatStage>,
+}
+
+/// Whether a stage's total lets the window go on (written as the negation of `<` so that a NaN
+/// total behaves exactly as before).
+#[allow(clippy::neg_cmp_op_on_partial_ord)]
+fn stage_passes(total: f32, threshold: f32) -> bool {
+    !(total < threshold)
+}
+
+impl Compiled {
+    fn passes(&self, sums: &[u32], origin: usize, norm: f32) -> bool {
+        self.evaluate(sums, origin, norm, stage_passes)
+    }
+
+    /// Runs the stages in order; `go_on(total, threshold)` after each decides whether to continue.
+    fn evaluate(
+        &self,
+        sums: &[u32],
+        origin: usize,
+        norm: f32,
+        mut go_on: impl FnMut(f32, f32) -> bool,
+    ) -> bool {
+        let mut start = 0;
+        for stage in &self.stages {
+            let mut total = 0.0f32;
+            for stump in &self.stumps[start..stage.end] {
+                let mut value = 0.0f32;
+                for c in &stump.rects[..stump.n_rects] {
+                    let sum = sums[origin + c.bottom_right]
+                        .wrapping_sub(sums[origin + c.top_right])
+                        .wrapping_sub(sums[origin + c.bottom_left])
+                        .wrapping_add(sums[origin + c.top_left]);
+                    value += c.weight * sum as f32;
+                }
+                total += if value < stump.threshold * norm {
+                    stump.below
+                } else {
+                    stump.above
+                };
+            }
+            if !go_on(total, stage.threshold) {
+                return false;
+            }
+            start = stage.end;
+        }
+        true
+    }
+}
+
 /// Scan settings (OpenCV's `detectMultiScale` parameters).
 #[derive(Clone, Copy, Debug)]
 pub struct ScanSettings {
@@ -277,9 +351,65 @@ impl Cascade {
             .collect()
     }
 
+    /// The cascade as flat stumps for a level of row `stride`, when every weak classifier is a
+    /// stump on a feature of at most three rectangles (OpenCV's Haar cascades are); `None`
+    /// otherwise (trees are evaluated by [`Cascade::passes`]).
+    fn compile(&self, stride: usize) -> Option<Compiled> {
+        let corners = self.corners(stride);
+        let unused = Corners {
+            top_left: 0,
+            top_right: 0,
+            bottom_left: 0,
+            bottom_right: 0,
+            weight: 0.0,
+        };
+        let (mut stumps, mut stages) = (Vec::new(), Vec::new());
+        for stage in &self.stages {
+            for weak in &stage.weak {
+                let [split] = weak.splits[..] else {
+                    return None;
+                };
+                if split.left > 0 || split.right > 0 {
+                    return None;
+                }
+                let feature = &corners
+                    [self.feature_starts[split.feature]..self.feature_starts[split.feature + 1]];
+                if feature.is_empty() || feature.len() > 3 {
+                    return None;
+                }
+                let mut rects = [unused; 3];
+                rects[..feature.len()].copy_from_slice(feature);
+                stumps.push(FlatStump {
+                    rects,
+                    n_rects: feature.len(),
+                    threshold: split.threshold,
+                    below: *weak.leaves.get((-split.left) as usize)?,
+                    above: *weak.leaves.get((-split.right) as usize)?,
+                });
+            }
+            stages.push(FlatStage {
+                end: stumps.len(),
+                threshold: stage.threshold,
+            });
+        }
+        Some(Compiled { stumps, stages })
+    }
+
     /// Whether the window whose top-left corner is at `origin` of the level's integral image
     /// passes every stage; `norm` is the window's variance normaliser.
     fn passes(&self, corners: &[Corners], sums: &[u32], origin: usize, norm: f32) -> bool {
+        self.evaluate(corners, sums, origin, norm, stage_passes)
+    }
+
+    /// Runs the stages in order; `go_on(total, threshold)` after each decides whether to continue.
+    fn evaluate(
+        &self,
+        corners: &[Corners],
+        sums: &[u32],
+        origin: usize,
+        norm: f32,
+        mut go_on: impl FnMut(f32, f32) -> bool,
+    ) -> bool {
         for stage in &self.stages {
             let mut total = 0.0f32;
             for weak in &stage.weak {
@@ -308,7 +438,7 @@ impl Cascade {
                 };
                 total += weak.leaves[leaf];
             }
-            if total < stage.threshold {
+            if !go_on(total, stage.threshold) {
                 return false;
             }
         }
@@ -357,6 +487,10 @@ pub fn detect_all(cascades: &[&Cascade], gray: &GrayImage, settings: &ScanSettin
                 .iter()
                 .map(|c| c.corners(integral.stride))
                 .collect();
+            let compiled: Vec<Option<Compiled>> = cascades
+                .iter()
+                .map(|c| c.compile(integral.stride))
+                .collect();
             // OpenCV's stride: every other position on fine levels, every one on coarse.
             let step = if scale > 2.0 { 1 } else { 2 };
             for y in (0..=sh - height).step_by(step) {
@@ -364,7 +498,11 @@ pub fn detect_all(cascades: &[&Cascade], gray: &GrayImage, settings: &ScanSettin
                     let norm = integral.norm(x, y, width, height);
                     let origin = y as usize * integral.stride + x as usize;
                     for (k, cascade) in cascades.iter().enumerate() {
-                        if cascade.passes(&corners[k], &integral.sums, origin, norm) {
+                        let passes = match &compiled[k] {
+                            Some(flat) => flat.passes(&integral.sums, origin, norm),
+                            None => cascade.passes(&corners[k], &integral.sums, origin, norm),
+                        };
+                        if passes {
                             hits[k].push(Region {
                                 x: (x as f32 * scale).round() as u32,
                                 y: (y as f32 * scale).round() as u32,
@@ -504,3 +642,7 @@ fn similar(a: &Region, b: &Region) -> bool {
     let close = |p: u32, q: u32| (p as f32 - q as f32).abs() <= delta;
     close(a.x, b.x) && close(a.y, b.y) && close(a.x + a.w, b.x + b.w) && close(a.y + a.h, b.y + b.h)
 }
+
+#[cfg(test)]
+#[path = "haar_tests.rs"]
+mod tests;
