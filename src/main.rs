@@ -55,7 +55,8 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Issue a certificate bundle for a store node or an admin (creates the CA on first use).
+    /// Issue a certificate bundle for a store node, an admin or a privacy officer (creates the CA
+    /// on first use).
     Enroll(EnrollArgs),
     /// Start, inspect, follow or cancel training rounds.
     #[command(subcommand)]
@@ -318,7 +319,8 @@ pub(crate) struct Connection {
         default_value = "https://127.0.0.1:7443"
     )]
     coordinator: String,
-    /// Admin bundle directory (from `backroom enroll --admin`).
+    /// Bundle directory (from `backroom enroll --admin`; `--privacy-officer` for `frames review`,
+    /// `approve` and `deny`).
     #[arg(long, env = "BACKROOM_BUNDLE")]
     bundle: PathBuf,
     /// Name in the coordinator's certificate.
