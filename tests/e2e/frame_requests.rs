@@ -32,7 +32,7 @@ async fn request_state(admin: &mut client::AdminClient, id: &str) -> pb::FrameRe
 }
 
 async fn wait_state(admin: &mut client::AdminClient, id: &str, state: &str) -> pb::FrameRequest {
-    for _ in 0..300 {
+    for _ in 0..600 {
         let request = request_state(admin, id).await;
         if request.state == state {
             return request;
@@ -173,7 +173,7 @@ async fn frames_leave_a_store_only_approved_sealed_to_the_requester_and_until_ex
     );
 
     let request = admin
-        .request_frames(ask(20))
+        .request_frames(ask(30))
         .await
         .unwrap_or_else(|e| panic!("{e}"))
         .into_inner();

