@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::time_arg::{parse_unix_ms, show_unix_ms};
+use crate::time_arg::{CaptureWindow, show_unix_ms};
 use anyhow::Context;
 use backroom::{client, frames};
 use backroom_proto::v1 as pb;
@@ -27,22 +27,15 @@ enum FramesCommand {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Ask for a capture-time window of one store's redacted frames (needs a privacy officer's
-    /// approval; admin bundle).
+    /// Ask for a capture-time window (at most 24 hours) of one store's redacted frames (needs a
+    /// privacy officer's approval; admin bundle).
     Request {
         #[command(flatten)]
         connection: Connection,
         #[arg(long)]
         store: String,
-        /// Start of the window, RFC 3339 (e.g. 2026-12-01T14:00:00Z).
-        #[arg(long)]
-        from: String,
-        /// End of the window (exclusive), RFC 3339; at most 24 hours after --from.
-        #[arg(long)]
-        to: String,
-        /// Only this camera (default: every camera).
-        #[arg(long)]
-        camera: Option<u32>,
+        #[command(flatten)]
+        window: CaptureWindow,
         /// Why (recorded and shown to the privacy officer).
         #[arg(long)]
         reason: String,
@@ -159,15 +152,13 @@ pub async fn run(args: FramesArgs) -> anyhow::Result<ExitCode> {
         FramesCommand::Request {
             connection,
             store,
-            from,
-            to,
-            camera,
+            window,
             reason,
             recipient_key,
             expires_in_hours,
         } => {
-            let from_unix_ms = parse_unix_ms("from", &from)?;
-            let to_unix_ms = parse_unix_ms("to", &to)?;
+            let (from_unix_ms, to_unix_ms) = window.unix_ms()?;
+            let camera = window.camera;
             let key = frames::read_public_key(&recipient_key)?;
             let mut admin = connect(&connection).await?;
             let request = admin

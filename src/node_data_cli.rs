@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::time_arg::{parse_unix_ms, show_unix_ms};
+use crate::time_arg::{CaptureWindow, show_unix_ms};
 use backroom_store_node::local_store::{self, DeletionRecord, DeletionRequest};
 use clap::{Args, Subcommand};
 
@@ -40,15 +40,8 @@ enum NodeDataCommand {
     Delete {
         #[command(flatten)]
         store: Store,
-        /// Start of the capture-time window, RFC 3339 (e.g. 2026-12-01T14:00:00Z).
-        #[arg(long)]
-        from: String,
-        /// End of the window (exclusive), RFC 3339.
-        #[arg(long)]
-        to: String,
-        /// Only this camera (default: every camera).
-        #[arg(long)]
-        camera: Option<u32>,
+        #[command(flatten)]
+        window: CaptureWindow,
         /// Who asked (recorded).
         #[arg(long)]
         requested_by: String,
@@ -103,14 +96,12 @@ pub async fn run(args: NodeDataArgs) -> anyhow::Result<ExitCode> {
         }
         NodeDataCommand::Delete {
             store,
-            from,
-            to,
-            camera,
+            window,
             requested_by,
             reason,
         } => {
-            let from_unix_ms = parse_unix_ms("from", &from)?;
-            let to_unix_ms = parse_unix_ms("to", &to)?;
+            let (from_unix_ms, to_unix_ms) = window.unix_ms()?;
+            let camera = window.camera;
             anyhow::ensure!(from_unix_ms < to_unix_ms, "--from must be before --to");
             anyhow::ensure!(
                 !requested_by.trim().is_empty(),

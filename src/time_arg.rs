@@ -1,6 +1,7 @@
 //! RFC 3339 times on the command line and in printed reports.
 
 use anyhow::Context;
+use clap::Args;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -26,4 +27,28 @@ pub fn show_unix_ms(unix_ms: i64) -> String {
 /// Now, in unix milliseconds.
 pub fn now_unix_ms() -> i64 {
     i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+/// `--from`, `--to` and `--camera`: a capture-time window, optionally of one camera.
+#[derive(Args, Debug)]
+pub struct CaptureWindow {
+    /// Start of the capture-time window, RFC 3339 (e.g. 2026-12-01T14:00:00Z).
+    #[arg(long)]
+    pub from: String,
+    /// End of the window (exclusive), RFC 3339.
+    #[arg(long)]
+    pub to: String,
+    /// Only this camera (default: every camera).
+    #[arg(long)]
+    pub camera: Option<u32>,
+}
+
+impl CaptureWindow {
+    /// `(from, to)` in unix milliseconds.
+    pub fn unix_ms(&self) -> anyhow::Result<(i64, i64)> {
+        Ok((
+            parse_unix_ms("from", &self.from)?,
+            parse_unix_ms("to", &self.to)?,
+        ))
+    }
 }
