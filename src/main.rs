@@ -14,6 +14,8 @@ use backroom_store_node::config::NodeConfig;
 use clap::{Args, Parser, Subcommand};
 
 mod frames_cli;
+mod keys_cli;
+mod models_cli;
 mod node_data_cli;
 mod privacy_cli;
 mod time_arg;
@@ -61,13 +63,13 @@ enum Command {
     /// Start, inspect, follow or cancel training rounds.
     #[command(subcommand)]
     Round(RoundCommand),
-    /// List published model versions.
-    Models {
-        #[command(flatten)]
-        connection: Connection,
-        #[arg(long, default_value = "")]
-        lineage: String,
-    },
+    /// Model versions: list, show, promote to a rollout channel, roll back, and verify or export
+    /// a version's files offline.
+    #[command(subcommand)]
+    Models(models_cli::ModelsCommand),
+    /// The model-signing key hierarchy (offline root, signing keys): show, rotate, revoke.
+    #[command(subcommand)]
+    Keys(keys_cli::KeysCommand),
     /// Shelf metrics synced by the stores: noised releases of hourly windows.
     Metrics {
         #[command(flatten)]
@@ -491,37 +493,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Enroll(args) => enroll(args).await,
         Command::Round(command) => round(command).await,
-        Command::Models {
-            connection,
-            lineage,
-        } => {
-            let mut admin = connect(&connection).await?;
-            let models = admin
-                .list_models(pb::ListModelsRequest { lineage })
-                .await
-                .map_err(status)?
-                .into_inner()
-                .models;
-            println!(
-                "{:<12} {:>7} {:>7}  {:<28} weights sha256",
-                "lineage", "version", "parent", "round"
-            );
-            for m in models {
-                println!(
-                    "{:<12} {:>7} {:>7}  {:<28} {}",
-                    m.lineage,
-                    m.version,
-                    m.parent_version,
-                    if m.round_id.is_empty() {
-                        "(initial)"
-                    } else {
-                        &m.round_id
-                    },
-                    m.weights_sha256
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Models(command) => models_cli::run(command).await,
+        Command::Keys(command) => keys_cli::run(command),
         Command::Metrics { connection, json } => {
             let mut admin = connect(&connection).await?;
             let response = admin

@@ -276,7 +276,7 @@ async fn drive(
     bars: &MultiProgress,
     status: &ProgressBar,
 ) -> anyhow::Result<Driven> {
-    let trusted = load_verifying_key(&sandbox.signing_public_key())?;
+    let trusted = load_verifying_key(&sandbox.model_root_key())?;
     status.set_message("waiting for every store to install the initial model");
     sandbox
         .wait_for_installed(1, Duration::from_secs(120))

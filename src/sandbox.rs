@@ -73,6 +73,8 @@ impl SandboxOptions {
 pub struct SandboxNode {
     pub store_id: String,
     pub status: watch::Receiver<NodeStatus>,
+    /// The node's live model, as its inference sees it.
+    pub model: backroom_store_node::LiveModel,
     pub config: NodeConfig,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<anyhow::Result<()>>,
@@ -171,15 +173,18 @@ impl Sandbox {
         config.local_store = self.options.local_store.clone();
         config.poll_wait_secs = self.options.poll_wait_secs;
         let (status_tx, status) = watch::channel(NodeStatus::default());
+        let (model_tx, model) = watch::channel(None);
         let (shutdown, rx) = watch::channel(false);
-        let task = tokio::spawn(backroom_store_node::run_with_status(
+        let task = tokio::spawn(backroom_store_node::run_with_model(
             config.clone(),
             wait_true(rx),
             status_tx,
+            model_tx,
         ));
         self.nodes.push(SandboxNode {
             store_id,
             status,
+            model,
             config,
             shutdown,
             task,
@@ -208,13 +213,16 @@ impl Sandbox {
             .get_mut(index)
             .with_context(|| format!("no node {index}"))?;
         let (status_tx, status) = watch::channel(NodeStatus::default());
+        let (model_tx, model) = watch::channel(None);
         let (shutdown, rx) = watch::channel(false);
-        node.task = tokio::spawn(backroom_store_node::run_with_status(
+        node.task = tokio::spawn(backroom_store_node::run_with_model(
             node.config.clone(),
             wait_true(rx),
             status_tx,
+            model_tx,
         ));
         node.status = status;
+        node.model = model;
         node.shutdown = shutdown;
         Ok(())
     }
@@ -254,11 +262,9 @@ impl Sandbox {
         Ok(())
     }
 
-    /// Path of the coordinator's model-signing public key.
-    pub fn signing_public_key(&self) -> PathBuf {
-        self.coordinator_dir
-            .join("pki")
-            .join("model-signing.pub.pem")
+    /// Path of the coordinator's model root public key (what nodes trust).
+    pub fn model_root_key(&self) -> PathBuf {
+        crate::evaluate::root_key_file(&self.coordinator_dir)
     }
 
     /// Waits until every node reports `version` installed.

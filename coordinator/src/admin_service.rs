@@ -177,14 +177,87 @@ impl AdminService for AdminApi {
         request: Request<pb::ListModelsRequest>,
     ) -> Result<Response<pb::ListModelsResponse>, Status> {
         require(&request, Role::Admin)?;
-        let rows = self
+        let lineage = request.into_inner().lineage;
+        let rows = self.core.store.list_versions(&lineage).await?;
+        let mut authors = std::collections::HashMap::new();
+        let mut lineages: Vec<&str> = rows.iter().map(|r| r.lineage.as_str()).collect();
+        lineages.dedup();
+        for name in lineages {
+            for (version, started_by, published_by) in self.core.store.version_authors(name).await?
+            {
+                authors.insert((name.to_owned(), version), (started_by, published_by));
+            }
+        }
+        let models = rows
+            .into_iter()
+            .map(|row| {
+                let (started_by, published_by) = authors
+                    .remove(&(row.lineage.clone(), row.version))
+                    .unwrap_or_default();
+                let mut model = version_to_proto(row);
+                model.started_by = started_by;
+                model.published_by = published_by;
+                model
+            })
+            .collect();
+        Ok(Response::new(pb::ListModelsResponse { models }))
+    }
+
+    async fn promote_model(
+        &self,
+        request: Request<pb::PromoteModelRequest>,
+    ) -> Result<Response<pb::ModelChannels>, Status> {
+        let peer = require(&request, Role::Admin)?;
+        let promote = request.into_inner();
+        let canary = match promote.channel.as_str() {
+            "stable" => {
+                if promote.percent != 0 && promote.percent != 100 {
+                    return Err(Status::invalid_argument(
+                        "stable reaches every store; --percent is for the canary channel",
+                    ));
+                }
+                None
+            }
+            "canary" => Some(promote.percent),
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "channel must be \"stable\" or \"canary\", got {other:?}"
+                )));
+            }
+        };
+        let channels = self
             .core
-            .store
-            .list_versions(&request.into_inner().lineage)
+            .promote(&promote.lineage, promote.version, canary, &peer.name)
             .await?;
-        Ok(Response::new(pb::ListModelsResponse {
-            models: rows.into_iter().map(version_to_proto).collect(),
-        }))
+        Ok(Response::new(channels_to_proto(
+            &promote.lineage,
+            &channels,
+        )))
+    }
+
+    async fn rollback_model(
+        &self,
+        request: Request<pb::RollbackModelRequest>,
+    ) -> Result<Response<pb::ModelVersion>, Status> {
+        let peer = require(&request, Role::Admin)?;
+        let rollback = request.into_inner();
+        let row = self
+            .core
+            .rollback(&rollback.lineage, rollback.to_version, &peer.name)
+            .await?;
+        let mut model = version_to_proto(row);
+        model.published_by = peer.name;
+        Ok(Response::new(model))
+    }
+
+    async fn get_model_channels(
+        &self,
+        request: Request<pb::GetModelChannelsRequest>,
+    ) -> Result<Response<pb::ModelChannels>, Status> {
+        require(&request, Role::Admin)?;
+        let lineage = request.into_inner().lineage;
+        let channels = self.core.store.channels(&lineage).await?;
+        Ok(Response::new(channels_to_proto(&lineage, &channels)))
     }
 
     async fn query_metrics(
@@ -339,6 +412,23 @@ fn version_to_proto(row: VersionRow) -> pb::ModelVersion {
         weights_sha256: row.weights_sha256,
         created_unix_ms: row.created_unix_ms,
         manifest: row.manifest,
+        started_by: String::new(),
+        published_by: String::new(),
+    }
+}
+
+fn channels_to_proto(lineage: &str, channels: &crate::store::Channels) -> pb::ModelChannels {
+    let newest = [&channels.stable, &channels.canary]
+        .into_iter()
+        .flatten()
+        .max_by_key(|c| c.updated_unix_ms);
+    pb::ModelChannels {
+        lineage: lineage.to_owned(),
+        stable_version: channels.stable.as_ref().map_or(0, |c| c.version),
+        canary_version: channels.canary.as_ref().map_or(0, |c| c.version),
+        canary_percent: channels.canary.as_ref().map_or(0, |c| c.percent),
+        updated_by: newest.map(|c| c.updated_by.clone()).unwrap_or_default(),
+        updated_unix_ms: newest.map_or(0, |c| c.updated_unix_ms),
     }
 }
 

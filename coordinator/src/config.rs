@@ -25,6 +25,7 @@ struct RawConfig {
     overselect: Option<f32>,
     online_window_secs: Option<u64>,
     max_export_bytes: Option<u64>,
+    publish_rounds_to: Option<String>,
     privacy: Option<RawPrivacy>,
 }
 
@@ -62,6 +63,9 @@ pub struct CoordinatorConfig {
     pub max_export_bytes: u64,
     /// How often expired frame requests are closed and their exports deleted.
     pub frame_request_sweep: Duration,
+    /// `true` (`publish_rounds_to = "stable"`, the default): a round's new version goes to every
+    /// store at once. `false` (`"none"`): it waits for `backroom models promote`.
+    pub publish_rounds_to_stable: bool,
 }
 
 /// Default budget: ε ≤ 10 at δ = 1e-5 per lineage.
@@ -96,6 +100,7 @@ impl CoordinatorConfig {
             privacy_budget: DEFAULT_BUDGET,
             max_export_bytes: 256 << 20,
             frame_request_sweep: Duration::from_secs(10),
+            publish_rounds_to_stable: true,
         }
     }
 
@@ -189,6 +194,13 @@ impl CoordinatorConfig {
             }
             config.max_export_bytes = bytes;
         }
+        match raw.publish_rounds_to.as_deref() {
+            None | Some("stable") => {}
+            Some("none") => config.publish_rounds_to_stable = false,
+            Some(other) => problems.push(format!(
+                "publish_rounds_to must be \"stable\" or \"none\", got {other:?}"
+            )),
+        }
         if let Some(privacy) = raw.privacy {
             let unlimited = privacy.unlimited.unwrap_or(false);
             if unlimited && privacy.epsilon_max.is_some() {
@@ -242,12 +254,19 @@ mod config_tests {
             config.as_ref().map(|c| c.data_dir.clone()),
             Ok(PathBuf::from("/etc/backroom/data"))
         );
+        assert_eq!(config.map(|c| c.publish_rounds_to_stable), Ok(true));
+        let held = CoordinatorConfig::from_toml_str(
+            "data_dir = \"d\"\npublish_rounds_to = \"none\"\n",
+            Path::new("/"),
+        );
+        assert_eq!(held.map(|c| c.publish_rounds_to_stable).ok(), Some(false));
     }
 
     #[test]
     fn reports_every_problem_and_unknown_fields() {
         let err = CoordinatorConfig::from_toml_str(
-            "listen = \"nope\"\nheartbeat_interval_secs = 0\noverselect = 9.0\n",
+            "listen = \"nope\"\nheartbeat_interval_secs = 0\noverselect = 9.0\n\
+             publish_rounds_to = \"canary\"\n",
             Path::new("/"),
         )
         .err()
@@ -258,6 +277,7 @@ mod config_tests {
             "listen",
             "heartbeat_interval_secs",
             "overselect",
+            "publish_rounds_to",
         ] {
             assert!(err.contains(needle), "{needle} missing from {err}");
         }

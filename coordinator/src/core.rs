@@ -30,6 +30,18 @@ pub struct Settings {
     pub exports_dir: PathBuf,
     /// Largest sealed frame export accepted from a node.
     pub max_export_bytes: u64,
+    /// Whether a round's version becomes stable at once (else it waits for a promote).
+    pub publish_rounds_to_stable: bool,
+}
+
+/// What a poll found for a node.
+#[derive(Debug)]
+pub struct Polled {
+    pub task: Option<TrainTask>,
+    pub latest: u64,
+    /// The version of the node's rollout channel.
+    pub offered: u64,
+    pub exports: Vec<backroom_proto::v1::FrameExportTask>,
 }
 
 /// A lineage's privacy position, for `backroom privacy <lineage>`.
@@ -101,6 +113,89 @@ impl Core {
             () = tokio::time::sleep(timeout) => {}
             _ = shutdown.wait_for(|stop| *stop) => {}
         }
+    }
+
+    // ---- channels ----
+
+    /// Points `stable` (`canary_percent = None`) or `canary` at a version and wakes polling
+    /// nodes.
+    pub async fn promote(
+        &self,
+        lineage: &str,
+        version: u64,
+        canary_percent: Option<u32>,
+        by: &str,
+    ) -> Result<crate::store::Channels> {
+        let channels = self
+            .store
+            .promote(lineage, version, canary_percent, by, now_unix_ms())
+            .await?;
+        tracing::info!(
+            lineage,
+            version,
+            ?canary_percent,
+            by,
+            "promoted model version"
+        );
+        self.notify();
+        Ok(channels)
+    }
+
+    /// Publishes version latest+1 carrying `to_version`'s weights (re-checked against their
+    /// recorded hash) and points stable at it.
+    pub async fn rollback(
+        &self,
+        lineage: &str,
+        to_version: u64,
+        by: &str,
+    ) -> Result<crate::store::VersionRow> {
+        let target = self
+            .store
+            .version(lineage, to_version)
+            .await?
+            .ok_or_else(|| {
+                CoordinatorError::NotFound(format!(
+                    "lineage {lineage:?} has no version {to_version}"
+                ))
+            })?;
+        let latest = self.store.latest_version(lineage).await?.ok_or_else(|| {
+            CoordinatorError::NotFound(format!("lineage {lineage:?} has no versions"))
+        })?;
+        // `to_version == latest` is allowed: it re-signs the newest weights with the active key
+        // (after `keys rotate --revoke-old`, versions signed by the revoked key stop
+        // installing).
+        let parse = |row: &crate::store::VersionRow| {
+            backroom_models::manifest::Manifest::from_bytes(&row.manifest)
+                .map_err(|e| CoordinatorError::Internal(format!("stored manifest: {e}")))
+        };
+        let (old, newest) = (parse(&target)?, parse(&latest)?);
+        let provenance = crate::registry::Provenance {
+            round_id: String::new(),
+            parent_version: latest.version,
+            dp: old.dp,
+            // The lineage's spend does not go back with the weights.
+            epsilon_spent: newest.epsilon_spent,
+            delta: newest.delta,
+            rollback_of: Some(to_version),
+        };
+        let registry = self.registry.clone();
+        let lineage_owned = lineage.to_owned();
+        let row = tokio::task::spawn_blocking(move || {
+            let params = registry.load_params(&target)?;
+            registry.write_version(&lineage_owned, latest.version + 1, &provenance, &params)
+        })
+        .await
+        .map_err(|e| CoordinatorError::Internal(format!("rollback task failed: {e}")))??;
+        self.store.publish_rollback(&row, by, now_unix_ms()).await?;
+        tracing::info!(
+            lineage,
+            version = row.version,
+            to_version,
+            by,
+            "published rollback version"
+        );
+        self.notify();
+        Ok(row)
     }
 
     // ---- rounds ----
@@ -297,11 +392,7 @@ impl Core {
         lineage: &str,
         installed_version: u64,
         wait: Duration,
-    ) -> Result<(
-        Option<TrainTask>,
-        u64,
-        Vec<backroom_proto::v1::FrameExportTask>,
-    )> {
+    ) -> Result<Polled> {
         let mut changes = self.subscribe();
         let until = tokio::time::Instant::now() + wait;
         self.store
@@ -316,15 +407,26 @@ impl Core {
                 .latest_version(lineage)
                 .await?
                 .map_or(0, |v| v.version);
+            let offered = self
+                .store
+                .channels(lineage)
+                .await?
+                .offered(lineage, node_id)
+                .unwrap_or(0);
             let exports = self.frame_exports_for(node_id).await?;
             let now = tokio::time::Instant::now();
             if task.is_some()
-                || latest > installed_version
+                || offered > installed_version
                 || !exports.is_empty()
                 || now >= until
                 || self.is_shutting_down()
             {
-                return Ok((task, latest, exports));
+                return Ok(Polled {
+                    task,
+                    latest,
+                    offered,
+                    exports,
+                });
             }
             self.wait_for_change(&mut changes, until - now).await;
         }

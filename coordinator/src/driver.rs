@@ -293,6 +293,7 @@ async fn aggregate(core: &Arc<Core>, round: &RoundRecord) -> Result<()> {
             }),
             epsilon_spent,
             delta,
+            rollback_of: None,
         };
         let row = registry.write_version(&lineage, latest + 1, &provenance, &params)?;
         Ok((row, next_clip_norm))
@@ -306,7 +307,13 @@ async fn aggregate(core: &Arc<Core>, round: &RoundRecord) -> Result<()> {
     }
     if core
         .store
-        .publish(&round.round_id, &row, next_clip_norm, now_unix_ms())
+        .publish(
+            &round.round_id,
+            &row,
+            next_clip_norm,
+            core.settings.publish_rounds_to_stable,
+            now_unix_ms(),
+        )
         .await?
     {
         info!(

@@ -2,17 +2,15 @@
 //! client certificates.
 //!
 //! Layout of the PKI directory (`<data_dir>/pki`):
-//! `ca.pem`, `ca.key`, `server.pem`, `server.key`, `model-signing.key`, `model-signing.pub.pem`.
-//! Every private key is written with mode 0600.
+//! `ca.pem`, `ca.key`, `server.pem`, `server.key`, and the model-signing hierarchy described in
+//! [`crate::signing_keys`]. Every private key is written with mode 0600.
 //!
 //! A bundle (what `backroom enroll` hands to a store or an engineer) is a directory with
-//! `ca.pem`, `cert.pem`, `key.pem` and `model-signing.pub.pem`.
+//! `ca.pem`, `cert.pem`, `key.pem` and `model-root.pub.pem`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use ed25519_dalek::SigningKey;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
@@ -146,9 +144,6 @@ impl PkiPaths {
     pub fn signing_key(&self) -> PathBuf {
         self.dir.join("model-signing.key")
     }
-    pub fn signing_public_key(&self) -> PathBuf {
-        self.dir.join("model-signing.pub.pem")
-    }
 }
 
 /// The loaded CA: can issue server, node and admin certificates.
@@ -187,9 +182,12 @@ impl CertificateAuthority {
             ca_pem,
             issuer,
         };
-        if !ca.paths.signing_key().exists() {
-            ca.create_signing_key()?;
-        }
+        crate::signing_keys::ensure_hierarchy(&ca.paths).map_err(|e| {
+            IdentityError::SigningKey {
+                path: ca.paths.dir.clone(),
+                reason: e.to_string(),
+            }
+        })?;
         if !ca.paths.server_cert().exists() {
             ca.issue_server_certificate(server_names)?;
         }
@@ -198,28 +196,6 @@ impl CertificateAuthority {
 
     pub fn paths(&self) -> &PkiPaths {
         &self.paths
-    }
-
-    fn create_signing_key(&self) -> Result<(), IdentityError> {
-        let mut seed = [0u8; 32];
-        rand::Rng::fill(&mut rand::rng(), &mut seed);
-        let key = SigningKey::from_bytes(&seed);
-        let path = self.paths.signing_key();
-        let pem = key
-            .to_pkcs8_pem(Default::default())
-            .map_err(|e| IdentityError::SigningKey {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-        write_private(&path, pem.as_bytes())?;
-        let public = key
-            .verifying_key()
-            .to_public_key_pem(Default::default())
-            .map_err(|e| IdentityError::SigningKey {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-        write_public(&self.paths.signing_public_key(), public.as_bytes())
     }
 
     fn issue_server_certificate(&self, server_names: &[String]) -> Result<(), IdentityError> {
@@ -263,8 +239,8 @@ impl CertificateAuthority {
         write_private(&bundle.key(), key.serialize_pem().as_bytes())?;
         write_public(&bundle.cert(), cert.pem().as_bytes())?;
         write_public(&bundle.ca(), self.ca_pem.as_bytes())?;
-        let signing_public = read(&self.paths.signing_public_key())?;
-        write_public(&bundle.signing_public_key(), signing_public.as_bytes())?;
+        let root_public = read(&self.paths.root_public_key())?;
+        write_public(&bundle.model_root_key(), root_public.as_bytes())?;
         Ok(bundle)
     }
 }
@@ -288,18 +264,10 @@ impl BundlePaths {
     pub fn key(&self) -> PathBuf {
         self.dir.join("key.pem")
     }
-    pub fn signing_public_key(&self) -> PathBuf {
-        self.dir.join("model-signing.pub.pem")
+    /// The model root's public key: the only model trust anchor a node needs.
+    pub fn model_root_key(&self) -> PathBuf {
+        self.dir.join("model-root.pub.pem")
     }
-}
-
-/// Loads the model-signing key.
-pub fn load_signing_key(path: &Path) -> Result<SigningKey, IdentityError> {
-    let pem = read(path)?;
-    SigningKey::from_pkcs8_pem(&pem).map_err(|e| IdentityError::SigningKey {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })
 }
 
 fn create_ca(paths: &PkiPaths) -> Result<(), IdentityError> {
@@ -338,11 +306,11 @@ fn read(path: &Path) -> Result<String, IdentityError> {
     })
 }
 
-fn write_public(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
+pub(crate) fn write_public(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
     write_with_mode(path, bytes, 0o644)
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
     write_with_mode(path, bytes, 0o600)
 }
 

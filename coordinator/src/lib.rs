@@ -19,7 +19,9 @@ pub mod node_service;
 pub mod privacy;
 pub mod privacy_service;
 pub mod registry;
+pub mod rollout;
 pub mod round;
+pub mod signing_keys;
 pub mod store;
 pub mod tls;
 pub mod upload;
@@ -74,8 +76,7 @@ impl Coordinator {
         .context("certificate task failed")?
         .context("cannot load or create the certificate authority")?;
         let paths = ca.paths().clone();
-        let signing_key = identity::load_signing_key(&paths.signing_key())
-            .context("cannot load the model-signing key")?;
+        signing_keys::load_current(&paths).context("cannot load the model-signing keys")?;
         let tls = tls::server_config(&paths.ca_cert(), &paths.server_cert(), &paths.server_key())
             .context("cannot build the TLS configuration")?;
 
@@ -85,7 +86,7 @@ impl Coordinator {
         let registry = Registry::new(
             store.clone(),
             config.data_dir.join("models"),
-            signing_key,
+            paths.clone(),
             config.model_expiry_secs,
         );
         registry
@@ -113,6 +114,7 @@ impl Coordinator {
             frame_request_sweep: config.frame_request_sweep,
             exports_dir: config.data_dir.join("frame-exports"),
             max_export_bytes: config.max_export_bytes,
+            publish_rounds_to_stable: config.publish_rounds_to_stable,
         };
         let core = Arc::new(Core::new(store, registry, settings, shutdown_rx));
 

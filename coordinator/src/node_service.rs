@@ -90,14 +90,15 @@ impl NodeService for NodeApi {
         let poll = request.into_inner();
         check_text("lineage", &poll.lineage)?;
         let wait = Duration::from_secs(u64::from(poll.wait_secs.min(MAX_POLL_WAIT_SECS)));
-        let (task, latest_version, frame_exports) = self
+        let polled = self
             .core
             .poll_task(&peer.name, &poll.lineage, poll.installed_version, wait)
             .await?;
         Ok(Response::new(PollTaskResponse {
-            task,
-            latest_version,
-            frame_exports,
+            task: polled.task,
+            latest_version: polled.latest,
+            frame_exports: polled.exports,
+            offered_version: polled.offered,
         }))
     }
 
@@ -126,6 +127,12 @@ impl NodeService for NodeApi {
                 e,
             ))
         })?;
+        // The current key set, whatever set was current when the version was signed: nodes
+        // must learn of rotations and revocations.
+        let registry = self.core.registry.clone();
+        let key_set = tokio::task::spawn_blocking(move || registry.key_set())
+            .await
+            .map_err(|e| Status::internal(format!("key set task failed: {e}")))??;
         tracing::info!(node_id = %peer.name, lineage = %row.lineage, version = row.version, "serving model");
         // The recorded digest (hashing here would block the runtime); the node checks the
         // weights against the signed manifest in any case.
@@ -136,6 +143,8 @@ impl NodeService for NodeApi {
                 manifest: row.manifest,
                 signature: row.signature,
                 weights_size: weights.len() as u64,
+                key_set: key_set.bytes,
+                key_set_signature: key_set.signature,
             })),
         }));
         for piece in weights.chunks(MAX_CHUNK_BYTES) {

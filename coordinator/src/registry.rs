@@ -7,9 +7,9 @@ use backroom_models::manifest::{
     DpParameters, MANIFEST_FORMAT, Manifest, sha256_hex, sign_manifest,
 };
 use backroom_models::{ARCHITECTURE_ID, ShelfNetConfig, TensorSpec};
-use ed25519_dalek::SigningKey;
 
 use crate::error::{CoordinatorError, Result};
+use crate::identity::PkiPaths;
 use crate::store::{Store, VersionRow};
 
 /// Signs and stores model versions of the ShelfNet architecture.
@@ -21,7 +21,8 @@ pub struct Registry {
 struct Inner {
     store: Store,
     models_dir: PathBuf,
-    signing_key: SigningKey,
+    /// Where the signing key and key set are re-read from for every publication.
+    pki: PkiPaths,
     expiry_ms: i64,
     model_config: ShelfNetConfig,
     layout: Vec<TensorSpec>,
@@ -44,22 +45,19 @@ pub struct Provenance {
     /// The lineage's ε including this version, at `delta` (`None`: infinite or not private).
     pub epsilon_spent: Option<f64>,
     pub delta: Option<f64>,
+    /// The older version whose weights a rollback version carries.
+    pub rollback_of: Option<u64>,
 }
 
 impl Registry {
-    pub fn new(
-        store: Store,
-        models_dir: PathBuf,
-        signing_key: SigningKey,
-        expiry_secs: u64,
-    ) -> Self {
+    pub fn new(store: Store, models_dir: PathBuf, pki: PkiPaths, expiry_secs: u64) -> Self {
         let model_config = ShelfNetConfig::new();
         let layout = backroom_models::parameter_layout(&model_config);
         Self {
             inner: Arc::new(Inner {
                 store,
                 models_dir,
-                signing_key,
+                pki,
                 expiry_ms: i64::try_from(expiry_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
                 model_config,
                 layout,
@@ -86,14 +84,25 @@ impl Registry {
                 dp: None,
                 epsilon_spent: None,
                 delta: None,
+                rollback_of: None,
             };
             this.write_version(&lineage_owned, 1, &provenance, &params)
         })
         .await
         .map_err(|e| CoordinatorError::Internal(format!("initialisation task failed: {e}")))??;
         self.inner.store.insert_version(&row).await?;
+        self.inner
+            .store
+            .advance_stable(lineage, 1, "initial", now_unix_ms())
+            .await?;
         tracing::info!(lineage, version = 1, "published initial model version");
         Ok(row)
+    }
+
+    /// The current key set as nodes receive it (blocking: reads two small files).
+    pub fn key_set(&self) -> Result<backroom_models::keys::SignedKeySet> {
+        crate::signing_keys::load_set(&self.inner.pki)
+            .map_err(|e| CoordinatorError::Internal(format!("cannot serve the key set: {e}")))
     }
 
     /// Reads a stored version's parameters after checking the file against its recorded hash.
@@ -124,6 +133,10 @@ impl Registry {
         provenance: &Provenance,
         params: &[f32],
     ) -> Result<VersionRow> {
+        // Read before anything is written: a rotated key is picked up here, and a key the
+        // current key set does not trust stops the publication with a clear error.
+        let (signing_key, _) = crate::signing_keys::load_current(&self.inner.pki)
+            .map_err(|e| CoordinatorError::Internal(format!("cannot sign: {e}")))?;
         let weights = backroom_models::to_safetensors(&self.inner.layout, params)?;
         let dir = self.inner.models_dir.join(lineage);
         create_dir_durably(&dir)?;
@@ -149,9 +162,10 @@ impl Registry {
             delta: provenance.delta,
             created_unix_ms: now,
             expires_unix_ms: now.saturating_add(self.inner.expiry_ms),
+            rollback_of: provenance.rollback_of,
         };
         let manifest_bytes = manifest.to_bytes();
-        let signature = sign_manifest(&manifest_bytes, &self.inner.signing_key);
+        let signature = sign_manifest(&manifest_bytes, &signing_key);
         write_durably(
             &dir.join(format!("v{version}.manifest.json")),
             &manifest_bytes,

@@ -13,8 +13,11 @@ use sqlx::sqlite::{
 use crate::error::{CoordinatorError, Result};
 use crate::round::{RoundRecord, RoundSpec, RoundState};
 
+mod channels;
 mod frame_requests;
 mod metrics;
+
+pub use channels::{ChannelRow, Channels};
 
 pub use frame_requests::{FrameRequestEventRow, FrameRequestRow};
 pub use metrics::{MetricValueRow, ReleaseRow};
@@ -301,6 +304,7 @@ impl Store {
         round_id: &str,
         version: &VersionRow,
         next_clip_norm: Option<f64>,
+        to_stable: bool,
         now: i64,
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
@@ -319,6 +323,16 @@ impl Store {
             return Ok(false);
         }
         insert_version(&mut *tx, version).await?;
+        if to_stable {
+            channels::advance_stable(
+                &mut *tx,
+                &version.lineage,
+                version.version,
+                &format!("round {round_id}"),
+                now,
+            )
+            .await?;
+        }
         crate::ledger::mark_spent(&mut tx, round_id, now).await?;
         if let Some(clip_norm) = next_clip_norm {
             sqlx::query(

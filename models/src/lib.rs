@@ -18,10 +18,12 @@
 pub mod device;
 pub mod infer;
 pub mod interop;
+pub mod keys;
 pub mod manifest;
 pub mod model;
 pub mod params;
 pub mod train;
+pub mod verify;
 
 #[cfg(test)]
 mod backend_tests;

@@ -1,11 +1,13 @@
 //! Signed model manifests: what a model version is, and the checks a node runs before it installs
 //! one.
 //!
-//! The coordinator signs the exact manifest bytes with Ed25519; the node verifies the signature
-//! over the bytes it received and only then parses them, so no canonicalisation step can differ
-//! between signer and verifier.
+//! The coordinator signs the exact manifest bytes with Ed25519 under a signing key of the current
+//! [`KeySet`]; the node verifies the signature over the bytes it received and only then parses
+//! them, so no canonicalisation step can differ between signer and verifier.
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey};
+
+use crate::keys::{KeySet, KeySetError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -72,6 +74,10 @@ pub struct Manifest {
     pub delta: Option<f64>,
     pub created_unix_ms: i64,
     pub expires_unix_ms: i64,
+    /// Set on a version published by `backroom models rollback`: the older version whose
+    /// weights it carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_of: Option<u64>,
 }
 
 /// Why a model version was refused.
@@ -81,8 +87,9 @@ pub enum VerifyError {
     ManifestTooLarge(usize),
     #[error("signature is malformed: {0}")]
     MalformedSignature(String),
-    #[error("signature does not verify against the trusted signing key")]
-    BadSignature,
+    // Not a `#[source]`: the message already carries it, and error chains would print it twice.
+    #[error("manifest signature refused: {0}")]
+    Signer(KeySetError),
     #[error("manifest is not valid: {0}")]
     MalformedManifest(String),
     #[error("manifest format {found} is not supported (expected {MANIFEST_FORMAT})")]
@@ -104,6 +111,12 @@ pub enum VerifyError {
     SizeMismatch { expected: u64, found: u64 },
     #[error("weights SHA-256 is {found}, manifest says {expected}")]
     HashMismatch { expected: String, found: String },
+}
+
+impl From<KeySetError> for VerifyError {
+    fn from(error: KeySetError) -> Self {
+        Self::Signer(error)
+    }
 }
 
 /// What the verifier expects of a version offered to this node.
@@ -148,10 +161,10 @@ pub fn verify_model(
     manifest_bytes: &[u8],
     signature: &[u8],
     weights: &[u8],
-    trusted_key: &VerifyingKey,
+    keys: &KeySet,
     expect: &Expectations<'_>,
 ) -> Result<Manifest, VerifyError> {
-    let manifest = verify_manifest(manifest_bytes, signature, trusted_key, expect)?;
+    let manifest = verify_manifest(manifest_bytes, signature, keys, expect)?;
     let found_size = weights.len() as u64;
     if found_size != manifest.weights_size {
         return Err(VerifyError::SizeMismatch {
@@ -173,7 +186,7 @@ pub fn verify_model(
 pub fn verify_manifest(
     manifest_bytes: &[u8],
     signature: &[u8],
-    trusted_key: &VerifyingKey,
+    keys: &KeySet,
     expect: &Expectations<'_>,
 ) -> Result<Manifest, VerifyError> {
     if manifest_bytes.len() > MAX_MANIFEST_BYTES {
@@ -181,9 +194,7 @@ pub fn verify_manifest(
     }
     let signature = Signature::from_slice(signature)
         .map_err(|e| VerifyError::MalformedSignature(e.to_string()))?;
-    trusted_key
-        .verify(manifest_bytes, &signature)
-        .map_err(|_| VerifyError::BadSignature)?;
+    keys.signer_of(manifest_bytes, &signature)?;
     let manifest = Manifest::from_bytes(manifest_bytes)?;
     if manifest.format != MANIFEST_FORMAT {
         return Err(VerifyError::UnsupportedFormat {
@@ -225,6 +236,17 @@ mod manifest_tests {
         SigningKey::from_bytes(&[7u8; 32])
     }
 
+    fn keys_of(key: &SigningKey) -> KeySet {
+        KeySet {
+            format: crate::keys::KEY_SET_FORMAT,
+            version: 1,
+            created_unix_ms: 0,
+            expires_unix_ms: i64::MAX,
+            keys: vec![crate::keys::KeyEntry::new(&key.verifying_key())],
+            revoked: vec![],
+        }
+    }
+
     fn manifest(weights: &[u8]) -> Manifest {
         Manifest {
             format: MANIFEST_FORMAT,
@@ -250,6 +272,7 @@ mod manifest_tests {
             delta: Some(1e-5),
             created_unix_ms: 1_000,
             expires_unix_ms: 10_000,
+            rollback_of: None,
         }
     }
 
@@ -267,7 +290,7 @@ mod manifest_tests {
         let weights = b"weights-bytes".to_vec();
         let bytes = manifest(&weights).to_bytes();
         let sig = sign_manifest(&bytes, &key());
-        let vk = key().verifying_key();
+        let vk = keys_of(&key());
         let ok = verify_model(&bytes, &sig, &weights, &vk, &expect(1));
         assert_eq!(ok.map(|m| m.version), Ok(2));
 
@@ -296,7 +319,7 @@ mod manifest_tests {
         let weights = b"w".to_vec();
         let bytes = manifest(&weights).to_bytes();
         let sig = sign_manifest(&bytes, &key());
-        let vk = key().verifying_key();
+        let vk = keys_of(&key());
         assert!(matches!(
             verify_model(&bytes, &sig, &weights, &vk, &expect(2)),
             Err(VerifyError::NotNewer { .. })
@@ -309,11 +332,19 @@ mod manifest_tests {
             verify_model(&bytes, &sig, &weights, &vk, &late),
             Err(VerifyError::Expired { .. })
         ));
-        let other = SigningKey::from_bytes(&[9u8; 32]).verifying_key();
+        let other = keys_of(&SigningKey::from_bytes(&[9u8; 32]));
         assert_eq!(
             verify_model(&bytes, &sig, &weights, &other, &expect(1)).err(),
-            Some(VerifyError::BadSignature)
+            Some(VerifyError::Signer(KeySetError::UnknownSigner {
+                version: 1
+            }))
         );
+        let mut revoked = keys_of(&key());
+        revoked.revoked.push(revoked.keys[0].id.clone());
+        assert!(matches!(
+            verify_model(&bytes, &sig, &weights, &revoked, &expect(1)),
+            Err(VerifyError::Signer(KeySetError::RevokedKey(_)))
+        ));
         let longer = b"w2".to_vec();
         assert!(matches!(
             verify_model(&bytes, &sig, &longer, &vk, &expect(1)),

@@ -221,7 +221,7 @@ pub struct NodeConfig {
     pub coordinator_url: String,
     /// Name the coordinator's certificate must carry.
     pub tls_server_name: String,
-    /// Holds `ca.pem`, `cert.pem`, `key.pem` and `model-signing.pub.pem`.
+    /// Holds `ca.pem`, `cert.pem`, `key.pem` and `model-root.pub.pem`.
     pub bundle_dir: PathBuf,
     /// Holds `node.db`, `model/`, `frames/` and (by default) `local-store.key`.
     pub data_dir: PathBuf,

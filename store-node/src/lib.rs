@@ -112,6 +112,20 @@ pub async fn run_with_status(
     shutdown: impl Future<Output = ()> + Send + 'static,
     status: watch::Sender<NodeStatus>,
 ) -> anyhow::Result<()> {
+    run_with_model(config, shutdown, status, watch::Sender::new(None)).await
+}
+
+/// The live model as inference sees it: replaced whole, never changed in place.
+pub type LiveModel = watch::Receiver<Option<Arc<InstalledModel>>>;
+
+/// [`run_with_status`], also publishing the live model on `model` (subscribe for a
+/// [`LiveModel`]); every swap is a whole, verified version.
+pub async fn run_with_model(
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    status: watch::Sender<NodeStatus>,
+    model: watch::Sender<Option<Arc<InstalledModel>>>,
+) -> anyhow::Result<()> {
     config.validate().context("invalid node configuration")?;
     let (stop, stop_receiver) = watch::channel(false);
     let forward = stop.clone();
@@ -119,7 +133,7 @@ pub async fn run_with_status(
         shutdown.await;
         let _ = forward.send(true);
     });
-    let result = run_node(config, Shutdown::new(stop_receiver), stop, status).await;
+    let result = run_node(config, Shutdown::new(stop_receiver), stop, status, model).await;
     forwarder.abort();
     if let Err(error) = &result {
         error!("store node stopped with an error: {error:#}");
@@ -197,6 +211,7 @@ async fn run_node(
     mut shutdown: Shutdown,
     stop: watch::Sender<bool>,
     status: watch::Sender<NodeStatus>,
+    model: watch::Sender<Option<Arc<InstalledModel>>>,
 ) -> anyhow::Result<()> {
     let bundle =
         transport::load_bundle(&config.bundle_dir).context("cannot load the enrolment bundle")?;
@@ -223,7 +238,7 @@ async fn run_node(
         .context("cannot load the face detectors")?;
     let model_store = ModelStore::new(
         config.data_dir.join("model"),
-        bundle.model_signing_key,
+        bundle.model_root_key,
         config.lineage.clone(),
         config.max_model_bytes,
     );
@@ -288,7 +303,10 @@ async fn run_node(
         config,
         client: transport::node_client(channel),
         status,
-        model: watch::Sender::new(installed),
+        model: {
+            model.send_replace(installed);
+            model
+        },
         model_store,
         device: Arc::new(device),
         backend,

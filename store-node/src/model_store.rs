@@ -9,14 +9,23 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use backroom_models::manifest::{Expectations, Manifest, VerifyError, verify_model};
-use backroom_models::{ARCHITECTURE_ID, ShelfNetConfig};
+use backroom_models::ARCHITECTURE_ID;
+use backroom_models::ShelfNetConfig;
+use backroom_models::keys::SignedKeySet;
+use backroom_models::manifest::{Expectations, Manifest};
+use backroom_models::verify::{Refusal, ReleaseParts, Trust, verify_release};
 use ed25519_dalek::VerifyingKey;
 use tracing::warn;
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const SIGNATURE_FILE: &str = "manifest.sig";
 pub const WEIGHTS_FILE: &str = "weights.safetensors";
+/// The newest key set this node accepted (and its root signature): never replaced by an older
+/// one, so a replayed set from before a revocation changes nothing.
+pub const KEY_SET_FILE: &str = "keyset.json";
+pub const KEY_SET_SIGNATURE_FILE: &str = "keyset.sig";
+/// The version installed before the current one, kept whole for fallback.
+pub const PREVIOUS_DIR: &str = "previous";
 /// The highest version ever installed completely: a node never accepts an older or equal one,
 /// even after a crash part-way through an install left it with no loadable model.
 pub const FLOOR_FILE: &str = "version-floor";
@@ -24,24 +33,14 @@ pub const FLOOR_FILE: &str = "version-floor";
 /// Why a model version was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelRefusal {
-    #[error("{0}")]
-    Verify(#[from] VerifyError),
+    #[error(transparent)]
+    Release(#[from] Refusal),
     #[error("the coordinator sent version {received} when version {requested} was asked for")]
     WrongVersion { requested: u64, received: u64 },
-    #[error("unusable architecture_config: {0}")]
-    ArchitectureConfig(String),
-    #[error("weights do not fit the architecture: {0}")]
-    Weights(String),
-    #[error(
-        "manifest says {manifest} parameters, the architecture has {layout}, the weights hold {weights}"
-    )]
-    ParameterCount {
-        manifest: u64,
-        layout: usize,
-        weights: usize,
-    },
     #[error("weights file is {size} bytes, more than max_model_bytes {limit}")]
     TooLarge { size: u64, limit: u64 },
+    #[error("no key set is stored beside the installed model")]
+    NoKeySet,
 }
 
 /// Errors reading or writing the model directory.
@@ -81,30 +80,50 @@ impl InstalledModel {
 #[derive(Debug)]
 pub struct VerifiedModel {
     pub model: InstalledModel,
+    /// Id of the key that signed the manifest.
+    pub signed_by: String,
     manifest_bytes: Vec<u8>,
     signature: Vec<u8>,
     weights: Vec<u8>,
+    /// Set when the release came with a key set newer than the held one.
+    new_key_set: Option<SignedKeySet>,
+}
+
+/// A release as downloaded: its signed parts and the weights.
+#[derive(Debug)]
+pub struct Release {
+    pub manifest: Vec<u8>,
+    pub signature: Vec<u8>,
+    pub key_set: Vec<u8>,
+    pub key_set_signature: Vec<u8>,
+    pub weights: Vec<u8>,
+}
+
+impl Release {
+    fn parts(&self) -> ReleaseParts<'_> {
+        ReleaseParts {
+            manifest: &self.manifest,
+            signature: &self.signature,
+            key_set: &self.key_set,
+            key_set_signature: &self.key_set_signature,
+        }
+    }
 }
 
 /// The model directory and the trust settings used to check what goes in and comes out of it.
 #[derive(Clone, Debug)]
 pub struct ModelStore {
     dir: PathBuf,
-    trusted_key: VerifyingKey,
+    root: VerifyingKey,
     lineage: String,
     max_model_bytes: u64,
 }
 
 impl ModelStore {
-    pub fn new(
-        dir: PathBuf,
-        trusted_key: VerifyingKey,
-        lineage: String,
-        max_model_bytes: u64,
-    ) -> Self {
+    pub fn new(dir: PathBuf, root: VerifyingKey, lineage: String, max_model_bytes: u64) -> Self {
         Self {
             dir,
-            trusted_key,
+            root,
             lineage,
             max_model_bytes,
         }
@@ -114,75 +133,85 @@ impl ModelStore {
         &self.dir
     }
 
-    pub fn trusted_key(&self) -> &VerifyingKey {
-        &self.trusted_key
+    pub fn root_key(&self) -> &VerifyingKey {
+        &self.root
     }
 
-    /// Runs every check on a version (blocking: hashes and parses the weights).
-    /// `now_unix_ms = None` skips the expiry check (the caller warns instead).
+    pub fn lineage(&self) -> &str {
+        &self.lineage
+    }
+
+    /// The newest key set this node accepted, re-checked against the root (blocking; small
+    /// files). `None` before the first install or when the files fail the check (logged).
+    pub fn held_key_set(&self) -> Option<SignedKeySet> {
+        let bytes = std::fs::read(self.dir.join(KEY_SET_FILE)).ok()?;
+        let signature = std::fs::read(self.dir.join(KEY_SET_SIGNATURE_FILE)).ok()?;
+        match SignedKeySet::verify(&bytes, &signature, &self.root, i64::MIN) {
+            Ok(set) => Some(set),
+            Err(e) => {
+                warn!(dir = %self.dir.display(), "stored key set refused: {e}");
+                None
+            }
+        }
+    }
+
+    /// Runs every check on a version (blocking: hashes and parses the weights): the shared
+    /// [`verify_release`] plus this node's size limit. `now_unix_ms = None` skips the expiry
+    /// checks (re-reading what was installed).
     pub fn verify(
         &self,
-        manifest_bytes: Vec<u8>,
-        signature: Vec<u8>,
-        weights: Vec<u8>,
+        release: Release,
         installed_version: u64,
         now_unix_ms: Option<i64>,
     ) -> Result<VerifiedModel, ModelRefusal> {
-        let size = weights.len() as u64;
+        let size = release.weights.len() as u64;
         if size > self.max_model_bytes {
             return Err(ModelRefusal::TooLarge {
                 size,
                 limit: self.max_model_bytes,
             });
         }
+        let held = self.held_key_set();
         let expect = Expectations {
             lineage: &self.lineage,
             architecture: ARCHITECTURE_ID,
             installed_version,
             now_unix_ms: now_unix_ms.unwrap_or(i64::MIN),
         };
-        let manifest = verify_model(
-            &manifest_bytes,
-            &signature,
-            &weights,
-            &self.trusted_key,
-            &expect,
-        )?;
-        let config: ShelfNetConfig =
-            serde_json::from_value(manifest.architecture_config.clone())
-                .map_err(|e| ModelRefusal::ArchitectureConfig(e.to_string()))?;
-        config
-            .validate()
-            .map_err(|e| ModelRefusal::ArchitectureConfig(e.to_string()))?;
-        if !config.is_shelf_classifier() {
-            return Err(ModelRefusal::ArchitectureConfig(format!(
-                "the model takes {}x{}x{} images into {} classes; this node classifies \
-                 3x64x64 shelf crops into 2",
-                config.input_channels, config.image_size, config.image_size, config.num_classes
-            )));
-        }
-        let layout = backroom_models::parameter_layout(&config);
-        let layout_parameters = backroom_models::num_parameters(&config);
-        let params = backroom_models::from_safetensors(&layout, &weights)
-            .map_err(|e| ModelRefusal::Weights(e.to_string()))?;
-        if params.len() != layout_parameters || manifest.num_parameters != layout_parameters as u64
-        {
-            return Err(ModelRefusal::ParameterCount {
-                manifest: manifest.num_parameters,
-                layout: layout_parameters,
-                weights: params.len(),
-            });
-        }
+        let trust = Trust {
+            root: &self.root,
+            held: held.as_ref(),
+        };
+        let verified = verify_release(trust, release.parts(), &release.weights, &expect)?;
+        let new_key_set = verified.key_set.is_new.then_some(verified.key_set.signed);
         Ok(VerifiedModel {
             model: InstalledModel {
-                manifest,
-                config,
-                params: Arc::new(params),
+                manifest: verified.manifest,
+                config: verified.config,
+                params: Arc::new(verified.params),
             },
-            manifest_bytes,
-            signature,
-            weights,
+            signed_by: verified.signed_by,
+            manifest_bytes: release.manifest,
+            signature: release.signature,
+            weights: release.weights,
+            new_key_set,
         })
+    }
+
+    /// Keeps a key set newer than the held one (blocking). Called as soon as a download's header
+    /// brought one, so a revocation holds even if the version itself is refused.
+    pub fn accept_key_set(&self, set: &SignedKeySet) -> Result<(), ModelStoreError> {
+        if self
+            .held_key_set()
+            .is_some_and(|held| held.set.version >= set.set.version)
+        {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|source| io_error("create", &self.dir, source))?;
+        replace_synced(&self.dir, KEY_SET_SIGNATURE_FILE, &set.signature)?;
+        replace_synced(&self.dir, KEY_SET_FILE, &set.bytes)?;
+        sync_dir(&self.dir)
     }
 
     /// Loads and re-verifies the installed version (blocking). `Ok(None)` when nothing is
@@ -192,9 +221,48 @@ impl ModelStore {
         &self,
         now_unix_ms: i64,
     ) -> Result<Option<InstalledModel>, ModelStoreError> {
-        let manifest_path = self.dir.join(MANIFEST_FILE);
-        let signature_path = self.dir.join(SIGNATURE_FILE);
-        let weights_path = self.dir.join(WEIGHTS_FILE);
+        // The files on disk must not be older than the last version installed.
+        let floor = self.rollback_floor();
+        match self.load_dir(&self.dir, floor.saturating_sub(1)) {
+            Ok(Some(model)) => {
+                warn_if_expired(&model.manifest, now_unix_ms);
+                Ok(Some(model))
+            }
+            Ok(None) if !self.dir.join(PREVIOUS_DIR).join(MANIFEST_FILE).exists() => Ok(None),
+            current => {
+                // The current files are missing or refused (a crash mid-install, a damaged
+                // disk): the previous version, which this node verified and ran before, serves
+                // instead, checked again against the held key set.
+                let previous_dir = self.dir.join(PREVIOUS_DIR);
+                match self.load_dir(&previous_dir, 0) {
+                    Ok(Some(model)) => {
+                        match &current {
+                            Err(e) => warn!(
+                                version = model.version(),
+                                "installed model unusable ({e}); falling back to the previous                                  version"
+                            ),
+                            Ok(_) => warn!(
+                                version = model.version(),
+                                "no current model files; falling back to the previous version"
+                            ),
+                        }
+                        warn_if_expired(&model.manifest, now_unix_ms);
+                        Ok(Some(model))
+                    }
+                    _ => current,
+                }
+            }
+        }
+    }
+
+    fn load_dir(
+        &self,
+        dir: &Path,
+        installed_version: u64,
+    ) -> Result<Option<InstalledModel>, ModelStoreError> {
+        let manifest_path = dir.join(MANIFEST_FILE);
+        let signature_path = dir.join(SIGNATURE_FILE);
+        let weights_path = dir.join(WEIGHTS_FILE);
         if !manifest_path.exists() && !weights_path.exists() && !signature_path.exists() {
             return Ok(None);
         }
@@ -207,37 +275,33 @@ impl ModelStore {
                 limit: self.max_model_bytes,
             }));
         }
-        let manifest_bytes = read(&manifest_path)?;
-        let signature = read(&signature_path)?;
-        let weights = read(&weights_path)?;
-        // The files on disk must not be older than the last version installed.
-        let floor = self.rollback_floor();
+        let Some(held) = self.held_key_set() else {
+            return Err(self.refused(ModelRefusal::NoKeySet));
+        };
+        let release = Release {
+            manifest: read(&manifest_path)?,
+            signature: read(&signature_path)?,
+            key_set: held.bytes,
+            key_set_signature: held.signature,
+            weights: read(&weights_path)?,
+        };
         let verified = self
-            .verify(
-                manifest_bytes,
-                signature,
-                weights,
-                floor.saturating_sub(1),
-                None,
-            )
+            .verify(release, installed_version, None)
             .map_err(|reason| self.refused(reason))?;
-        let manifest = &verified.model.manifest;
-        if manifest.expires_unix_ms <= now_unix_ms {
-            warn!(
-                version = manifest.version,
-                expires_unix_ms = manifest.expires_unix_ms,
-                "installed model has expired; serving it until a newer version is installed"
-            );
-        }
         Ok(Some(verified.model))
     }
 
     /// Writes a verified version (blocking): each file goes to a temporary name, is synced, and is
     /// renamed over the old one; the directory is synced last. A crash part-way leaves files that
     /// fail re-verification, so the node starts with no model rather than a mixed one.
+    /// The files of the version being replaced move to `previous/` first.
     pub fn install(&self, verified: VerifiedModel) -> Result<InstalledModel, ModelStoreError> {
         std::fs::create_dir_all(&self.dir)
             .map_err(|source| io_error("create", &self.dir, source))?;
+        if let Some(set) = &verified.new_key_set {
+            self.accept_key_set(set)?;
+        }
+        self.keep_previous()?;
         let files: [(&str, &[u8]); 3] = [
             (WEIGHTS_FILE, &verified.weights),
             (SIGNATURE_FILE, &verified.signature),
@@ -265,6 +329,31 @@ impl ModelStore {
             sync_dir(&self.dir)?;
         }
         Ok(verified.model)
+    }
+
+    /// Moves the current files into `previous/` (replacing what was there), so a bad or
+    /// damaged current version has a whole, verified one behind it.
+    fn keep_previous(&self) -> Result<(), ModelStoreError> {
+        if !self.dir.join(MANIFEST_FILE).exists() {
+            return Ok(());
+        }
+        let previous = self.dir.join(PREVIOUS_DIR);
+        if previous.exists() {
+            std::fs::remove_dir_all(&previous)
+                .map_err(|source| io_error("remove", &previous, source))?;
+        }
+        std::fs::create_dir_all(&previous)
+            .map_err(|source| io_error("create", &previous, source))?;
+        for name in [MANIFEST_FILE, SIGNATURE_FILE, WEIGHTS_FILE] {
+            let from = self.dir.join(name);
+            if from.exists() {
+                let to = previous.join(name);
+                std::fs::rename(&from, &to)
+                    .map_err(|source| io_error("move aside", &from, source))?;
+            }
+        }
+        sync_dir(&previous)?;
+        sync_dir(&self.dir)
     }
 
     /// The highest version this node ever installed completely (0 if none). A missing or
@@ -298,6 +387,24 @@ fn io_error(action: &'static str, path: &Path, source: std::io::Error) -> ModelS
 
 fn read(path: &Path) -> Result<Vec<u8>, ModelStoreError> {
     std::fs::read(path).map_err(|source| io_error("read", path, source))
+}
+
+fn warn_if_expired(manifest: &Manifest, now_unix_ms: i64) {
+    if manifest.expires_unix_ms <= now_unix_ms {
+        warn!(
+            version = manifest.version,
+            expires_unix_ms = manifest.expires_unix_ms,
+            "installed model has expired; serving it until a newer version is installed"
+        );
+    }
+}
+
+/// Writes `dir/name` through a synced temporary file and a rename.
+fn replace_synced(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), ModelStoreError> {
+    let temp = dir.join(format!(".{name}.tmp"));
+    write_synced(&temp, bytes)?;
+    let path = dir.join(name);
+    std::fs::rename(&temp, &path).map_err(|source| io_error("rename into place", &path, source))
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), ModelStoreError> {

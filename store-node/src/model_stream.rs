@@ -3,7 +3,9 @@
 //! announced size or the node's limit.
 
 use backroom_proto::MAX_CHUNK_BYTES;
-use backroom_proto::v1::ModelChunk;
+use backroom_proto::v1::{ModelChunk, ModelHeader};
+
+use crate::model_store::Release;
 use backroom_proto::v1::model_chunk::Kind;
 use sha2::{Digest, Sha256};
 
@@ -42,20 +44,12 @@ pub enum ChunkKind {
     Trailer,
 }
 
-/// The parts of a complete, internally consistent model stream (not yet verified).
-#[derive(Debug)]
-pub struct DownloadedModel {
-    pub manifest: Vec<u8>,
-    pub signature: Vec<u8>,
-    pub weights: Vec<u8>,
-}
-
 /// Assembles a `DownloadModel` stream, refusing it as soon as it breaks the protocol: data is
 /// never buffered past the header's `weights_size` or `max_model_bytes`.
 #[derive(Debug)]
 pub struct ModelAssembler {
     max_bytes: u64,
-    header: Option<(Vec<u8>, Vec<u8>, u64)>,
+    header: Option<ModelHeader>,
     weights: Vec<u8>,
     hasher: Sha256,
     finished: bool,
@@ -72,11 +66,9 @@ impl ModelAssembler {
         }
     }
 
-    /// The manifest and signature, once the header has arrived.
-    pub fn header(&self) -> Option<(&[u8], &[u8])> {
-        self.header
-            .as_ref()
-            .map(|(m, s, _)| (m.as_slice(), s.as_slice()))
+    /// The header (manifest, signature, key set, announced size), once it has arrived.
+    pub fn header(&self) -> Option<&ModelHeader> {
+        self.header.as_ref()
     }
 
     pub fn push(&mut self, chunk: ModelChunk) -> Result<ChunkKind, StreamError> {
@@ -98,11 +90,11 @@ impl ModelAssembler {
                 // Bounded by max_bytes just above; capped again so a lying header costs little.
                 let reserve = header.weights_size.min(64 * 1024 * 1024);
                 self.weights = Vec::with_capacity(usize::try_from(reserve).unwrap_or(0));
-                self.header = Some((header.manifest, header.signature, header.weights_size));
+                self.header = Some(header);
                 Ok(ChunkKind::Header)
             }
             Some(Kind::Data(data)) => {
-                let Some((_, _, announced)) = self.header else {
+                let Some(announced) = self.header.as_ref().map(|h| h.weights_size) else {
                     return Err(StreamError::MissingHeader);
                 };
                 if data.len() > MAX_CHUNK_BYTES {
@@ -120,7 +112,7 @@ impl ModelAssembler {
                 Ok(ChunkKind::Data)
             }
             Some(Kind::Trailer(trailer)) => {
-                let Some((_, _, announced)) = self.header else {
+                let Some(announced) = self.header.as_ref().map(|h| h.weights_size) else {
                     return Err(StreamError::MissingHeader);
                 };
                 let received = self.weights.len() as u64;
@@ -142,16 +134,18 @@ impl ModelAssembler {
     }
 
     /// The assembled model; only after a header, all announced data and a matching trailer.
-    pub fn finish(self) -> Result<DownloadedModel, StreamError> {
-        let Some((manifest, signature, _)) = self.header else {
+    pub fn finish(self) -> Result<Release, StreamError> {
+        let Some(header) = self.header else {
             return Err(StreamError::MissingHeader);
         };
         if !self.finished {
             return Err(StreamError::MissingTrailer);
         }
-        Ok(DownloadedModel {
-            manifest,
-            signature,
+        Ok(Release {
+            manifest: header.manifest,
+            signature: header.signature,
+            key_set: header.key_set,
+            key_set_signature: header.key_set_signature,
             weights: self.weights,
         })
     }

@@ -18,7 +18,9 @@ use crate::config::NodeConfig;
 pub const CA_FILE: &str = "ca.pem";
 pub const CERT_FILE: &str = "cert.pem";
 pub const KEY_FILE: &str = "key.pem";
-pub const SIGNING_KEY_FILE: &str = "model-signing.pub.pem";
+/// The model root's public key: the node's only model trust anchor. The signing keys it
+/// trusts come from key sets this root signed.
+pub const MODEL_ROOT_FILE: &str = "model-root.pub.pem";
 
 /// Timeout of one unary RPC (the long poll adds its wait to this).
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(30);
@@ -53,8 +55,8 @@ pub struct NodeBundle {
     pub ca_pem: Vec<u8>,
     pub cert_pem: Vec<u8>,
     pub key_pem: Vec<u8>,
-    /// The key every model manifest must be signed with.
-    pub model_signing_key: VerifyingKey,
+    /// The root key every key set must be signed with.
+    pub model_root_key: VerifyingKey,
 }
 
 impl std::fmt::Debug for NodeBundle {
@@ -62,8 +64,8 @@ impl std::fmt::Debug for NodeBundle {
         // Never print the private key.
         f.debug_struct("NodeBundle")
             .field(
-                "model_signing_key",
-                &hex::encode(self.model_signing_key.as_bytes()),
+                "model_root_key",
+                &hex::encode(self.model_root_key.as_bytes()),
             )
             .finish_non_exhaustive()
     }
@@ -82,14 +84,14 @@ pub fn load_bundle(dir: &Path) -> Result<NodeBundle, TransportError> {
         "a PEM certificate",
     )?;
     let key_pem = read_pem(&dir.join(KEY_FILE), "PRIVATE KEY-----", "a PEM private key")?;
-    let signing_path = dir.join(SIGNING_KEY_FILE);
+    let signing_path = dir.join(MODEL_ROOT_FILE);
     let signing_pem = read_pem(
         &signing_path,
         "-----BEGIN PUBLIC KEY-----",
         "a PEM public key",
     )?;
     let signing_text = String::from_utf8_lossy(&signing_pem);
-    let model_signing_key = VerifyingKey::from_public_key_pem(&signing_text).map_err(|e| {
+    let model_root_key = VerifyingKey::from_public_key_pem(&signing_text).map_err(|e| {
         TransportError::SigningKey {
             path: signing_path.clone(),
             reason: e.to_string(),
@@ -99,7 +101,7 @@ pub fn load_bundle(dir: &Path) -> Result<NodeBundle, TransportError> {
         ca_pem,
         cert_pem,
         key_pem,
-        model_signing_key,
+        model_root_key,
     })
 }
 

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backroom_models::ARCHITECTURE_ID;
-use backroom_models::manifest::{Expectations, verify_manifest};
+use backroom_models::manifest::Expectations;
+use backroom_models::verify::{ReleaseParts, Trust, check_header};
 use backroom_proto::v1::{DownloadModelRequest, PollTaskRequest};
 use tracing::{debug, info, warn};
 
@@ -179,22 +180,69 @@ impl Updater {
                 .push(chunk)
                 .map_err(|e| DownloadFailure::Refused(e.to_string()))?;
             if kind == ChunkKind::Header
-                && let Some((manifest, signature)) = assembler.header()
+                && let Some(header) = assembler.header()
             {
-                // Check signature and fields before spending bandwidth on the weights.
-                let expect = Expectations {
-                    lineage: &ctx.config.lineage,
-                    architecture: ARCHITECTURE_ID,
-                    installed_version: installed,
-                    now_unix_ms: now_unix_ms(),
-                };
-                let early =
-                    verify_manifest(manifest, signature, ctx.model_store.trusted_key(), &expect)
-                        .map_err(|e| DownloadFailure::Refused(e.to_string()))?;
-                if early.version != version {
+                // Check the key set, the signature and the fields before spending bandwidth on
+                // the weights, and refuse a stream announcing more (or less) than the manifest.
+                let store = ctx.model_store.clone();
+                let parts = (
+                    header.manifest.clone(),
+                    header.signature.clone(),
+                    header.key_set.clone(),
+                    header.key_set_signature.clone(),
+                    header.weights_size,
+                );
+                let lineage = ctx.config.lineage.clone();
+                let now = now_unix_ms();
+                let checked = tokio::task::spawn_blocking(move || {
+                    let held = store.held_key_set();
+                    let expect = Expectations {
+                        lineage: &lineage,
+                        architecture: ARCHITECTURE_ID,
+                        installed_version: installed,
+                        now_unix_ms: now,
+                    };
+                    let trust = Trust {
+                        root: store.root_key(),
+                        held: held.as_ref(),
+                    };
+                    let release = ReleaseParts {
+                        manifest: &parts.0,
+                        signature: &parts.1,
+                        key_set: &parts.2,
+                        key_set_signature: &parts.3,
+                    };
+                    let checked = check_header(trust, release, Some(parts.4), &expect);
+                    // A newer key set is kept even when the version is refused: a revocation
+                    // must hold from the moment the node has seen it.
+                    let key_set = match &checked {
+                        Ok(header) if header.key_set.is_new => Some(header.key_set.signed.clone()),
+                        Err(_) => backroom_models::keys::resolve_key_set(
+                            store.root_key(),
+                            held.as_ref(),
+                            &parts.2,
+                            &parts.3,
+                            now,
+                        )
+                        .ok()
+                        .filter(|r| r.is_new)
+                        .map(|r| r.signed),
+                        Ok(_) => None,
+                    };
+                    if let Some(set) = key_set
+                        && let Err(e) = store.accept_key_set(&set)
+                    {
+                        warn!("cannot keep the newer key set: {e}");
+                    }
+                    checked.map(|h| h.manifest.version)
+                })
+                .await
+                .map_err(|e| DownloadFailure::Unavailable(format!("header check failed: {e}")))?
+                .map_err(|e| DownloadFailure::Refused(e.to_string()))?;
+                if checked != version {
                     let wrong = ModelRefusal::WrongVersion {
                         requested: version,
-                        received: early.version,
+                        received: checked,
                     };
                     return Err(DownloadFailure::Refused(wrong.to_string()));
                 }
@@ -207,14 +255,9 @@ impl Updater {
         let now = now_unix_ms();
         let job = tokio::task::spawn_blocking(move || {
             let verified = store
-                .verify(
-                    downloaded.manifest,
-                    downloaded.signature,
-                    downloaded.weights,
-                    installed,
-                    Some(now),
-                )
+                .verify(downloaded, installed, Some(now))
                 .map_err(|e| DownloadFailure::Refused(e.to_string()))?;
+            debug!(version, signed_by = %verified.signed_by, "model version verified");
             if verified.model.version() != version {
                 let wrong = ModelRefusal::WrongVersion {
                     requested: version,
@@ -303,9 +346,10 @@ pub(crate) async fn run_updater(
         {
             acted = true;
         }
-        let latest = response.latest_version;
-        if latest > ctx.installed_version() && updater.may_try(latest) {
-            match updater.install_version(latest, &mut shutdown).await {
+        // The version of this node's rollout channel (stable, or a canary it falls in).
+        let offered = response.offered_version;
+        if offered > ctx.installed_version() && updater.may_try(offered) {
+            match updater.install_version(offered, &mut shutdown).await {
                 InstallOutcome::Installed(_) => acted = true,
                 InstallOutcome::Refused => {}
                 InstallOutcome::Unavailable => unavailable = true,

@@ -8,8 +8,19 @@ fn backroom() -> Command {
 
 #[test]
 fn pilot_json_reports_accuracy_rounds_and_every_node() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let data_dir = dir.path().join("pilot");
     let output = backroom()
-        .args(["pilot", "--json", "--rounds", "2", "--local-steps", "5"])
+        .args([
+            "pilot",
+            "--json",
+            "--rounds",
+            "2",
+            "--local-steps",
+            "5",
+            "--data-dir",
+        ])
+        .arg(&data_dir)
         .output()
         .unwrap_or_else(|e| panic!("cannot run backroom: {e}"));
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -55,6 +66,122 @@ fn pilot_json_reports_accuracy_rounds_and_every_node() {
         );
         assert_eq!(node["installed_version"], 3, "{node}");
     }
+    exported_versions_verify_offline_and_keys_rotate(&data_dir.join("coordinator"), dir.path());
+}
+
+/// `models export` / `models verify` on the pilot's kept data, and `keys show` / `rotate`.
+fn exported_versions_verify_offline_and_keys_rotate(
+    coordinator: &std::path::Path,
+    dir: &std::path::Path,
+) {
+    let out = dir.join("export");
+    let export = backroom()
+        .args([
+            "models",
+            "export",
+            "--lineage",
+            "shelfnet",
+            "--version",
+            "3",
+            "--json",
+        ])
+        .arg("--data-dir")
+        .arg(coordinator)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let files: serde_json::Value =
+        serde_json::from_slice(&export.stdout).unwrap_or_else(|e| panic!("{e}"));
+    let path = |key: &str| {
+        files[key]
+            .as_str()
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| panic!("no {key} in {files}"))
+    };
+    let verify = |weights: &std::path::Path| {
+        backroom()
+            .args(["models", "verify", "--manifest"])
+            .arg(path("manifest"))
+            .arg("--weights")
+            .arg(weights)
+            .arg("--trusted-root")
+            .arg(path("root"))
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let ok = verify(&path("weights"));
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success() && stdout.contains("OK: shelfnet v3"),
+        "{stdout}"
+    );
+    let mut weights = std::fs::read(path("weights")).unwrap_or_else(|e| panic!("{e}"));
+    let last = weights.len() - 1;
+    weights[last] ^= 1;
+    let tampered = dir.join("tampered.safetensors");
+    std::fs::write(&tampered, &weights).unwrap_or_else(|e| panic!("{e}"));
+    let refused = verify(&tampered);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("SHA-256"),
+        "{stderr}"
+    );
+
+    let keys = |args: &[&str]| {
+        let output = backroom()
+            .arg("keys")
+            .args(args)
+            .arg("--data-dir")
+            .arg(coordinator)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    assert!(keys(&["show"]).contains("key set v1"));
+    let rotated = keys(&["rotate", "--revoke-old"]);
+    assert!(
+        rotated.contains("new active signing key") && rotated.contains("revoked"),
+        "{rotated}"
+    );
+    let shown = keys(&["show"]);
+    assert!(
+        shown.contains("key set v2") && shown.contains("active") && shown.contains("revoked"),
+        "{shown}"
+    );
+    // Version 3 was signed by the key just revoked: the node's checks now refuse it.
+    let export = backroom()
+        .args([
+            "models",
+            "export",
+            "--lineage",
+            "shelfnet",
+            "--version",
+            "3",
+        ])
+        .arg("--data-dir")
+        .arg(coordinator)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(export.status.success());
+    let refused = verify(&path("weights"));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("revokes"),
+        "{stderr}"
+    );
 }
 
 #[test]

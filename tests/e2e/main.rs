@@ -2,6 +2,7 @@
 
 mod bench_fl;
 mod cli;
+mod distribution;
 mod federation;
 mod frame_requests;
 mod http2;

@@ -70,7 +70,7 @@ pub fn round_updates(sandbox: &Sandbox, round_id: &str) -> Vec<(PathBuf, Vec<f32
 }
 
 pub fn params_of(sandbox: &Sandbox, version: u64) -> Vec<f32> {
-    let key = backroom::evaluate::load_verifying_key(&sandbox.signing_public_key())
+    let key = backroom::evaluate::load_verifying_key(&sandbox.model_root_key())
         .unwrap_or_else(|e| panic!("{e:#}"));
     backroom::evaluate::load_verified_params(
         &sandbox.coordinator_dir,

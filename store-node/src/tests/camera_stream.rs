@@ -92,6 +92,7 @@ fn header(size: u64) -> ModelChunk {
             manifest: b"{}".to_vec(),
             signature: vec![0; 64],
             weights_size: size,
+            ..Default::default()
         })),
     }
 }
