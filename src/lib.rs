@@ -2,6 +2,7 @@
 //! end-to-end tests share, and the pilot itself. The binary in `main.rs` parses flags and calls
 //! into here.
 
+pub mod bench_aggregate;
 pub mod bench_fl;
 pub mod client;
 pub mod evaluate;

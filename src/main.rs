@@ -45,6 +45,9 @@ enum Command {
     /// for every partition and DP setting, and optionally a centralised ceiling.
     #[command(name = "bench-fl")]
     BenchFl(BenchFlArgs),
+    /// Micro-benchmarks of coordinator parts on files, to compare with other frameworks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Run the coordinator daemon.
     Coordinator {
         /// TOML configuration file.
@@ -111,6 +114,25 @@ enum Command {
         /// Output image: .jpg/.jpeg or .png (written whole, or not at all).
         output: PathBuf,
         /// Print `{"regions": [{"x":..,"y":..,"w":..,"h":..}]}` instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Weighted FedAvg of `client_NNNNN.f32` files (raw little-endian f32, same length) with
+    /// `weights.json` (`{"num_examples": [..]}`), one client in memory at a time; writes the
+    /// mean in the same format and prints the time and peak memory.
+    Aggregate {
+        #[arg(long)]
+        input_dir: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+        /// Worker threads (default: one per core).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+        threads: Option<u32>,
+        /// Print the measurements as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -464,6 +486,34 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Pilot(args) => run_pilot(args).await,
         Command::BenchFl(args) => run_bench_fl(args).await,
+        Command::Bench(BenchCommand::Aggregate {
+            input_dir,
+            output,
+            threads,
+            json,
+        }) => {
+            let threads = threads.map(|t| t as usize);
+            let report = tokio::task::spawn_blocking(move || {
+                backroom::bench_aggregate::run(&input_dir, &output, threads)
+            })
+            .await
+            .context("aggregation task failed")??;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "aggregated {} clients x {} parameters in {:.1} ms ({:.1} ms with the output \
+                     written); peak RSS {:.1} MiB; wrote {}",
+                    report.clients,
+                    report.parameters,
+                    report.aggregate_ms,
+                    report.total_ms,
+                    report.peak_rss_bytes as f64 / (1 << 20) as f64,
+                    report.output.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Coordinator { config } => {
             let text = read_config(&config)?;
             let parsed = CoordinatorConfig::from_toml_str(&text, base_dir(&config));

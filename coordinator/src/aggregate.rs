@@ -204,6 +204,23 @@ impl DpFedAvg {
     }
 }
 
+/// One step of weighted FedAvg (McMahan et al., Σ nᵢ xᵢ / Σ nᵢ) on raw little-endian f32
+/// bytes: `sum[j] += weight × x[j]` in f64, decoding and accumulating in one pass. Returns
+/// `false` (the caller must discard `sum`) when a value is not finite or the lengths differ.
+/// Callers that block the parameter range so `sum` stays in cache read each input once.
+pub fn accumulate_weighted_le(sum: &mut [f64], bytes: &[u8], weight: f64) -> bool {
+    if bytes.len() != sum.len() * 4 {
+        return false;
+    }
+    let mut finite = true;
+    for (s, b) in sum.iter_mut().zip(bytes.chunks_exact(4)) {
+        let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        finite &= v.is_finite();
+        *s += weight * f64::from(v);
+    }
+    finite
+}
+
 /// L2 norm in f64 (shared with the node, which clips with the same arithmetic).
 pub use backroom_models::params::l2_norm;
 

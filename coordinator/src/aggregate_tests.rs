@@ -252,3 +252,29 @@ fn a_stored_update_is_read_only_when_it_matches_its_recorded_hash_and_size() {
     std::fs::write(&path, &bytes).expect("write");
     assert!(read_update_blob(&path, 4, &sha).is_err());
 }
+
+#[test]
+fn weighted_accumulation_decodes_weights_and_flags_bad_input() {
+    let le = |values: &[f32]| {
+        values
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<u8>>()
+    };
+    let mut sum = vec![0.0; 2];
+    assert!(accumulate_weighted_le(&mut sum, &le(&[1.0, 2.0]), 1.0));
+    assert!(accumulate_weighted_le(&mut sum, &le(&[4.0, -1.0]), 3.0));
+    // (1·1 + 3·4) and (1·2 − 3·1).
+    assert_eq!(sum, vec![13.0, -1.0]);
+    assert!(!accumulate_weighted_le(&mut sum, &le(&[1.0]), 1.0));
+    assert!(!accumulate_weighted_le(
+        &mut [0.0; 2],
+        &le(&[f32::NAN, 0.0]),
+        1.0
+    ));
+    assert!(!accumulate_weighted_le(
+        &mut [0.0; 2],
+        &le(&[0.0, f32::INFINITY]),
+        1.0
+    ));
+}
