@@ -79,7 +79,10 @@ impl Store {
         by: &str,
         now: i64,
     ) -> Result<Channels> {
-        let mut tx = self.pool.begin().await?;
+        // IMMEDIATE: the write lock from the start, so reading the current channels and writing the
+        // new ones cannot be split by another writer (a deferred transaction would fail with
+        // SQLITE_BUSY_SNAPSHOT when nodes' polls write in between).
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let exists: Option<i64> = sqlx::query_scalar(
             "SELECT version FROM model_versions WHERE lineage = ? AND version = ?",
         )
@@ -152,7 +155,10 @@ impl Store {
     /// Records a rollback version and makes it stable (clearing any canary) in one transaction,
     /// refused while a round of the lineage is unfinished (its version would race this one).
     pub async fn publish_rollback(&self, row: &VersionRow, by: &str, now: i64) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        // IMMEDIATE: the write lock from the start, so reading the current channels and writing the
+        // new ones cannot be split by another writer (a deferred transaction would fail with
+        // SQLITE_BUSY_SNAPSHOT when nodes' polls write in between).
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let active: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM rounds WHERE lineage = ? \
              AND state NOT IN ('published', 'failed', 'cancelled')",
