@@ -94,11 +94,22 @@ impl NodeService for NodeApi {
             .core
             .poll_task(&peer.name, &poll.lineage, poll.installed_version, wait)
             .await?;
+        let registry = self.core.registry.clone();
+        let key_set = tokio::task::spawn_blocking(move || registry.key_set())
+            .await
+            .map_err(|e| Status::internal(format!("key set task failed: {e}")))??;
+        let (key_set, key_set_signature) = if key_set.set.version > poll.key_set_version {
+            (key_set.bytes, key_set.signature)
+        } else {
+            (Vec::new(), Vec::new())
+        };
         Ok(Response::new(PollTaskResponse {
             task: polled.task,
             latest_version: polled.latest,
             frame_exports: polled.exports,
             offered_version: polled.offered,
+            key_set,
+            key_set_signature,
         }))
     }
 

@@ -289,12 +289,14 @@ pub(crate) async fn run_updater(
     let mut updater = Updater::new(ctx.clone());
     let mut backoff = Backoff::for_coordinator();
     let wait_secs = ctx.config.poll_wait_secs;
+    let mut key_set_version = held_key_set_version(&ctx).await;
     loop {
         let started = Instant::now();
         let message = PollTaskRequest {
             lineage: ctx.config.lineage.clone(),
             installed_version: ctx.installed_version(),
             wait_secs,
+            key_set_version,
         };
         let mut client = ctx.client.clone();
         let timeout = RPC_TIMEOUT + Duration::from_secs(wait_secs.into());
@@ -323,6 +325,10 @@ pub(crate) async fn run_updater(
             }
         };
 
+        if !response.key_set.is_empty() {
+            take_key_set(&ctx, response.key_set, response.key_set_signature).await;
+            key_set_version = held_key_set_version(&ctx).await;
+        }
         let mut acted = false;
         let mut unavailable = false;
         // The task first: installing the newest version before it could make the task's base
@@ -349,7 +355,10 @@ pub(crate) async fn run_updater(
         // The version of this node's rollout channel (stable, or a canary it falls in).
         let offered = response.offered_version;
         if offered > ctx.installed_version() && updater.may_try(offered) {
-            match updater.install_version(offered, &mut shutdown).await {
+            let outcome = updater.install_version(offered, &mut shutdown).await;
+            // A download may have brought a newer key set, installed or not.
+            key_set_version = held_key_set_version(&ctx).await;
+            match outcome {
                 InstallOutcome::Installed(_) => acted = true,
                 InstallOutcome::Refused => {}
                 InstallOutcome::Unavailable => unavailable = true,
@@ -369,5 +378,47 @@ pub(crate) async fn run_updater(
         if !pause.is_zero() && sleep_or_shutdown(pause, &mut shutdown).await {
             return Ok(());
         }
+    }
+}
+
+/// Version of the key set this node holds (0: none yet).
+async fn held_key_set_version(ctx: &NodeContext) -> u64 {
+    let store = ctx.model_store.clone();
+    tokio::task::spawn_blocking(move || store.held_key_set().map_or(0, |k| k.set.version))
+        .await
+        .unwrap_or(0)
+}
+
+/// Keeps a key set the coordinator sent with a poll if it verifies against the root and is
+/// newer than the held one; a forged, expired, conflicting or older one changes nothing.
+async fn take_key_set(ctx: &NodeContext, bytes: Vec<u8>, signature: Vec<u8>) {
+    let store = ctx.model_store.clone();
+    let now = now_unix_ms();
+    let taken = tokio::task::spawn_blocking(move || {
+        let held = store.held_key_set();
+        let resolved = backroom_models::keys::resolve_key_set(
+            store.root_key(),
+            held.as_ref(),
+            &bytes,
+            &signature,
+            now,
+        )
+        .map_err(|e| e.to_string())?;
+        if resolved.is_new {
+            store
+                .accept_key_set(&resolved.signed)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok::<_, String>(resolved.is_new.then_some(resolved.signed.set.version))
+    })
+    .await;
+    match taken {
+        Ok(Ok(Some(version))) => info!(key_set_version = version, "accepted a newer key set"),
+        Ok(Ok(None)) => {}
+        Ok(Err(reason)) => {
+            warn!("key set from the coordinator refused: {reason}");
+            ctx.set_error(format!("key set refused: {reason}"));
+        }
+        Err(join) => warn!("key set task failed: {join}"),
     }
 }

@@ -246,6 +246,18 @@ async fn refused_with_old_model_serving(threat: Threat, dir: &std::path::Path) -
                 change.revoked,
                 vec![backroom_models::keys::key_id(&key.verifying_key())]
             );
+            // The new key set reaches the node with its polls, before any new version exists.
+            let held = sandbox.nodes[0].config.data_dir.join("model/keyset.json");
+            let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+            while !String::from_utf8_lossy(&std::fs::read(&held).unwrap_or_default())
+                .contains("\"version\":2")
+            {
+                assert!(
+                    tokio::time::Instant::now() < give_up,
+                    "key set v2 did not reach the node with its polls"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
             plant_signed(&mut sandbox, &m, &w, &key).await;
             "which the key set revokes"
         }
@@ -309,7 +321,7 @@ async fn a_signed_model_of_another_architecture_is_refused() {
 async fn a_version_signed_by_a_revoked_key_is_refused_after_rotation_without_reenrolment() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let sandbox = refused_with_old_model_serving(Threat::RevokedKey, dir.path()).await;
-    // The revocation reached the node with the refused download and is kept.
+    // The revocation reached the node and is kept.
     let held = std::fs::read(sandbox.nodes[0].config.data_dir.join("model/keyset.json"))
         .unwrap_or_default();
     let held = String::from_utf8_lossy(&held);
@@ -468,6 +480,7 @@ impl SimulatedStore {
                 lineage: "shelfnet".into(),
                 installed_version: self.installed,
                 wait_secs: 0,
+                ..Default::default()
             })
             .await
             .unwrap_or_else(|s| panic!("{}: {s}", self.id))

@@ -283,6 +283,7 @@ async fn wait_for_task(client: &mut NodeServiceClient<tonic::transport::Channel>
                     lineage: "shelfnet".into(),
                     installed_version: 1,
                     wait_secs: 10,
+                    ..Default::default()
                 })
                 .await
                 .unwrap_or_else(|s| panic!("{s}"))
