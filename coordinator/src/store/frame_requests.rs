@@ -266,7 +266,9 @@ impl Store {
     /// expired requests that still have an export file, newly expired or not, so the caller can
     /// delete them and then [`Store::forget_frame_export`].
     pub async fn expire_frame_requests(&self, now: i64) -> Result<Vec<FrameRequestRow>> {
-        let mut tx = self.pool.begin().await?;
+        // IMMEDIATE: it reads, then writes; a deferred transaction would fail when another
+        // writer commits in between (SQLITE_BUSY_SNAPSHOT).
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let due: Vec<String> = sqlx::query_scalar(
             "SELECT request_id FROM frame_requests WHERE state IN ('pending', 'approved', \
              'delivered') AND expires_unix_ms <= ?",
