@@ -242,24 +242,11 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
 
 async fn list(connection: &Connection, lineage: String) -> anyhow::Result<ExitCode> {
     let mut admin = connect(connection).await?;
-    let models = admin
-        .list_models(pb::ListModelsRequest {
-            lineage: lineage.clone(),
-        })
-        .await
-        .map_err(status)?
-        .into_inner()
-        .models;
+    let models = versions(&mut admin, &lineage).await?;
     let mut channels = std::collections::HashMap::new();
     for m in &models {
         if !channels.contains_key(&m.lineage) {
-            let c = admin
-                .get_model_channels(pb::GetModelChannelsRequest {
-                    lineage: m.lineage.clone(),
-                })
-                .await
-                .map_err(status)?
-                .into_inner();
+            let c = channels_of(&mut admin, &m.lineage).await?;
             channels.insert(m.lineage.clone(), c);
         }
     }
@@ -298,6 +285,33 @@ async fn list(connection: &Connection, lineage: String) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
+async fn versions(
+    admin: &mut backroom::client::AdminClient,
+    lineage: &str,
+) -> anyhow::Result<Vec<pb::ModelVersion>> {
+    Ok(admin
+        .list_models(pb::ListModelsRequest {
+            lineage: lineage.to_owned(),
+        })
+        .await
+        .map_err(status)?
+        .into_inner()
+        .models)
+}
+
+async fn channels_of(
+    admin: &mut backroom::client::AdminClient,
+    lineage: &str,
+) -> anyhow::Result<pb::ModelChannels> {
+    Ok(admin
+        .get_model_channels(pb::GetModelChannelsRequest {
+            lineage: lineage.to_owned(),
+        })
+        .await
+        .map_err(status)?
+        .into_inner())
+}
+
 fn channel_of(channels: Option<&pb::ModelChannels>, version: u64) -> String {
     let Some(c) = channels else {
         return String::new();
@@ -313,24 +327,11 @@ fn channel_of(channels: Option<&pb::ModelChannels>, version: u64) -> String {
 
 async fn show(connection: &Connection, lineage: String, version: u64) -> anyhow::Result<ExitCode> {
     let mut admin = connect(connection).await?;
-    let models = admin
-        .list_models(pb::ListModelsRequest {
-            lineage: lineage.clone(),
-        })
-        .await
-        .map_err(status)?
-        .into_inner()
-        .models;
+    let models = versions(&mut admin, &lineage).await?;
     let Some(model) = models.into_iter().find(|m| m.version == version) else {
         anyhow::bail!("lineage {lineage:?} has no version {version}");
     };
-    let channels = admin
-        .get_model_channels(pb::GetModelChannelsRequest {
-            lineage: lineage.clone(),
-        })
-        .await
-        .map_err(status)?
-        .into_inner();
+    let channels = channels_of(&mut admin, &lineage).await?;
     let manifest = Manifest::from_bytes(&model.manifest)
         .map_err(|e| anyhow::anyhow!("stored manifest does not parse: {e}"))?;
     println!("{lineage} v{version}");

@@ -94,14 +94,23 @@ impl NodeService for NodeApi {
             .core
             .poll_task(&peer.name, &poll.lineage, poll.installed_version, wait)
             .await?;
+        // A key set that cannot be read must not stop tasks from reaching nodes: the poll goes
+        // out without it (downloads still refuse to serve a model without one).
         let registry = self.core.registry.clone();
-        let key_set = tokio::task::spawn_blocking(move || registry.key_set())
-            .await
-            .map_err(|e| Status::internal(format!("key set task failed: {e}")))??;
-        let (key_set, key_set_signature) = if key_set.set.version > poll.key_set_version {
-            (key_set.bytes, key_set.signature)
-        } else {
-            (Vec::new(), Vec::new())
+        let key_set = match tokio::task::spawn_blocking(move || registry.key_set()).await {
+            Ok(Ok(set)) => Some(set),
+            Ok(Err(error)) => {
+                tracing::warn!("poll answered without a key set: {error}");
+                None
+            }
+            Err(join) => {
+                tracing::warn!("key set task failed: {join}");
+                None
+            }
+        };
+        let (key_set, key_set_signature) = match key_set {
+            Some(set) if set.set.version > poll.key_set_version => (set.bytes, set.signature),
+            _ => (Vec::new(), Vec::new()),
         };
         Ok(Response::new(PollTaskResponse {
             task: polled.task,
