@@ -165,6 +165,12 @@ pub fn verify_model(
     expect: &Expectations<'_>,
 ) -> Result<Manifest, VerifyError> {
     let manifest = verify_manifest(manifest_bytes, signature, keys, expect)?;
+    check_weights(&manifest, weights)?;
+    Ok(manifest)
+}
+
+/// The weights' size and SHA-256 against an already verified manifest.
+pub fn check_weights(manifest: &Manifest, weights: &[u8]) -> Result<(), VerifyError> {
     let found_size = weights.len() as u64;
     if found_size != manifest.weights_size {
         return Err(VerifyError::SizeMismatch {
@@ -175,11 +181,11 @@ pub fn verify_model(
     let found_hash = sha256_hex(weights);
     if found_hash != manifest.weights_sha256 {
         return Err(VerifyError::HashMismatch {
-            expected: manifest.weights_sha256,
+            expected: manifest.weights_sha256.clone(),
             found: found_hash,
         });
     }
-    Ok(manifest)
+    Ok(())
 }
 
 /// Checks the signature and the manifest fields, before any weights are fetched.
@@ -189,12 +195,22 @@ pub fn verify_manifest(
     keys: &KeySet,
     expect: &Expectations<'_>,
 ) -> Result<Manifest, VerifyError> {
+    verify_manifest_signed_by(manifest_bytes, signature, keys, expect).map(|(m, _)| m)
+}
+
+/// [`verify_manifest`], also returning the id of the key that signed it.
+pub fn verify_manifest_signed_by(
+    manifest_bytes: &[u8],
+    signature: &[u8],
+    keys: &KeySet,
+    expect: &Expectations<'_>,
+) -> Result<(Manifest, String), VerifyError> {
     if manifest_bytes.len() > MAX_MANIFEST_BYTES {
         return Err(VerifyError::ManifestTooLarge(manifest_bytes.len()));
     }
     let signature = Signature::from_slice(signature)
         .map_err(|e| VerifyError::MalformedSignature(e.to_string()))?;
-    keys.signer_of(manifest_bytes, &signature)?;
+    let signed_by = keys.signer_of(manifest_bytes, &signature)?;
     let manifest = Manifest::from_bytes(manifest_bytes)?;
     if manifest.format != MANIFEST_FORMAT {
         return Err(VerifyError::UnsupportedFormat {
@@ -225,7 +241,7 @@ pub fn verify_manifest(
             now_unix_ms: expect.now_unix_ms,
         });
     }
-    Ok(manifest)
+    Ok((manifest, signed_by))
 }
 
 #[cfg(test)]

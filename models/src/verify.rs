@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::ShelfNetConfig;
 use crate::keys::{KeySetError, ResolvedKeySet, SignedKeySet, resolve_key_set};
-use crate::manifest::{Expectations, Manifest, VerifyError, verify_manifest, verify_model};
+use crate::manifest::{
+    Expectations, Manifest, VerifyError, check_weights, verify_manifest_signed_by,
+};
 
 /// Why a release was refused.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -64,6 +66,8 @@ pub struct ReleaseParts<'a> {
 pub struct CheckedHeader {
     pub manifest: Manifest,
     pub key_set: ResolvedKeySet,
+    /// Id of the signing key that signed the manifest.
+    pub signed_by: String,
 }
 
 /// A release that passed every check.
@@ -92,7 +96,8 @@ pub fn check_header(
         parts.key_set_signature,
         expect.now_unix_ms,
     )?;
-    let manifest = verify_manifest(parts.manifest, parts.signature, &key_set.signed.set, expect)?;
+    let (manifest, signed_by) =
+        verify_manifest_signed_by(parts.manifest, parts.signature, &key_set.signed.set, expect)?;
     if let Some(announced) = announced_size
         && announced != manifest.weights_size
     {
@@ -101,7 +106,11 @@ pub fn check_header(
             manifest: manifest.weights_size,
         });
     }
-    Ok(CheckedHeader { manifest, key_set })
+    Ok(CheckedHeader {
+        manifest,
+        key_set,
+        signed_by,
+    })
 }
 
 /// Every check on a whole release (blocking: hashes and parses the weights).
@@ -111,14 +120,11 @@ pub fn verify_release(
     weights: &[u8],
     expect: &Expectations<'_>,
 ) -> Result<VerifiedRelease, Refusal> {
+    // One signature check (in the header check), then the weights against the manifest.
     let header = check_header(trust, parts, Some(weights.len() as u64), expect)?;
-    let set = &header.key_set.signed.set;
-    let manifest = verify_model(parts.manifest, parts.signature, weights, set, expect)?;
-    let signature = ed25519_dalek::Signature::from_slice(parts.signature)
-        .map_err(|e| VerifyError::MalformedSignature(e.to_string()))?;
-    let signed_by = set
-        .signer_of(parts.manifest, &signature)
-        .map_err(VerifyError::from)?;
+    let manifest = header.manifest;
+    check_weights(&manifest, weights)?;
+    let signed_by = header.signed_by;
     let config: ShelfNetConfig = serde_json::from_value(manifest.architecture_config.clone())
         .map_err(|e| Refusal::ArchitectureConfig(e.to_string()))?;
     config
