@@ -147,11 +147,16 @@ pub fn export_version(
     Ok(files)
 }
 
-/// Accuracy of `params` on the held-out test split of the synthetic shelf world.
-pub fn held_out_accuracy(params: &[f32], world_seed: u64, samples: usize) -> anyhow::Result<f32> {
+/// Accuracy and mean cross-entropy of `params` on the held-out test split of the synthetic
+/// shelf world, evaluated on the CPU whatever backend trained them.
+pub fn held_out(
+    params: &[f32],
+    world_seed: u64,
+    samples: usize,
+) -> anyhow::Result<backroom_models::Assessment> {
     let test = backroom_datasets::generate_test_split(world_seed, samples);
     let device = backroom_models::select_device(backroom_models::BackendChoice::Cpu)?;
-    Ok(backroom_models::evaluate(
+    Ok(backroom_models::assess(
         &device,
         &ShelfNetConfig::new(),
         params,

@@ -11,7 +11,7 @@ use serde::Serialize;
 use backroom_coordinator::budget::format_epsilon;
 use backroom_models::BackendChoice;
 
-use crate::evaluate::{held_out_accuracy, load_verified_params, load_verifying_key};
+use crate::evaluate::{held_out, load_verified_params, load_verifying_key};
 use crate::metrics_report::NoisedTotal;
 use crate::sandbox::{Sandbox, SandboxOptions};
 
@@ -95,6 +95,8 @@ pub struct RoundSummary {
     pub updates_accepted: u32,
     pub updates_refused: u32,
     pub accuracy: f32,
+    /// Mean cross-entropy of the published version on the held-out split.
+    pub loss: f64,
     /// Poisson sampling rate q charged for the round.
     pub sampling_rate: f64,
     /// The lineage's ε after this round (`None`: infinite, i.e. no noise).
@@ -161,6 +163,10 @@ pub struct PilotSummary {
     pub final_version: u64,
     pub initial_accuracy: f32,
     pub final_accuracy: f32,
+    /// Mean cross-entropy on the held-out split of v1 and of the final version (ln 2 ≈ 0.693
+    /// for a net that answers 50/50).
+    pub initial_loss: f64,
+    pub final_loss: f64,
     pub test_samples: usize,
     pub clip_norm: f32,
     pub noise_multiplier: f32,
@@ -226,7 +232,7 @@ pub async fn run(options: PilotOptions) -> anyhow::Result<PilotSummary> {
     status.set_message("stopping nodes and coordinator");
     let stopped = sandbox.shutdown().await;
     status.finish_and_clear();
-    let (initial, rounds, nodes, metrics, final_accuracy, initial_accuracy, privacy) = result?;
+    let (initial, rounds, nodes, metrics, last, first, privacy) = result?;
     stopped?;
     let delta = options.delta;
     let at_scale = tokio::task::spawn_blocking(move || AtScale::compute(delta))
@@ -243,8 +249,10 @@ pub async fn run(options: PilotOptions) -> anyhow::Result<PilotSummary> {
         rounds: options.rounds,
         initial_version: initial,
         final_version: rounds.last().map_or(initial, |r| r.published_version),
-        initial_accuracy,
-        final_accuracy,
+        initial_accuracy: first.accuracy,
+        final_accuracy: last.accuracy,
+        initial_loss: first.mean_cross_entropy,
+        final_loss: last.mean_cross_entropy,
         test_samples: options.test_samples,
         clip_norm: options.clip_norm,
         noise_multiplier: options.noise_multiplier,
@@ -265,8 +273,8 @@ type Driven = (
     Vec<RoundSummary>,
     Vec<NodeSummary>,
     MetricTotals,
-    f32,
-    f32,
+    backroom_models::Assessment,
+    backroom_models::Assessment,
     pb::PrivacyReport,
 );
 
@@ -281,7 +289,7 @@ async fn drive(
     sandbox
         .wait_for_installed(1, Duration::from_secs(120))
         .await?;
-    let initial_accuracy = accuracy_of(sandbox, 1, &trusted, options).await?;
+    let initial = assessment_of(sandbox, 1, &trusted, options).await?;
 
     let mut rounds = Vec::new();
     let style =
@@ -328,7 +336,8 @@ async fn drive(
                 options.round_deadline_secs
             );
         }
-        let accuracy = accuracy_of(sandbox, round.published_version, &trusted, options).await?;
+        let assessment = assessment_of(sandbox, round.published_version, &trusted, options).await?;
+        let accuracy = assessment.accuracy;
         bar.finish_with_message(format!(
             "published v{}  held-out accuracy {:.1}%  ε spent {} of {}",
             round.published_version,
@@ -344,6 +353,7 @@ async fn drive(
             updates_accepted: round.updates_accepted,
             updates_refused: round.updates_refused,
             accuracy,
+            loss: assessment.mean_cross_entropy,
             sampling_rate: round.sampling_rate,
             epsilon_after: round.epsilon_after,
             seconds: round_started.elapsed().as_secs_f64(),
@@ -378,7 +388,12 @@ async fn drive(
             }
         })
         .collect();
-    let final_accuracy = rounds.last().map_or(initial_accuracy, |r| r.accuracy);
+    let last = rounds
+        .last()
+        .map_or(initial, |r| backroom_models::Assessment {
+            accuracy: r.accuracy,
+            mean_cross_entropy: r.loss,
+        });
     let privacy = sandbox
         .admin
         .get_privacy(pb::GetPrivacyRequest {
@@ -387,30 +402,22 @@ async fn drive(
         .await
         .map_err(|s| anyhow::anyhow!("cannot read the privacy ledger: {}", s.message()))?
         .into_inner();
-    Ok((
-        1,
-        rounds,
-        nodes,
-        metrics,
-        final_accuracy,
-        initial_accuracy,
-        privacy,
-    ))
+    Ok((1, rounds, nodes, metrics, last, initial, privacy))
 }
 
-async fn accuracy_of(
+async fn assessment_of(
     sandbox: &Sandbox,
     version: u64,
     trusted: &ed25519_dalek::VerifyingKey,
     options: &PilotOptions,
-) -> anyhow::Result<f32> {
+) -> anyhow::Result<backroom_models::Assessment> {
     let dir = sandbox.coordinator_dir.clone();
     let lineage = sandbox.lineage.clone();
     let trusted = *trusted;
     let (seed, samples) = (options.world_seed, options.test_samples);
     tokio::task::spawn_blocking(move || {
         let params = load_verified_params(&dir, &lineage, version, &trusted)?;
-        held_out_accuracy(&params, seed, samples)
+        held_out(&params, seed, samples)
     })
     .await
     .context("evaluation task failed")?
@@ -492,6 +499,11 @@ pub fn render(summary: &PilotSummary) -> String {
     );
     let _ = writeln!(
         out,
+        "  held-out loss       v{} {:.3}  ->  v{} {:.3}   (mean cross-entropy)",
+        summary.initial_version, summary.initial_loss, summary.final_version, summary.final_loss,
+    );
+    let _ = writeln!(
+        out,
         "  differential privacy  clip norm C = {}, noise multiplier z = {} (central noise N(0, (zC)^2) on the sum)",
         summary.clip_norm, summary.noise_multiplier
     );
@@ -522,17 +534,18 @@ pub fn render(summary: &PilotSummary) -> String {
     );
     let _ = writeln!(
         out,
-        "\n  round  version  updates  refused  accuracy  q       ε after  seconds"
+        "\n  round  version  updates  refused  accuracy  loss    q       ε after  seconds"
     );
     for (i, r) in summary.per_round.iter().enumerate() {
         let _ = writeln!(
             out,
-            "  {:>5}  {:>7}  {:>7}  {:>7}  {:>7.1}%  {:<6.3}  {:>7}  {:>7.1}",
+            "  {:>5}  {:>7}  {:>7}  {:>7}  {:>7.1}%  {:<6.3}  {:<6.3}  {:>7}  {:>7.1}",
             i + 1,
             r.published_version,
             r.updates_accepted,
             r.updates_refused,
             r.accuracy * 100.0,
+            r.loss,
             r.sampling_rate,
             epsilon(r.epsilon_after),
             r.seconds

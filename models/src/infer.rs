@@ -96,7 +96,7 @@ impl LoadedModel {
                     TensorData::new(chunk.to_vec(), [batch, channels, side, side]),
                     &self.device,
                 );
-                each(self.model.forward(x))?;
+                each(self.model.infer(x))?;
             }
             Ok(())
         })
@@ -114,6 +114,65 @@ impl LoadedModel {
         let correct = predicted.iter().zip(labels).filter(|(p, l)| p == l).count();
         Ok(correct as f32 / n as f32)
     }
+
+    /// Accuracy and mean cross-entropy of the model on labelled images, from one forward
+    /// pass; needs at least one example. The loss moves smoothly where accuracy jumps (a net
+    /// that answers one class for everything has accuracy 0.5 on a balanced split whether it
+    /// is nearly right or badly wrong), so it is what compares two training runs.
+    pub fn assess(&self, images: &[f32], labels: &[u8]) -> Result<Assessment, ModelError> {
+        let n = check_examples(&self.config, images, Some(labels))?;
+        if n == 0 {
+            return Err(ModelError::InvalidInput(
+                "evaluation needs at least one example".to_string(),
+            ));
+        }
+        let classes = self.config.num_classes;
+        let logits = self.logits(images)?;
+        let (mut correct, mut loss) = (0usize, 0.0f64);
+        for (row, &label) in logits.chunks_exact(classes).zip(labels) {
+            let (best, _) =
+                row.iter()
+                    .enumerate()
+                    .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+                        if v > bv { (i, v) } else { (bi, bv) }
+                    });
+            correct += usize::from(best == usize::from(label));
+            // log-sum-exp around the largest logit, in f64.
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let sum: f64 = row.iter().map(|&v| (f64::from(v) - max).exp()).sum();
+            loss += max + sum.ln() - f64::from(row[usize::from(label)]);
+        }
+        if !loss.is_finite() {
+            return Err(ModelError::Backend(
+                "the model's logits are not finite".to_string(),
+            ));
+        }
+        Ok(Assessment {
+            accuracy: correct as f32 / n as f32,
+            mean_cross_entropy: loss / n as f64,
+        })
+    }
+}
+
+/// A model's quality on labelled data: see [`LoadedModel::assess`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Assessment {
+    /// Fraction predicted correctly, in `[0, 1]`.
+    pub accuracy: f32,
+    /// Mean cross-entropy (natural log) of the true class; `ln(classes)` for a uniform answer.
+    pub mean_cross_entropy: f64,
+}
+
+/// Accuracy and loss of the model `params` on labelled images; see [`LoadedModel::assess`].
+pub fn assess(
+    dev: &ComputeDevice,
+    config: &ShelfNetConfig,
+    params: &[f32],
+    images: &[f32],
+    labels: &[u8],
+) -> Result<Assessment, ModelError> {
+    check_examples(config, images, Some(labels))?;
+    LoadedModel::new(dev, config, params)?.assess(images, labels)
 }
 
 /// Class ids for `images` with the model `params`; see [`LoadedModel::predict`].

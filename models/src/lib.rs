@@ -32,7 +32,7 @@ mod tests;
 
 pub use burn::tensor::Device;
 pub use device::{BackendChoice, ComputeDevice, select_device};
-pub use infer::{LoadedModel, evaluate, predict};
+pub use infer::{Assessment, LoadedModel, assess, evaluate, predict};
 pub use interop::{from_torch_safetensors, to_torch_safetensors, torch_layout};
 pub use model::{ShelfNet, ShelfNetConfig};
 pub use params::{

@@ -290,13 +290,27 @@ impl ShelfNet {
     ///
     /// Shapes are for the standard configuration (`[8, 16, 32]`, hidden 32).
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        self.run(images, Pooling::Module)
+    }
+
+    /// The same logits as [`forward`](Self::forward), bit for bit, computed for inference: the
+    /// 2×2 max pooling is a reshape and two maxima over the window axes instead of Burn's
+    /// pooling op, which also records an `i64` index per output for a backward pass that
+    /// inference never runs. On the CPU backend that makes the standard net's inference about
+    /// a fifth faster (`benches/README.md`); for training it is slower (the maxima's backward
+    /// pass scatters twice), so training keeps [`forward`](Self::forward).
+    pub fn infer(&self, images: Tensor<4>) -> Tensor<2> {
+        self.run(images, Pooling::Reshape)
+    }
+
+    fn run(&self, images: Tensor<4>, pooling: Pooling) -> Tensor<2> {
         // [batch, 3, 64, 64]
-        let x = self.block(&self.conv1, images);
+        let x = self.block(&self.conv1, images, pooling);
         // [batch, 8, 32, 32]
-        let x = self.block(&self.conv2, x);
+        let x = self.block(&self.conv2, x, pooling);
         // [batch, 16, 16, 16]
         let x = match &self.conv3 {
-            Some(conv3) => self.block(conv3, x),
+            Some(conv3) => self.block(conv3, x, pooling),
             None => x,
         };
         // [batch, 32, 8, 8]
@@ -314,7 +328,29 @@ impl ShelfNet {
     /// Computed as pool then ReLU: ReLU is monotone, so `max(relu(a), relu(b), ..) =
     /// relu(max(a, b, ..))` exactly, and the gradient reaches the same element; ReLU then runs
     /// on a quarter of the elements (and its backward pass too).
-    fn block(&self, conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-        self.relu.forward(self.pool.forward(conv.forward(x)))
+    fn block(&self, conv: &Conv2d, x: Tensor<4>, pooling: Pooling) -> Tensor<4> {
+        let x = conv.forward(x);
+        let pooled = match pooling {
+            Pooling::Module => self.pool.forward(x),
+            Pooling::Reshape => {
+                // Sides are even (validated: a multiple of 2^blocks), so the windows tile the
+                // plane exactly: [n, c, h, w] -> [n, c, h/2, 2, w/2, 2], max over the 2s.
+                let [n, c, h, w] = x.dims();
+                x.reshape([n, c, h / 2, 2, w / 2, 2])
+                    .max_dim(5)
+                    .max_dim(3)
+                    .reshape([n, c, h / 2, w / 2])
+            }
+        };
+        self.relu.forward(pooled)
     }
+}
+
+/// How [`ShelfNet`] computes its 2×2 max pooling; both give the same values.
+#[derive(Clone, Copy, Debug)]
+enum Pooling {
+    /// Burn's `MaxPool2d` (differentiable through recorded indices).
+    Module,
+    /// Reshape and maxima over the window axes (inference).
+    Reshape,
 }

@@ -425,6 +425,66 @@ fn predict_and_evaluate_reject_bad_inputs() {
 }
 
 #[test]
+fn assess_gives_accuracy_and_a_loss_that_follows_the_logits() {
+    let dev = ComputeDevice::cpu();
+    let config = standard();
+    let (images, labels) = bright_dark(6, 5);
+    // All-zero weights: every logit is 0, so the loss is exactly ln 2 and argmax is class 0.
+    let zeros = vec![0.0; num_parameters(&config)];
+    let flat = assess(&dev, &config, &zeros, &images, &labels).unwrap();
+    assert!(
+        (flat.mean_cross_entropy - std::f64::consts::LN_2).abs() < 1e-6,
+        "{flat:?}"
+    );
+    let zeros_expected = labels.iter().filter(|&&l| l == 0).count() as f32 / 6.0;
+    assert!((flat.accuracy - zeros_expected).abs() < 1e-6, "{flat:?}");
+    // The same figures as evaluate() and as the logits computed by hand.
+    let params = pattern(num_parameters(&config));
+    let loaded = LoadedModel::new(&dev, &config, &params).unwrap();
+    let got = loaded.assess(&images, &labels).unwrap();
+    assert_eq!(got.accuracy, loaded.evaluate(&images, &labels).unwrap());
+    let logits = loaded.logits(&images).unwrap();
+    let by_hand: f64 = logits
+        .chunks_exact(2)
+        .zip(&labels)
+        .map(|(row, &l)| {
+            let (a, b) = (f64::from(row[0]), f64::from(row[1]));
+            (a.exp() + b.exp()).ln() - f64::from(row[usize::from(l)])
+        })
+        .sum::<f64>()
+        / 6.0;
+    assert!(
+        (got.mean_cross_entropy - by_hand).abs() < 1e-6,
+        "{got:?} vs {by_hand}"
+    );
+    assert!(assess(&dev, &config, &params, &[], &[]).is_err());
+    assert!(assess(&dev, &config, &params, &images, &[0, 1, 7, 0, 0, 0]).is_err());
+}
+
+#[test]
+fn inference_pooling_gives_the_training_forward_pass_logits_exactly() {
+    let device = ComputeDevice::cpu().device().clone();
+    for config in [standard(), ShelfNetConfig::mcmahan_cnn()] {
+        let params = init_parameters(&config, 11).unwrap();
+        let net = unflatten(&config, &params, &device).unwrap();
+        let side = config.image_size;
+        let mut rng = StdRng::seed_from_u64(3);
+        let n = 5;
+        let pixels: Vec<f32> = (0..n * config.input_numel())
+            .map(|_| rng.random_range(-1.0f32..1.0))
+            .collect();
+        let x = burn::tensor::Tensor::<4>::from_data(
+            burn::tensor::TensorData::new(pixels, [n, config.input_channels, side, side]),
+            &device,
+        );
+        let trained = net.forward(x.clone()).into_data().to_vec::<f32>().unwrap();
+        let inferred = net.infer(x).into_data().to_vec::<f32>().unwrap();
+        assert_eq!(trained.len(), n * config.num_classes);
+        assert_eq!(trained, inferred, "{config:?}");
+    }
+}
+
+#[test]
 fn loaded_model_matches_predict_across_batches() {
     let dev = ComputeDevice::cpu();
     let config = ShelfNetConfig::new()
