@@ -477,8 +477,12 @@ fn inference_pooling_gives_the_training_forward_pass_logits_exactly() {
             burn::tensor::TensorData::new(pixels, [n, config.input_channels, side, side]),
             &device,
         );
-        let trained = net.forward(x.clone()).into_data().to_vec::<f32>().unwrap();
-        let inferred = net.infer(x).into_data().to_vec::<f32>().unwrap();
+        let trained = net
+            .forward(x.clone())
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let inferred = net.infer(x).into_data().try_to_vec::<f32>().unwrap();
         assert_eq!(trained.len(), n * config.num_classes);
         assert_eq!(trained, inferred, "{config:?}");
     }

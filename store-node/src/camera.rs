@@ -20,6 +20,7 @@ use crate::frames::sources::{
 use crate::frames::{RedactedFrame, SlotGrid};
 use crate::ledger::ReleaseOutcome;
 use crate::metrics_sync::idempotency_key;
+use crate::redact::motion::{GateSettings, MotionGate};
 use crate::release::{ReleasePolicy, release_window};
 use crate::transport::Shutdown;
 use crate::{NodeContext, now_unix_ms};
@@ -196,6 +197,12 @@ pub(crate) async fn run_camera(
     let mut unsaved: VecDeque<ClosedWindow> = VecDeque::new();
     // The network built for the live version, rebuilt only when the version changes.
     let mut loaded: Option<(u64, LoadedModel)> = None;
+    // The camera's memory of what its last scans saw (redaction rescans what changed).
+    let mut motion_gate: Option<MotionGate> = None;
+    let gate_settings = GateSettings {
+        refresh_frames: cam.rescan_every_frames,
+        ..GateSettings::default()
+    };
     let keep_every = ctx
         .config
         .local_store
@@ -219,9 +226,12 @@ pub(crate) async fn run_camera(
         let device = ctx.device.clone();
         let redactor = ctx.redactor.clone();
         let mut network = loaded.take();
+        let mut gate = motion_gate
+            .take()
+            .unwrap_or_else(|| MotionGate::new(gate_settings));
         let job = tokio::task::spawn_blocking(move || {
             // Redaction first: nothing else ever sees the raw frame, which is zeroed here.
-            let frame = redactor.redact_frame(raw);
+            let (frame, _) = redactor.redact_frame_gated(raw, &mut gate);
             let states = model.map(|m| {
                 let crops = grid.crops(&frame.image).map_err(|e| e.to_string())?;
                 let reuse = matches!(&network, Some((version, _)) if *version == m.version());
@@ -236,17 +246,18 @@ pub(crate) async fn run_camera(
                     None => Ok(Vec::new()),
                 }
             });
-            (Processed { frame, states }, network)
+            (Processed { frame, states }, network, gate)
         });
         let joined = tokio::select! {
             _ = shutdown.triggered() => break,
             joined = job => joined,
         };
-        let (processed, network) = match joined {
+        let (processed, network, gate) = match joined {
             Ok(parts) => parts,
             Err(join) => anyhow::bail!("camera frame task failed: {join}"),
         };
         loaded = network;
+        motion_gate = Some(gate);
         let Processed { frame, states } = processed;
         let captured_unix = frame.captured_unix_ms.div_euclid(1000);
         let (captured, dropped, unreadable) = capture.counters.snapshot();

@@ -41,6 +41,8 @@ pub const DEFAULT_RHO_PER_DAY: f64 = 1.0;
 pub const DEFAULT_SUPPRESS_BELOW: u64 = 5;
 /// Default bound on frames waiting for processing.
 pub const DEFAULT_QUEUE_FRAMES: usize = 2;
+/// Default of `camera.rescan_every_frames` (10 s at 30 frames/s).
+pub const DEFAULT_RESCAN_EVERY_FRAMES: u32 = 300;
 /// Default retention of the local store: 7 days.
 pub const DEFAULT_RETENTION_HOURS: u64 = 168;
 /// Default spacing of kept frame images (capture time).
@@ -121,6 +123,10 @@ pub struct CameraSettings {
     pub start_unix: i64,
     /// Frames that may wait for processing; later arrivals are dropped and counted.
     pub queue_frames: usize,
+    /// Motion-gated redaction: every part of the picture is rescanned at least once in this
+    /// many frames even when it did not change; 1 scans every frame whole
+    /// ([`crate::redact::motion`]).
+    pub rescan_every_frames: u32,
 }
 
 impl Default for CameraSettings {
@@ -135,6 +141,7 @@ impl Default for CameraSettings {
             // 2024-01-01T00:00:00Z, aligned to the hour.
             start_unix: 1_704_067_200,
             queue_frames: DEFAULT_QUEUE_FRAMES,
+            rescan_every_frames: DEFAULT_RESCAN_EVERY_FRAMES,
         }
     }
 }

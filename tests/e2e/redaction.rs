@@ -140,6 +140,65 @@ fn every_labelled_face_in_the_photos_is_filled() {
     }
 }
 
+/// A 1280×720 camera stream made of the real photo: `astronaut.png` at 300 pixels walking
+/// across a background of its own tiles, after standing still. Redacted through one camera's
+/// motion gate, the labelled face must be filled in every frame, as a whole-frame scan fills
+/// it, while most frames are scanned only in part.
+#[test]
+fn a_walking_face_is_filled_in_every_frame_of_a_gated_stream() {
+    use backroom_store_node::redact::motion::{GateSettings, MotionGate};
+    use image::imageops;
+    let Some(dir) = faces_dir() else { return };
+    let redactor = Redactor::new().unwrap();
+    let label = region(&labels()["photos"]["astronaut.png"][0]);
+    let photo =
+        backroom_store_node::redact::decode(&std::fs::read(dir.join("astronaut.png")).unwrap())
+            .unwrap();
+    let mut background = RgbImage::new(1280, 720);
+    let tile = imageops::crop_imm(&photo, 312, 0, 200, 200).to_image();
+    for y in (0..720).step_by(200) {
+        for x in (0..1280).step_by(200) {
+            imageops::overlay(&mut background, &tile, x.into(), y.into());
+        }
+    }
+    let side = 300u32;
+    let person = imageops::resize(&photo, side, side, imageops::FilterType::Triangle);
+    let k = side as f64 / 512.0;
+    let scaled = |v: u32| (f64::from(v) * k).round() as u32;
+    let mut gate = MotionGate::new(GateSettings::default());
+    let mut gated = 0;
+    for t in 0..14u32 {
+        let x = 100 + t.saturating_sub(3) * 24;
+        let y = 300;
+        let mut frame = background.clone();
+        imageops::overlay(&mut frame, &person, x.into(), y.into());
+        let (regions, report) = redactor.redact_gated(&mut frame, &mut gate);
+        gated += usize::from(!report.full_scan);
+        let face = Region {
+            x: x + scaled(label.x),
+            y: y + scaled(label.y),
+            w: scaled(label.w),
+            h: scaled(label.h),
+        };
+        let share = covered(&frame, &face);
+        eprintln!(
+            "frame {t}: face {:.0}% filled, scanned {:.0}% ({} crops), regions {regions:?}",
+            share * 100.0,
+            report.scanned * 100.0,
+            report.crops
+        );
+        assert!(
+            share >= COVERED,
+            "frame {t}: the walking face survived gated redaction ({:.0}% filled; {report:?})",
+            share * 100.0
+        );
+    }
+    assert!(
+        gated >= 10,
+        "only {gated} of 14 frames were scanned in part"
+    );
+}
+
 #[test]
 fn lfw_faces_are_found_and_non_faces_mostly_left_alone() {
     let Some(dir) = faces_dir() else { return };

@@ -10,10 +10,10 @@ use serde::Deserialize;
 use super::{
     CameraSettings, ConfigError, DEFAULT_KEEP_IMAGE_EVERY_SECS, DEFAULT_LINEAGE,
     DEFAULT_MAX_MODEL_BYTES, DEFAULT_METRIC_WINDOW_SECS, DEFAULT_POLL_INTERVAL_MS,
-    DEFAULT_POLL_WAIT_SECS, DEFAULT_QUEUE_FRAMES, DEFAULT_RETENTION_HOURS,
-    DEFAULT_SWEEP_INTERVAL_SECS, DEFAULT_TLS_SERVER_NAME, DEFAULT_TRAIN_SAMPLES, DataSettings,
-    FrameSourceSettings, LocalStoreSettings, MAX_POLL_WAIT_SECS, MetricPrivacySettings, NodeConfig,
-    SlotGrid,
+    DEFAULT_POLL_WAIT_SECS, DEFAULT_QUEUE_FRAMES, DEFAULT_RESCAN_EVERY_FRAMES,
+    DEFAULT_RETENTION_HOURS, DEFAULT_SWEEP_INTERVAL_SECS, DEFAULT_TLS_SERVER_NAME,
+    DEFAULT_TRAIN_SAMPLES, DataSettings, FrameSourceSettings, LocalStoreSettings,
+    MAX_POLL_WAIT_SECS, MetricPrivacySettings, NodeConfig, SlotGrid,
 };
 
 /// The file as written. Numbers are wide signed integers so that a negative or oversized value
@@ -93,6 +93,7 @@ pub struct RawCameraConfig {
     pub fps: Option<f64>,
     pub start_unix: Option<i64>,
     pub queue_frames: Option<i64>,
+    pub rescan_every_frames: Option<i64>,
 }
 
 /// Where the node's local training data comes from.
@@ -253,6 +254,14 @@ fn validate_camera(
     let start_unix = raw.start_unix.unwrap_or(d.start_unix);
     let queue = i64::try_from(DEFAULT_QUEUE_FRAMES).unwrap_or(2);
     let queue_frames = ranged("camera.queue_frames", raw.queue_frames, queue, 1, 1024, p);
+    let rescan = ranged(
+        "camera.rescan_every_frames",
+        raw.rescan_every_frames,
+        i64::from(DEFAULT_RESCAN_EVERY_FRAMES),
+        1,
+        1_000_000,
+        p,
+    );
     let dir = raw.dir.map(|dir| resolve(base_dir, dir));
     let source_name = raw.source.as_deref().unwrap_or("synthetic");
     let source = match source_name {
@@ -306,6 +315,7 @@ fn validate_camera(
         frame_interval: interval,
         start_unix,
         queue_frames: usize::try_from(queue_frames).ok()?,
+        rescan_every_frames: u32::try_from(rescan).ok()?,
     })
 }
 

@@ -17,6 +17,7 @@
 //! once the redacted copy exists. Buffers internal to the image decoders are not zeroed.
 
 pub mod haar;
+pub mod motion;
 
 #[cfg(test)]
 mod tests;
@@ -29,6 +30,7 @@ use serde::Serialize;
 use zeroize::Zeroize;
 
 use haar::{Cascade, CascadeError, ScanSettings};
+use motion::{GateReport, MotionGate};
 
 use crate::frames::{RawFrame, RedactedFrame};
 
@@ -218,10 +220,45 @@ impl Redactor {
         regions
     }
 
+    /// Redacts a camera's next frame in place like [`Redactor::redact`], running the detectors
+    /// only where `gate` (that camera's memory) says the picture changed. Returns the filled
+    /// regions and what was scanned.
+    pub fn redact_gated(
+        &self,
+        frame: &mut RgbImage,
+        gate: &mut MotionGate,
+    ) -> (Vec<Region>, GateReport) {
+        let luma = image::imageops::grayscale(frame);
+        let (faces, report) = gate.faces(&luma, |crop| self.detect(crop));
+        let regions = self.fill_faces(faces, frame);
+        let mut luma = luma.into_raw();
+        luma.zeroize();
+        (regions, report)
+    }
+
+    /// [`Redactor::redact_frame`] through a camera's [`MotionGate`].
+    pub fn redact_frame_gated(
+        &self,
+        mut raw: RawFrame,
+        gate: &mut MotionGate,
+    ) -> (RedactedFrame, GateReport) {
+        let (regions, report) = self.redact_gated(&mut raw.pixels, gate);
+        let frame = RedactedFrame {
+            camera_id: raw.camera_id(),
+            captured_unix_ms: raw.captured_unix_ms(),
+            image: std::mem::take(&mut raw.pixels),
+            regions,
+        };
+        (frame, report)
+    }
+
     fn fill_regions(&self, gray: &GrayImage, frame: &mut RgbImage) -> Vec<Region> {
+        self.fill_faces(self.detect(gray), frame)
+    }
+
+    fn fill_faces(&self, faces: Vec<Region>, frame: &mut RgbImage) -> Vec<Region> {
         let (width, height) = frame.dimensions();
-        let regions: Vec<Region> = self
-            .detect(gray)
+        let regions: Vec<Region> = faces
             .into_iter()
             .map(|r| r.grown(self.settings.margin, width, height))
             .filter(|r| r.area() > 0)

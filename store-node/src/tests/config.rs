@@ -225,6 +225,7 @@ dir = "incoming"
 poll_interval_ms = 100
 seconds_per_frame = 10
 queue_frames = 3
+rescan_every_frames = 90
 
 [camera.slot_grid]
 x = 10
@@ -267,6 +268,7 @@ fn an_image_source_with_its_slot_grid_and_the_local_store_parse() {
     );
     assert_eq!(config.camera.slots, 12, "slots default to the grid's cells");
     assert_eq!(config.camera.queue_frames, 3);
+    assert_eq!(config.camera.rescan_every_frames, 90);
     assert_eq!(
         config.key_file(),
         Path::new("/etc/backroom/local-store.key")
