@@ -360,8 +360,18 @@ enum RoundCommand {
         connection: Connection,
         #[arg(long, default_value = "shelfnet")]
         lineage: String,
+        /// How updates are combined: fedavg (DP-FedAvg), fedadam or fedyogi (a server Adam/Yogi
+        /// step on the noised mean), median or trimmed_mean (robust to a minority of poisoned
+        /// updates; only with --noise-multiplier 0, on a lineage without a privacy budget).
         #[arg(long, default_value = "fedavg")]
         strategy: String,
+        /// Server learning rate of fedadam / fedyogi (default 0.01).
+        #[arg(long)]
+        server_learning_rate: Option<f32>,
+        /// Share of each coordinate's values dropped at each end by trimmed_mean, in [0, 0.5)
+        /// (default 0.1).
+        #[arg(long)]
+        trim_fraction: Option<f32>,
         #[arg(long, default_value_t = 3)]
         target_clients: u32,
         #[arg(long, default_value_t = 2)]
@@ -657,6 +667,8 @@ async fn round(command: RoundCommand) -> anyhow::Result<ExitCode> {
             connection,
             lineage,
             strategy,
+            server_learning_rate,
+            trim_fraction,
             target_clients,
             min_clients,
             deadline_secs,
@@ -693,6 +705,8 @@ async fn round(command: RoundCommand) -> anyhow::Result<ExitCode> {
                             .unwrap_or((target_clients as f32 / 20.0).max(noise_multiplier)),
                     }
                 }),
+                server_learning_rate,
+                trim_fraction,
             };
             let round = admin
                 .start_round(pb::StartRoundRequest {
@@ -787,6 +801,9 @@ fn print_round(round: &pb::Round) {
         round.spec.as_ref().map_or(0, |s| s.target_clients),
         round.updates_refused
     );
+    if let Some(spec) = &round.spec {
+        line.push_str(&format!("  {}", spec.strategy));
+    }
     line.push_str(&format!("  q {:.4}", round.sampling_rate));
     if let Some(epsilon) = round.epsilon_after {
         line.push_str(&format!(

@@ -313,6 +313,8 @@ async fn drive(
             noise_multiplier: options.noise_multiplier,
             noise_mode: "central".into(),
             adaptive_clipping: None,
+            server_learning_rate: None,
+            trim_fraction: None,
         };
         let round_started = Instant::now();
         let round = sandbox

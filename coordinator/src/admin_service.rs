@@ -298,10 +298,21 @@ impl AdminService for AdminApi {
 pub fn spec_from_proto(spec: &pb::RoundSpec) -> Result<RoundSpec, Status> {
     let strategy = Strategy::parse(&spec.strategy).ok_or_else(|| {
         Status::invalid_argument(format!(
-            "unknown strategy {:?}; this version supports \"fedavg\"",
-            spec.strategy
+            "unknown strategy {:?}; this version supports {}",
+            spec.strategy,
+            Strategy::NAMES
         ))
     })?;
+    // Defaults for the strategy's own parameter; a parameter the strategy has no use for is
+    // kept, so that validation refuses it instead of ignoring it.
+    let server_learning_rate = match (strategy.server_optimizer(), spec.server_learning_rate) {
+        (Some(_), None) => Some(crate::strategy::DEFAULT_SERVER_LEARNING_RATE),
+        (_, given) => given,
+    };
+    let trim_fraction = match (strategy, spec.trim_fraction) {
+        (Strategy::TrimmedMean, None) => Some(crate::strategy::DEFAULT_TRIM_FRACTION),
+        (_, given) => given,
+    };
     let noise_mode = NoiseMode::parse(&spec.noise_mode).ok_or_else(|| {
         Status::invalid_argument(format!(
             "unknown noise_mode {:?}; use \"central\" or \"distributed\"",
@@ -325,6 +336,8 @@ pub fn spec_from_proto(spec: &pb::RoundSpec) -> Result<RoundSpec, Status> {
         learning_rate: spec.learning_rate,
         clip_norm: spec.clip_norm,
         noise_multiplier: spec.noise_multiplier,
+        server_learning_rate,
+        trim_fraction,
     })
 }
 
@@ -361,6 +374,8 @@ pub fn round_to_proto(round: &RoundRecord) -> pb::Round {
                 learning_rate: a.learning_rate,
                 count_stddev: a.count_stddev,
             }),
+            server_learning_rate: round.spec.server_learning_rate,
+            trim_fraction: round.spec.trim_fraction,
         }),
         base_version: round.base_version,
         published_version: round.published_version,

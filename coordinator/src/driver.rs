@@ -16,7 +16,8 @@ use crate::error::{CoordinatorError, Result};
 use crate::ledger::charged_events;
 use crate::privacy::compute_epsilon;
 use crate::registry::{Provenance, now_unix_ms};
-use crate::round::{RoundRecord, RoundState};
+use crate::round::{RoundRecord, RoundState, Strategy};
+use crate::strategy;
 
 /// Runs the round's driver in the background.
 pub fn spawn(core: Arc<Core>, round_id: String) {
@@ -222,7 +223,11 @@ async fn aggregate(core: &Arc<Core>, round: &RoundRecord) -> Result<()> {
     let row = tokio::task::spawn_blocking(move || -> Result<_> {
         let base_params = registry.load_params(&base)?;
         let n = base_params.len();
+        // The mean-based strategies stream the deltas into one sum (memory O(parameters)); the
+        // robust ones need every delta at once.
+        let robust = spec.strategy.is_robust();
         let mut sum = DpFedAvg::new(n);
+        let mut kept = Vec::new();
         let mut counted_bits = Vec::with_capacity(updates.len());
         for update in &updates {
             let delta =
@@ -233,10 +238,14 @@ async fn aggregate(core: &Arc<Core>, round: &RoundRecord) -> Result<()> {
                 warn!(round_id, node_id = %update.node_id, norm, "stored update above clip norm skipped");
                 continue;
             }
-            sum.add(&delta)?;
+            if robust {
+                kept.push(delta);
+            } else {
+                sum.add(&delta)?;
+            }
             counted_bits.push(update.within_clip);
         }
-        let clients = u32::try_from(sum.count()).unwrap_or(u32::MAX);
+        let clients = u32::try_from(counted_bits.len()).unwrap_or(u32::MAX);
         if (clients as usize) < spec.min_clients as usize {
             return Err(CoordinatorError::FailedPrecondition(format!(
                 "only {clients} valid update(s), minimum is {}",
@@ -259,12 +268,50 @@ async fn aggregate(core: &Arc<Core>, round: &RoundRecord) -> Result<()> {
         // Central mode: N(0, (z_Δ C)²) here (z_Δ = z without adaptive clipping); distributed
         // mode: nothing, the nodes added it. The denominator is the expected number of
         // contributors fixed at admission, whatever arrived: DP-FedAvg's fixed denominator.
-        let mean = sum.finish_with_noise_std(
-            spec.coordinator_noise_stddev(),
-            expected_clients.max(1.0),
-            &mut StdRng::from_os_rng(),
-        )?;
-        let params: Vec<f32> = base_params.iter().zip(&mean).map(|(b, d)| b + d).collect();
+        let add = |delta: &[f32]| -> Vec<f32> {
+            base_params.iter().zip(delta).map(|(b, d)| b + d).collect()
+        };
+        let (params, moments) = match spec.strategy {
+            // No noise here: validation admits the robust strategies only with z = 0.
+            Strategy::Median => (add(&strategy::coordinate_median(&kept)?), None),
+            Strategy::TrimmedMean => {
+                let beta = spec
+                    .trim_fraction
+                    .unwrap_or(strategy::DEFAULT_TRIM_FRACTION);
+                (add(&strategy::trimmed_mean(&kept, beta)?), None)
+            }
+            Strategy::FedAvg | Strategy::FedAdam | Strategy::FedYogi => {
+                let mean = sum.finish_with_noise_std(
+                    spec.coordinator_noise_stddev(),
+                    expected_clients.max(1.0),
+                    &mut StdRng::from_os_rng(),
+                )?;
+                match spec.strategy.server_optimizer() {
+                    None => (add(&mean), None),
+                    // The noised mean is the pseudo-gradient: post-processing, no privacy cost.
+                    Some(optimizer) => {
+                        let mut moments = match registry.load_moments(&lineage, base.version)? {
+                            Some(moments) => moments,
+                            None => {
+                                info!(round_id, base_version = base.version, "server optimiser starts from fresh moments");
+                                strategy::Moments::fresh(n)
+                            }
+                        };
+                        let mut params = base_params.clone();
+                        let eta = spec
+                            .server_learning_rate
+                            .unwrap_or(strategy::DEFAULT_SERVER_LEARNING_RATE);
+                        strategy::server_step(optimizer, eta, &mut params, &mean, &mut moments)?;
+                        (params, Some(moments))
+                    }
+                }
+            }
+        };
+        // The moments go down before the version, so a published version of a server-optimiser
+        // round always has its moments (a crash in between leaves files a retry overwrites).
+        if let Some(moments) = &moments {
+            registry.write_moments(&lineage, latest + 1, moments)?;
+        }
         // ε of every charged round of the lineage, this one included (its entry is reserved).
         let (epsilon_spent, delta) = match budget {
             Some(budget) => {

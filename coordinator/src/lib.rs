@@ -23,6 +23,7 @@ pub mod rollout;
 pub mod round;
 pub mod signing_keys;
 pub mod store;
+pub mod strategy;
 pub mod tls;
 pub mod upload;
 pub mod wire_tap;

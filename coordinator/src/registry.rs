@@ -124,6 +124,68 @@ impl Registry {
         )?)
     }
 
+    /// Where the server optimiser's moments after `version` of `lineage` are kept: two files
+    /// in the parameters' own safetensors layout, first and second moment.
+    fn moments_paths(&self, lineage: &str, version: u64) -> [PathBuf; 2] {
+        let dir = self.inner.models_dir.join(lineage);
+        ["m", "v"].map(|which| dir.join(format!("v{version}.server-{which}.safetensors")))
+    }
+
+    /// The server optimiser's moments saved with `version`, or `None` when that version was not
+    /// made by FedAdam/FedYogi (the next such round starts from fresh moments). A file that is
+    /// present but unreadable, or only one of the two, is an error: a corrupted optimiser state
+    /// must not silently restart or steer the weights. Blocking: call from `spawn_blocking`.
+    pub fn load_moments(
+        &self,
+        lineage: &str,
+        version: u64,
+    ) -> Result<Option<crate::strategy::Moments>> {
+        let [first, second] = self.moments_paths(lineage, version);
+        let read = |path: &Path| -> Result<Option<Vec<f32>>> {
+            match std::fs::read(path) {
+                Ok(bytes) => backroom_models::from_safetensors(&self.inner.layout, &bytes)
+                    .map(Some)
+                    .map_err(|e| {
+                        CoordinatorError::Internal(format!(
+                            "server optimiser state {} is unreadable ({e}); remove both \
+                             v{version}.server-*.safetensors files to restart the moments",
+                            path.display()
+                        ))
+                    }),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(CoordinatorError::io(
+                    format!("cannot read {}", path.display()),
+                    e,
+                )),
+            }
+        };
+        match (read(&first)?, read(&second)?) {
+            (Some(first), Some(second)) => Ok(Some(crate::strategy::Moments { first, second })),
+            (None, None) => Ok(None),
+            _ => Err(CoordinatorError::Internal(format!(
+                "only one of the server optimiser's two moment files exists for {lineage} \
+                 v{version}; remove it to restart the moments"
+            ))),
+        }
+    }
+
+    /// Saves the server optimiser's moments after `version` (durably, before the version is
+    /// published). Blocking: call from `spawn_blocking`.
+    pub fn write_moments(
+        &self,
+        lineage: &str,
+        version: u64,
+        moments: &crate::strategy::Moments,
+    ) -> Result<()> {
+        create_dir_durably(&self.inner.models_dir.join(lineage))?;
+        let [first, second] = self.moments_paths(lineage, version);
+        for (path, values) in [(first, &moments.first), (second, &moments.second)] {
+            let bytes = backroom_models::to_safetensors(&self.inner.layout, values)?;
+            write_durably(&path, &bytes)?;
+        }
+        Ok(())
+    }
+
     /// Writes the weights of a new version and signs its manifest. The caller records the
     /// returned row in the database. Blocking: call from `spawn_blocking`.
     pub fn write_version(

@@ -63,25 +63,58 @@ impl RoundState {
     }
 }
 
-/// Aggregation strategies available in this version.
+/// Aggregation strategies available in this version (see [`crate::strategy`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
     /// DP-FedAvg: unweighted mean of clipped deltas plus central Gaussian noise.
     FedAvg,
+    /// DP-FedAvg's noised mean as the pseudo-gradient of a server Adam step.
+    FedAdam,
+    /// DP-FedAvg's noised mean as the pseudo-gradient of a server Yogi step.
+    FedYogi,
+    /// Coordinate-wise median of the clipped deltas (no noise).
+    Median,
+    /// Coordinate-wise trimmed mean of the clipped deltas (no noise).
+    TrimmedMean,
 }
 
 impl Strategy {
+    /// Every strategy's name, for messages and `--help`.
+    pub const NAMES: &'static str = "fedavg, fedadam, fedyogi, median, trimmed_mean";
+
     pub fn parse(text: &str) -> Option<Self> {
         match text {
             "" | "fedavg" => Some(Strategy::FedAvg),
+            "fedadam" => Some(Strategy::FedAdam),
+            "fedyogi" => Some(Strategy::FedYogi),
+            "median" => Some(Strategy::Median),
+            "trimmed_mean" => Some(Strategy::TrimmedMean),
             _ => None,
         }
     }
     pub fn as_str(self) -> &'static str {
         match self {
             Strategy::FedAvg => "fedavg",
+            Strategy::FedAdam => "fedadam",
+            Strategy::FedYogi => "fedyogi",
+            Strategy::Median => "median",
+            Strategy::TrimmedMean => "trimmed_mean",
         }
+    }
+
+    /// The server optimiser of FedAdam / FedYogi.
+    pub fn server_optimizer(self) -> Option<crate::strategy::ServerOptimizer> {
+        match self {
+            Strategy::FedAdam => Some(crate::strategy::ServerOptimizer::Adam),
+            Strategy::FedYogi => Some(crate::strategy::ServerOptimizer::Yogi),
+            _ => None,
+        }
+    }
+
+    /// Whether the aggregate is a robust statistic of the deltas rather than their mean.
+    pub fn is_robust(self) -> bool {
+        matches!(self, Strategy::Median | Strategy::TrimmedMean)
     }
 }
 
@@ -162,6 +195,12 @@ pub struct RoundSpec {
     pub noise_mode: NoiseMode,
     #[serde(default)]
     pub adaptive_clipping: Option<AdaptiveClipping>,
+    /// η of FedAdam / FedYogi (set for those strategies only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_learning_rate: Option<f32>,
+    /// β of the trimmed mean: the share dropped at each end (set for it only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trim_fraction: Option<f32>,
 }
 
 impl RoundSpec {
@@ -308,6 +347,43 @@ impl RoundSpec {
                 );
             }
         }
+        match (self.strategy.server_optimizer(), self.server_learning_rate) {
+            (Some(_), Some(eta)) if !(eta.is_finite() && eta > 0.0 && eta <= 10.0) => {
+                problems.push(format!(
+                    "server_learning_rate must be in (0, 10], got {eta}"
+                ));
+            }
+            (Some(_), None) => problems.push(format!(
+                "{} needs a server_learning_rate",
+                self.strategy.as_str()
+            )),
+            (None, Some(_)) => problems.push(format!(
+                "server_learning_rate applies to fedadam and fedyogi, not {}",
+                self.strategy.as_str()
+            )),
+            _ => {}
+        }
+        match (self.strategy, self.trim_fraction) {
+            (Strategy::TrimmedMean, Some(beta)) if !(0.0..0.5).contains(&beta) => {
+                problems.push(format!("trim_fraction must be in [0, 0.5), got {beta}"));
+            }
+            (Strategy::TrimmedMean, None) => {
+                problems.push("trimmed_mean needs a trim_fraction".to_owned());
+            }
+            (other, Some(_)) if other != Strategy::TrimmedMean => problems.push(format!(
+                "trim_fraction applies to trimmed_mean, not {}",
+                other.as_str()
+            )),
+            _ => {}
+        }
+        if self.strategy.is_robust() && self.noise_multiplier != 0.0 {
+            problems.push(format!(
+                "{} has no sensitivity bound the Gaussian accountant could use, so it cannot \
+                 be noised: launch it with noise_multiplier 0 on a lineage without a privacy \
+                 budget, or use fedavg, fedadam or fedyogi",
+                self.strategy.as_str()
+            ));
+        }
         if self.noise_mode == NoiseMode::Distributed && self.min_clients < 2 {
             problems.push(format!(
                 "distributed noise needs min_clients >= 2 (each node's share assumes \
@@ -368,7 +444,113 @@ mod round_tests {
             noise_multiplier: 0.5,
             noise_mode: NoiseMode::Central,
             adaptive_clipping: None,
+            server_learning_rate: None,
+            trim_fraction: None,
         }
+    }
+
+    fn problems(spec: &RoundSpec) -> String {
+        spec.validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn strategies_take_only_their_own_parameters_and_robust_ones_no_noise() {
+        let adam = RoundSpec {
+            strategy: Strategy::FedAdam,
+            server_learning_rate: Some(0.01),
+            ..spec()
+        };
+        assert!(adam.validate().is_ok(), "{}", problems(&adam));
+        let yogi = RoundSpec {
+            strategy: Strategy::FedYogi,
+            ..adam.clone()
+        };
+        assert!(yogi.validate().is_ok());
+        let median = RoundSpec {
+            strategy: Strategy::Median,
+            noise_multiplier: 0.0,
+            ..spec()
+        };
+        assert!(median.validate().is_ok(), "{}", problems(&median));
+        let trimmed = RoundSpec {
+            strategy: Strategy::TrimmedMean,
+            trim_fraction: Some(0.2),
+            ..median.clone()
+        };
+        assert!(trimmed.validate().is_ok());
+        for (bad, expected) in [
+            (
+                RoundSpec {
+                    server_learning_rate: None,
+                    ..adam.clone()
+                },
+                "needs a server_learning_rate",
+            ),
+            (
+                RoundSpec {
+                    server_learning_rate: Some(f32::NAN),
+                    ..adam.clone()
+                },
+                "server_learning_rate must be in (0, 10]",
+            ),
+            (
+                RoundSpec {
+                    server_learning_rate: Some(0.1),
+                    ..spec()
+                },
+                "applies to fedadam and fedyogi, not fedavg",
+            ),
+            (
+                RoundSpec {
+                    trim_fraction: Some(0.5),
+                    ..trimmed.clone()
+                },
+                "trim_fraction must be in [0, 0.5)",
+            ),
+            (
+                RoundSpec {
+                    trim_fraction: None,
+                    ..trimmed.clone()
+                },
+                "needs a trim_fraction",
+            ),
+            (
+                RoundSpec {
+                    trim_fraction: Some(0.1),
+                    ..median.clone()
+                },
+                "applies to trimmed_mean, not median",
+            ),
+            (
+                RoundSpec {
+                    noise_multiplier: 0.5,
+                    ..trimmed.clone()
+                },
+                "trimmed_mean has no sensitivity bound",
+            ),
+            (
+                RoundSpec {
+                    noise_multiplier: 1e-6,
+                    ..median.clone()
+                },
+                "median has no sensitivity bound",
+            ),
+        ] {
+            let message = problems(&bad);
+            assert!(
+                message.contains(expected),
+                "{expected:?} not in {message:?}"
+            );
+        }
+        for name in ["fedavg", "fedadam", "fedyogi", "median", "trimmed_mean"] {
+            let parsed = Strategy::parse(name).map(Strategy::as_str);
+            assert_eq!(parsed, Some(name));
+            assert!(Strategy::NAMES.contains(name));
+        }
+        assert_eq!(Strategy::parse("krum"), None);
     }
 
     #[test]

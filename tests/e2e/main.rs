@@ -11,5 +11,6 @@ mod privacy;
 mod redaction;
 mod refusals;
 mod store_privacy;
+mod strategies;
 mod support;
 mod wire_scan;

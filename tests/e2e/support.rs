@@ -44,6 +44,8 @@ pub fn spec(clients: u32, noise_multiplier: f32) -> pb::RoundSpec {
         noise_multiplier,
         noise_mode: "central".into(),
         adaptive_clipping: None,
+        server_learning_rate: None,
+        trim_fraction: None,
     }
 }
 

@@ -119,6 +119,18 @@ fn stage_passes(total: f32, threshold: f32) -> bool {
     !(total < threshold)
 }
 
+/// A row's windows stay in the dense, all-windows-at-once evaluation while at least this share of
+/// them is alive (1 / `DENSE_WHILE_ALIVE_OVER`); then the survivors go window by window.
+const DENSE_WHILE_ALIVE_OVER: usize = 8;
+
+/// Buffers for [`Compiled::passes_row`], reused across rows and levels.
+#[derive(Default)]
+struct RowScratch {
+    values: Vec<f32>,
+    totals: Vec<f32>,
+    alive: Vec<bool>,
+}
+
 impl Compiled {
     fn passes(&self, sums: &[u32], origin: usize, norm: f32) -> bool {
         self.evaluate(sums, origin, norm, stage_passes)
@@ -130,10 +142,22 @@ impl Compiled {
         sums: &[u32],
         origin: usize,
         norm: f32,
+        go_on: impl FnMut(f32, f32) -> bool,
+    ) -> bool {
+        self.evaluate_from(0, sums, origin, norm, go_on)
+    }
+
+    /// [`Compiled::evaluate`] from stage `first` on.
+    fn evaluate_from(
+        &self,
+        first: usize,
+        sums: &[u32],
+        origin: usize,
+        norm: f32,
         mut go_on: impl FnMut(f32, f32) -> bool,
     ) -> bool {
-        let mut start = 0;
-        for stage in &self.stages {
+        let mut start = first.checked_sub(1).map_or(0, |s| self.stages[s].end);
+        for stage in &self.stages[first..] {
             let mut total = 0.0f32;
             for stump in &self.stumps[start..stage.end] {
                 let mut value = 0.0f32;
@@ -156,6 +180,87 @@ impl Compiled {
             start = stage.end;
         }
         true
+    }
+
+    /// Evaluates the `norms.len()` adjacent windows (stride 1) whose first top-left corner is at
+    /// `row_origin`, pushing the index of each that passes onto `hits`. The early stages, which
+    /// most windows pass, run over the whole row at once — contiguous loads and no branches, so
+    /// the compiler vectorises them; once fewer than an eighth of the windows are alive the
+    /// survivors go on one by one through [`Compiled::evaluate_from`] (of the shares 1/1 … 1/64
+    /// tried, 1/4 to 1/16 were fastest: about 1.8× window-by-window on the bench frame). Every
+    /// window's arithmetic is the same, in the same order, as in [`Compiled::passes`], so the
+    /// decisions are bit for bit the same.
+    fn passes_row(
+        &self,
+        sums: &[u32],
+        row_origin: usize,
+        norms: &[f32],
+        row: &mut RowScratch,
+        hits: &mut Vec<usize>,
+    ) {
+        let n = norms.len();
+        row.values.resize(n, 0.0);
+        row.totals.resize(n, 0.0);
+        row.alive.clear();
+        row.alive.resize(n, true);
+        let (values, totals, alive) = (&mut row.values[..n], &mut row.totals[..n], &mut row.alive);
+        let mut alive_count = n;
+        let mut next = 0;
+        let mut start = 0;
+        for stage in &self.stages {
+            if alive_count * DENSE_WHILE_ALIVE_OVER < n {
+                break;
+            }
+            totals.fill(0.0);
+            for stump in &self.stumps[start..stage.end] {
+                for (k, c) in stump.rects[..stump.n_rects].iter().enumerate() {
+                    let br = &sums[row_origin + c.bottom_right..][..n];
+                    let tr = &sums[row_origin + c.top_right..][..n];
+                    let bl = &sums[row_origin + c.bottom_left..][..n];
+                    let tl = &sums[row_origin + c.top_left..][..n];
+                    let weight = c.weight;
+                    // A rectangle's true sum is below 2^31 (255 × its area), so the i32
+                    // conversion, which vectorises, equals the scalar path's u32 one.
+                    if k == 0 {
+                        for i in 0..n {
+                            let sum = br[i]
+                                .wrapping_sub(tr[i])
+                                .wrapping_sub(bl[i])
+                                .wrapping_add(tl[i]);
+                            values[i] = weight * (sum as i32) as f32;
+                        }
+                    } else {
+                        for i in 0..n {
+                            let sum = br[i]
+                                .wrapping_sub(tr[i])
+                                .wrapping_sub(bl[i])
+                                .wrapping_add(tl[i]);
+                            values[i] += weight * (sum as i32) as f32;
+                        }
+                    }
+                }
+                let (threshold, below, above) = (stump.threshold, stump.below, stump.above);
+                for i in 0..n {
+                    totals[i] += if values[i] < threshold * norms[i] {
+                        below
+                    } else {
+                        above
+                    };
+                }
+            }
+            alive_count = 0;
+            for (a, &t) in alive.iter_mut().zip(totals.iter()) {
+                *a &= stage_passes(t, stage.threshold);
+                alive_count += usize::from(*a);
+            }
+            start = stage.end;
+            next += 1;
+        }
+        for (i, _) in alive.iter().enumerate().filter(|(_, a)| **a) {
+            if self.evaluate_from(next, sums, row_origin + i, norms[i], stage_passes) {
+                hits.push(i);
+            }
+        }
     }
 }
 
@@ -461,6 +566,7 @@ pub fn detect_all(cascades: &[&Cascade], gray: &GrayImage, settings: &ScanSettin
         .collect();
     let (iw, ih) = gray.dimensions();
     let mut hits: Vec<Vec<Region>> = vec![Vec::new(); cascades.len()];
+    let (mut norms, mut row, mut row_hits) = (Vec::new(), RowScratch::default(), Vec::new());
     let mut scale = 1.0f32;
     loop {
         let (win_w, win_h) = (
@@ -493,22 +599,49 @@ pub fn detect_all(cascades: &[&Cascade], gray: &GrayImage, settings: &ScanSettin
                 .collect();
             // OpenCV's stride: every other position on fine levels, every one on coarse.
             let step = if scale > 2.0 { 1 } else { 2 };
+            let mut hit = |k: usize, x: u32, y: u32| {
+                hits[k].push(Region {
+                    x: (x as f32 * scale).round() as u32,
+                    y: (y as f32 * scale).round() as u32,
+                    w: win_w,
+                    h: win_h,
+                })
+            };
             for y in (0..=sh - height).step_by(step) {
-                for x in (0..=sw - width).step_by(step) {
-                    let norm = integral.norm(x, y, width, height);
-                    let origin = y as usize * integral.stride + x as usize;
-                    for (k, cascade) in cascades.iter().enumerate() {
-                        let passes = match &compiled[k] {
-                            Some(flat) => flat.passes(&integral.sums, origin, norm),
-                            None => cascade.passes(&corners[k], &integral.sums, origin, norm),
-                        };
-                        if passes {
-                            hits[k].push(Region {
-                                x: (x as f32 * scale).round() as u32,
-                                y: (y as f32 * scale).round() as u32,
-                                w: win_w,
-                                h: win_h,
-                            });
+                if step == 1 {
+                    norms.clear();
+                    norms.extend((0..=sw - width).map(|x| integral.norm(x, y, width, height)));
+                }
+                for (k, cascade) in cascades.iter().enumerate() {
+                    match &compiled[k] {
+                        Some(flat) if step == 1 => {
+                            row_hits.clear();
+                            let origin = y as usize * integral.stride;
+                            flat.passes_row(
+                                &integral.sums,
+                                origin,
+                                &norms,
+                                &mut row,
+                                &mut row_hits,
+                            );
+                            for &x in &row_hits {
+                                hit(k, x as u32, y);
+                            }
+                        }
+                        _ => {
+                            for x in (0..=sw - width).step_by(step) {
+                                let norm = integral.norm(x, y, width, height);
+                                let origin = y as usize * integral.stride + x as usize;
+                                let passes = match &compiled[k] {
+                                    Some(flat) => flat.passes(&integral.sums, origin, norm),
+                                    None => {
+                                        cascade.passes(&corners[k], &integral.sums, origin, norm)
+                                    }
+                                };
+                                if passes {
+                                    hit(k, x, y);
+                                }
+                            }
                         }
                     }
                 }

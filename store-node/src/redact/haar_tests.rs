@@ -70,3 +70,47 @@ fn compiled_stumps_sum_every_stage_of_every_window_like_the_general_evaluator() 
     assert!(compared > 20_000);
     eprintln!("{compared} windows compared through all stages, {passed} passed every stage");
 }
+
+#[test]
+fn a_row_evaluated_at_once_passes_exactly_the_windows_that_pass_one_by_one() {
+    let cascade = Cascade::parse(super::super::HAAR_PROFILE).unwrap_or_else(|e| panic!("{e}"));
+    let (width, height) = cascade.window();
+    let mut row = super::RowScratch::default();
+    let (mut windows, mut passed) = (0usize, 0usize);
+    for seed in 0..3 {
+        let image = textured(seed + 10, 120, 64);
+        let integral = Integral::new(&image);
+        for cascade in [cascade.clone(), cascade.mirrored()] {
+            // The real thresholds, then lowered ones so that many windows survive the dense
+            // stages and reach the one-by-one tail, and some pass every stage.
+            for lower in [0.0f32, 0.5, 1.0, 3.0] {
+                let mut compiled = cascade
+                    .compile(integral.stride)
+                    .unwrap_or_else(|| panic!("the profile cascade is all stumps"));
+                for stage in &mut compiled.stages {
+                    stage.threshold -= lower;
+                }
+                for y in 0..=image.height() - height {
+                    let norms: Vec<f32> = (0..=image.width() - width)
+                        .map(|x| integral.norm(x, y, width, height))
+                        .collect();
+                    let origin = y as usize * integral.stride;
+                    let mut at_once = Vec::new();
+                    compiled.passes_row(&integral.sums, origin, &norms, &mut row, &mut at_once);
+                    let one_by_one: Vec<usize> = (0..norms.len())
+                        .filter(|&x| compiled.passes(&integral.sums, origin + x, norms[x]))
+                        .collect();
+                    assert_eq!(at_once, one_by_one, "row {y}, seed {seed}, lowered {lower}");
+                    windows += norms.len();
+                    passed += one_by_one.len();
+                }
+            }
+        }
+    }
+    assert!(windows > 20_000);
+    assert!(
+        passed > 100,
+        "only {passed} windows passed: the comparison is too easy"
+    );
+    eprintln!("{windows} windows compared, {passed} passed");
+}
