@@ -2,6 +2,7 @@
 
 mod bench_fl;
 mod cli;
+mod crash;
 mod distribution;
 mod federation;
 mod frame_requests;

@@ -51,7 +51,12 @@ pub fn spec(clients: u32, noise_multiplier: f32) -> pb::RoundSpec {
 
 /// The stored update blobs of a round (what the nodes uploaded: their clipped deltas).
 pub fn round_updates(sandbox: &Sandbox, round_id: &str) -> Vec<(PathBuf, Vec<f32>)> {
-    let dir = sandbox.coordinator_dir.join("updates").join(round_id);
+    updates_in(&sandbox.coordinator_dir, round_id)
+}
+
+/// The stored update blobs of a round in a coordinator data directory.
+pub fn updates_in(coordinator_dir: &Path, round_id: &str) -> Vec<(PathBuf, Vec<f32>)> {
+    let dir = coordinator_dir.join("updates").join(round_id);
     let mut out = Vec::new();
     let mut entries: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
