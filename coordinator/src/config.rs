@@ -44,7 +44,8 @@ pub struct CoordinatorConfig {
     /// Address of the TLS listener (`127.0.0.1:0` picks a free port).
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
-    /// `sqlite://…`; defaults to `<data_dir>/coordinator.db`.
+    /// `sqlite://PATH` or `postgres://USER@HOST:PORT/DATABASE`; defaults to
+    /// `<data_dir>/coordinator.db` (embedded SQLite).
     pub database_url: String,
     /// Extra DNS names / IPs for the server certificate.
     pub server_names: Vec<String>,
@@ -126,12 +127,9 @@ impl CoordinatorConfig {
             }
         }
         if let Some(url) = raw.database_url {
-            if url.starts_with("sqlite:") {
-                config.database_url = url;
-            } else {
-                problems.push(format!(
-                    "database_url {url:?}: this version supports sqlite: URLs only"
-                ));
+            match crate::store::Backend::of_url(&url) {
+                Ok(_) => config.database_url = url,
+                Err(e) => problems.push(e.to_string()),
             }
         }
         if let Some(names) = raw.server_names {

@@ -1,8 +1,9 @@
 //! The privacy ledger: each lineage's budget and one entry per admitted round, in the database.
 //!
-//! **Architecture Invariant:** a round is admitted only inside one `BEGIN IMMEDIATE` transaction
-//! that reads every charged entry of the lineage, checks the budget with the new round included,
-//! and inserts the round and its reservation. SQLite runs such transactions one at a time, so
+//! **Architecture Invariant:** a round is admitted only inside one write transaction
+//! ([`Store::begin_write`]: SQLite's `BEGIN IMMEDIATE`, PostgreSQL's advisory lock) that reads
+//! every charged entry of the lineage, checks the budget with the new round included, and inserts
+//! the round and its reservation. Such transactions run one at a time on either database, so
 //! concurrent round starts can never jointly overspend.
 //!
 //! Entry lifecycle: `reserved` when the round is admitted, `spent` as soon as its Poisson draw
@@ -11,11 +12,12 @@
 //! Reserved and spent entries count against the budget.
 
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 
 use crate::error::{CoordinatorError, Result};
 use crate::privacy::DpEvent;
 use crate::round::RoundRecord;
+use crate::store::BindOptionalF64;
 use crate::store::Store;
 
 /// A lineage's privacy budget.
@@ -120,7 +122,7 @@ pub fn charged_events<'a>(entries: impl IntoIterator<Item = &'a LedgerEntry>) ->
     events
 }
 
-fn entry_from_row(row: &SqliteRow) -> Result<LedgerEntry> {
+fn entry_from_row(row: &AnyRow) -> Result<LedgerEntry> {
     let status: String = row.try_get("status")?;
     let round_id: String = row.try_get("round_id")?;
     Ok(LedgerEntry {
@@ -140,10 +142,10 @@ fn entry_from_row(row: &SqliteRow) -> Result<LedgerEntry> {
 
 async fn ledger_rows<'e, E>(executor: E, lineage: &str) -> Result<Vec<LedgerEntry>>
 where
-    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
     let rows = sqlx::query(
-        "SELECT * FROM privacy_ledger WHERE lineage = ? ORDER BY created_unix_ms, round_id",
+        "SELECT * FROM privacy_ledger WHERE lineage = $1 ORDER BY created_unix_ms, round_id",
     )
     .bind(lineage)
     .fetch_all(executor)
@@ -159,14 +161,14 @@ impl Store {
         budget
             .validate()
             .map_err(CoordinatorError::InvalidArgument)?;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let current: Option<f64> =
-            sqlx::query_scalar("SELECT delta FROM privacy_budgets WHERE lineage = ?")
+            sqlx::query_scalar("SELECT delta FROM privacy_budgets WHERE lineage = $1")
                 .bind(lineage)
                 .fetch_optional(&mut *tx)
                 .await?;
         let charged: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM privacy_ledger WHERE lineage = ? AND status != 'refunded'",
+            "SELECT COUNT(*) FROM privacy_ledger WHERE lineage = $1 AND status != 'refunded'",
         )
         .bind(lineage)
         .fetch_one(&mut *tx)
@@ -183,12 +185,12 @@ impl Store {
         }
         sqlx::query(
             "INSERT INTO privacy_budgets (lineage, epsilon_max, delta, updated_unix_ms) \
-             VALUES (?, ?, ?, ?) ON CONFLICT (lineage) DO UPDATE SET \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (lineage) DO UPDATE SET \
              epsilon_max = excluded.epsilon_max, delta = excluded.delta, \
              updated_unix_ms = excluded.updated_unix_ms",
         )
         .bind(lineage)
-        .bind(budget.epsilon_max)
+        .bind_optional_f64(budget.epsilon_max)
         .bind(budget.delta)
         .bind(now)
         .execute(&mut *tx)
@@ -198,7 +200,7 @@ impl Store {
     }
 
     pub async fn budget(&self, lineage: &str) -> Result<Option<Budget>> {
-        let row = sqlx::query("SELECT epsilon_max, delta FROM privacy_budgets WHERE lineage = ?")
+        let row = sqlx::query("SELECT epsilon_max, delta FROM privacy_budgets WHERE lineage = $1")
             .bind(lineage)
             .fetch_optional(&self.pool)
             .await?;
@@ -216,7 +218,7 @@ impl Store {
         ledger_rows(&self.pool, lineage).await
     }
 
-    /// Admits a round: in one `BEGIN IMMEDIATE` transaction, reads the lineage's entries, asks
+    /// Admits a round: in one write transaction, reads the lineage's entries, asks
     /// `admit` (given the charged history and this round's event) for the ε the lineage would
     /// reach (`Ok(None)` for infinite) or a refusal, refuses a second running round, and inserts
     /// the round with its reservation. `admit` runs on a blocking thread (it may take a while).
@@ -234,7 +236,7 @@ impl Store {
             + 'static,
         R: Send + 'static,
     {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let entries = ledger_rows(&mut *tx, &round.lineage).await?;
         let entry = LedgerEntry {
             round_id: round.round_id.clone(),
@@ -256,7 +258,7 @@ impl Store {
             Err(refusal) => return Ok(Err(refusal)),
         };
         let active: Option<String> = sqlx::query_scalar(
-            "SELECT round_id FROM rounds WHERE lineage = ? \
+            "SELECT round_id FROM rounds WHERE lineage = $1 \
              AND state NOT IN ('published', 'failed', 'cancelled') LIMIT 1",
         )
         .bind(&round.lineage)
@@ -272,13 +274,13 @@ impl Store {
         sqlx::query(
             "INSERT INTO privacy_ledger (round_id, lineage, sampling_rate, noise_multiplier, \
              status, epsilon_after, created_unix_ms, updated_unix_ms) \
-             VALUES (?, ?, ?, ?, 'reserved', ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, 'reserved', $5, $6, $7)",
         )
         .bind(&entry.round_id)
         .bind(&entry.lineage)
         .bind(entry.sampling_rate)
         .bind(entry.noise_multiplier)
-        .bind(epsilon_after)
+        .bind_optional_f64(epsilon_after)
         .bind(entry.created_unix_ms)
         .bind(entry.created_unix_ms)
         .execute(&mut *tx)
@@ -293,12 +295,12 @@ impl Store {
 
 /// Marks a published round's entry spent (inside the publishing transaction).
 pub(crate) async fn mark_spent(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     round_id: &str,
     now: i64,
 ) -> Result<()> {
     sqlx::query(
-        "UPDATE privacy_ledger SET status = 'spent', updated_unix_ms = ? WHERE round_id = ?",
+        "UPDATE privacy_ledger SET status = 'spent', updated_unix_ms = $1 WHERE round_id = $2",
     )
     .bind(now)
     .bind(round_id)
@@ -312,15 +314,15 @@ pub(crate) async fn mark_spent(
 /// is charged whatever happened next, so published rounds are never a selection of draws
 /// (inside the transition's transaction).
 pub(crate) async fn settle_unpublished(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     round_id: &str,
     now: i64,
 ) -> Result<()> {
     sqlx::query(
-        "UPDATE privacy_ledger SET updated_unix_ms = ?, status = CASE \
-         WHEN NOT EXISTS (SELECT 1 FROM round_updates WHERE round_id = ?) \
-          AND NOT EXISTS (SELECT 1 FROM round_participants WHERE round_id = ?) THEN 'refunded' \
-         ELSE 'spent' END WHERE round_id = ? AND status = 'reserved'",
+        "UPDATE privacy_ledger SET updated_unix_ms = $1, status = CASE \
+         WHEN NOT EXISTS (SELECT 1 FROM round_updates WHERE round_id = $2) \
+          AND NOT EXISTS (SELECT 1 FROM round_participants WHERE round_id = $3) THEN 'refunded' \
+         ELSE 'spent' END WHERE round_id = $4 AND status = 'reserved'",
     )
     .bind(now)
     .bind(round_id)
@@ -357,7 +359,7 @@ mod ledger_tests {
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
             // The schema as it was before migration 0003.
-            let mut before = sqlx::migrate!("./migrations");
+            let mut before = sqlx::migrate!("./migrations/sqlite");
             before.migrations = Cow::Owned(before.migrations.iter().take(2).cloned().collect());
             before.run(&pool).await.unwrap_or_else(|e| panic!("{e}"));
             for (round_id, state, spec) in [
@@ -368,7 +370,7 @@ mod ledger_tests {
             ] {
                 sqlx::query(
                     "INSERT INTO rounds (round_id, lineage, state, spec, base_version, \
-                     started_by, created_unix_ms, updated_unix_ms) VALUES (?, 'l', ?, ?, 1, 'a', 1, 2)",
+                     started_by, created_unix_ms, updated_unix_ms) VALUES ($1, 'l', $2, $3, 1, 'a', 1, 2)",
                 )
                 .bind(round_id)
                 .bind(state)

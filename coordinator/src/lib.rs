@@ -23,6 +23,8 @@ pub mod rollout;
 pub mod round;
 pub mod signing_keys;
 pub mod store;
+#[cfg(test)]
+mod store_conformance;
 pub mod strategy;
 pub mod tls;
 pub mod upload;
@@ -81,9 +83,12 @@ impl Coordinator {
         let tls = tls::server_config(&paths.ca_cert(), &paths.server_cert(), &paths.server_key())
             .context("cannot build the TLS configuration")?;
 
-        let store = Store::open(&config.database_url)
-            .await
-            .with_context(|| format!("cannot open database {}", config.database_url))?;
+        let store = Store::open(&config.database_url).await.with_context(|| {
+            format!(
+                "cannot open database {}",
+                store::redact_url(&config.database_url)
+            )
+        })?;
         let registry = Registry::new(
             store.clone(),
             config.data_dir.join("models"),

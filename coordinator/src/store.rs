@@ -1,14 +1,17 @@
-//! Durable coordinator state through sqlx (SQLite, embedded by default).
+//! Durable coordinator state through sqlx: SQLite (embedded, the default) or PostgreSQL,
+//! selected by the database URL.
 //!
 //! Every state transition and every accepted update is committed here before it is acknowledged.
+//! One implementation serves both databases (sqlx's `Any` driver): every statement is written in
+//! the SQL both accept (`$n` placeholders, `ON CONFLICT`, 64-bit integers, doubles, text, blobs;
+//! booleans stored as 0/1), and each database has its own numbered migrations
+//! (`migrations/sqlite`, `migrations/postgres`) that must stay in step. The conformance suite
+//! (`store_conformance.rs`) runs every test against both.
 
 use std::str::FromStr;
 
-use sqlx::Row;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
-};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
 
 use crate::error::{CoordinatorError, Result};
 use crate::round::{RoundRecord, RoundSpec, RoundState};
@@ -59,9 +62,74 @@ pub struct NodeRow {
     pub backend: String,
 }
 
+/// Which database a [`Store`] runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a database URL names, or an error that says which URLs are understood.
+    pub fn of_url(url: &str) -> Result<Self> {
+        if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres)
+        } else {
+            Err(CoordinatorError::InvalidArgument(format!(
+                "database URL {:?}: expected sqlite://PATH or postgres://USER@HOST:PORT/DATABASE",
+                redact_url(url)
+            )))
+        }
+    }
+}
+
+/// A URL with its password (if any) replaced, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &credentials[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Binding an optional double through the `Any` driver.
+pub(crate) trait BindOptionalF64 {
+    fn bind_optional_f64(self, value: Option<f64>) -> Self;
+}
+
+impl<'q> BindOptionalF64 for sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    /// sqlx 0.8.6's `Any` driver sends a NULL `f64` to PostgreSQL typed as `real` (and a NULL
+    /// `f32` as `double precision`), which makes PostgreSQL refuse the statement's next non-NULL
+    /// double ("incorrect binary data format"). So a missing value is bound as a NULL `f32`,
+    /// which arrives as the `double precision` NULL it is. SQLite sees a plain NULL either way.
+    /// The conformance suite covers both halves (budgets without ε_max, suppressed metrics).
+    fn bind_optional_f64(self, value: Option<f64>) -> Self {
+        match value {
+            Some(value) => self.bind(value),
+            None => self.bind(None::<f32>),
+        }
+    }
+}
+
+/// Key of the PostgreSQL advisory lock that write transactions take (see [`Store::begin_write`]).
+const POSTGRES_WRITE_LOCK: i64 = 0x6261_636b_726f_6f6d; // "backroom"
+
 #[derive(Clone, Debug)]
 pub struct Store {
-    pub(crate) pool: SqlitePool,
+    pub(crate) pool: AnyPool,
+    backend: Backend,
 }
 
 pub(crate) fn to_i64(value: u64) -> i64 {
@@ -73,20 +141,80 @@ pub(crate) fn to_u64(value: i64) -> u64 {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at `url` and runs the numbered migrations.
+    /// Opens the database at `url` (`sqlite://PATH`, created if missing, or `postgres://…`) and
+    /// runs its numbered migrations.
     pub async fn open(url: &str) -> Result<Self> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(std::time::Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool })
+        sqlx::any::install_default_drivers();
+        let backend = Backend::of_url(url)?;
+        let pool = match backend {
+            Backend::Sqlite => {
+                // Create the file if missing unless the URL says otherwise.
+                let url = if url.contains("mode=") {
+                    url.to_owned()
+                } else if url.contains('?') {
+                    format!("{url}&mode=rwc")
+                } else {
+                    format!("{url}?mode=rwc")
+                };
+                let options = AnyConnectOptions::from_str(&url)?;
+                AnyPoolOptions::new()
+                    .max_connections(4)
+                    .after_connect(|conn, _meta| {
+                        Box::pin(async move {
+                            // WAL so readers never block the writer; FULL so a commit survives
+                            // power loss; writers wait for each other instead of failing.
+                            for pragma in [
+                                "PRAGMA journal_mode = WAL",
+                                "PRAGMA synchronous = FULL",
+                                "PRAGMA foreign_keys = ON",
+                                "PRAGMA busy_timeout = 10000",
+                            ] {
+                                conn.execute(pragma).await?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .connect_with(options)
+                    .await?
+            }
+            Backend::Postgres => {
+                let options = AnyConnectOptions::from_str(url)?;
+                AnyPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(std::time::Duration::from_secs(30))
+                    .connect_with(options)
+                    .await?
+            }
+        };
+        match backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
+        }
+        Ok(Self { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Begins a transaction that reads and then writes, serialised with every other such
+    /// transaction: SQLite's `BEGIN IMMEDIATE` (the database's write lock from the start), and on
+    /// PostgreSQL a transaction-scoped advisory lock taken first. Every multi-statement write
+    /// goes through here, so what one reads cannot change before it commits, on either database.
+    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        match self.backend {
+            Backend::Sqlite => Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?),
+            Backend::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                // The function returns `void`, which the Any driver cannot decode: select a
+                // constant from it instead.
+                sqlx::query("SELECT 1 FROM pg_advisory_xact_lock($1)")
+                    .bind(POSTGRES_WRITE_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(tx)
+            }
+        }
     }
 
     // ---- model versions ----
@@ -97,7 +225,7 @@ impl Store {
 
     pub async fn latest_version(&self, lineage: &str) -> Result<Option<VersionRow>> {
         let row = sqlx::query(
-            "SELECT * FROM model_versions WHERE lineage = ? ORDER BY version DESC LIMIT 1",
+            "SELECT * FROM model_versions WHERE lineage = $1 ORDER BY version DESC LIMIT 1",
         )
         .bind(lineage)
         .fetch_optional(&self.pool)
@@ -106,7 +234,7 @@ impl Store {
     }
 
     pub async fn version(&self, lineage: &str, version: u64) -> Result<Option<VersionRow>> {
-        let row = sqlx::query("SELECT * FROM model_versions WHERE lineage = ? AND version = ?")
+        let row = sqlx::query("SELECT * FROM model_versions WHERE lineage = $1 AND version = $2")
             .bind(lineage)
             .bind(to_i64(version))
             .fetch_optional(&self.pool)
@@ -116,7 +244,7 @@ impl Store {
 
     pub async fn list_versions(&self, lineage: &str) -> Result<Vec<VersionRow>> {
         let rows = sqlx::query(
-            "SELECT * FROM model_versions WHERE (? = '' OR lineage = ?) ORDER BY lineage, version",
+            "SELECT * FROM model_versions WHERE ($1 = '' OR lineage = $2) ORDER BY lineage, version",
         )
         .bind(lineage)
         .bind(lineage)
@@ -128,7 +256,7 @@ impl Store {
     // ---- rounds ----
 
     pub async fn round(&self, round_id: &str) -> Result<Option<RoundRecord>> {
-        let row = sqlx::query("SELECT * FROM rounds WHERE round_id = ?")
+        let row = sqlx::query("SELECT * FROM rounds WHERE round_id = $1")
             .bind(round_id)
             .fetch_optional(&self.pool)
             .await?;
@@ -140,7 +268,7 @@ impl Store {
 
     pub async fn list_rounds(&self, lineage: &str) -> Result<Vec<RoundRecord>> {
         let rows = sqlx::query(
-            "SELECT * FROM rounds WHERE (? = '' OR lineage = ?) ORDER BY created_unix_ms, round_id",
+            "SELECT * FROM rounds WHERE ($1 = '' OR lineage = $2) ORDER BY created_unix_ms, round_id",
         )
         .bind(lineage)
         .bind(lineage)
@@ -168,7 +296,7 @@ impl Store {
         Ok(rounds)
     }
 
-    async fn complete_round(&self, row: &SqliteRow) -> Result<RoundRecord> {
+    async fn complete_round(&self, row: &AnyRow) -> Result<RoundRecord> {
         let round_id: String = row.try_get("round_id")?;
         let state_text: String = row.try_get("state")?;
         let state = RoundState::parse(&state_text).ok_or_else(|| {
@@ -179,24 +307,24 @@ impl Store {
             CoordinatorError::Internal(format!("round {round_id} has an unreadable spec: {e}"))
         })?;
         let sampled_nodes = sqlx::query_scalar::<_, String>(
-            "SELECT node_id FROM round_participants WHERE round_id = ? ORDER BY node_id",
+            "SELECT node_id FROM round_participants WHERE round_id = $1 ORDER BY node_id",
         )
         .bind(&round_id)
         .fetch_all(&self.pool)
         .await?;
         let accepted: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM round_updates WHERE round_id = ?")
+            sqlx::query_scalar("SELECT COUNT(*) FROM round_updates WHERE round_id = $1")
                 .bind(&round_id)
                 .fetch_one(&self.pool)
                 .await?;
         let epsilon_after: Option<f64> =
-            sqlx::query_scalar("SELECT epsilon_after FROM privacy_ledger WHERE round_id = ?")
+            sqlx::query_scalar("SELECT epsilon_after FROM privacy_ledger WHERE round_id = $1")
                 .bind(&round_id)
                 .fetch_optional(&self.pool)
                 .await?
                 .flatten();
         let next_clip_norm: Option<f64> =
-            sqlx::query_scalar("SELECT clip_norm FROM adaptive_clip_norms WHERE round_id = ?")
+            sqlx::query_scalar("SELECT clip_norm FROM adaptive_clip_norms WHERE round_id = $1")
                 .bind(&round_id)
                 .fetch_optional(&self.pool)
                 .await?;
@@ -239,10 +367,10 @@ impl Store {
                 to.as_str()
             )));
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let result = sqlx::query(
-            "UPDATE rounds SET state = ?, failure_reason = ?, updated_unix_ms = ? \
-             WHERE round_id = ? AND state = ?",
+            "UPDATE rounds SET state = $1, failure_reason = $2, updated_unix_ms = $3 \
+             WHERE round_id = $4 AND state = $5",
         )
         .bind(to.as_str())
         .bind(failure_reason)
@@ -270,10 +398,10 @@ impl Store {
         deadline_unix_ms: i64,
         now_unix_ms: i64,
     ) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let moved = sqlx::query(
-            "UPDATE rounds SET state = 'training', training_deadline_unix_ms = ?, \
-             expected_clients = ?, updated_unix_ms = ? WHERE round_id = ? AND state = 'sampling'",
+            "UPDATE rounds SET state = 'training', training_deadline_unix_ms = $1, \
+             expected_clients = $2, updated_unix_ms = $3 WHERE round_id = $4 AND state = 'sampling'",
         )
         .bind(deadline_unix_ms)
         .bind(expected_clients)
@@ -287,7 +415,7 @@ impl Store {
             return Ok(false);
         }
         for node in nodes {
-            sqlx::query("INSERT INTO round_participants (round_id, node_id) VALUES (?, ?)")
+            sqlx::query("INSERT INTO round_participants (round_id, node_id) VALUES ($1, $2)")
                 .bind(round_id)
                 .bind(node)
                 .execute(&mut *tx)
@@ -307,10 +435,10 @@ impl Store {
         to_stable: bool,
         now: i64,
     ) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let moved = sqlx::query(
-            "UPDATE rounds SET state = 'published', published_version = ?, updated_unix_ms = ? \
-             WHERE round_id = ? AND state = 'aggregating'",
+            "UPDATE rounds SET state = 'published', published_version = $1, updated_unix_ms = $2 \
+             WHERE round_id = $3 AND state = 'aggregating'",
         )
         .bind(to_i64(version.version))
         .bind(now)
@@ -337,7 +465,7 @@ impl Store {
         if let Some(clip_norm) = next_clip_norm {
             sqlx::query(
                 "INSERT INTO adaptive_clip_norms (lineage, clip_norm, round_id, updated_unix_ms) \
-                 VALUES (?, ?, ?, ?) ON CONFLICT (lineage) DO UPDATE SET \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (lineage) DO UPDATE SET \
                  clip_norm = excluded.clip_norm, round_id = excluded.round_id, \
                  updated_unix_ms = excluded.updated_unix_ms",
             )
@@ -354,7 +482,7 @@ impl Store {
 
     /// Charges a round's ledger entry now (a Poisson draw was made, whatever happens next).
     pub async fn charge_round(&self, round_id: &str, now: i64) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         crate::ledger::mark_spent(&mut tx, round_id, now).await?;
         tx.commit().await?;
         Ok(())
@@ -363,7 +491,7 @@ impl Store {
     /// The clip norm the lineage's next adaptive round uses, if an adaptive round published.
     pub async fn adaptive_clip_norm(&self, lineage: &str) -> Result<Option<f64>> {
         Ok(
-            sqlx::query_scalar("SELECT clip_norm FROM adaptive_clip_norms WHERE lineage = ?")
+            sqlx::query_scalar("SELECT clip_norm FROM adaptive_clip_norms WHERE lineage = $1")
                 .bind(lineage)
                 .fetch_optional(&self.pool)
                 .await?,
@@ -371,7 +499,7 @@ impl Store {
     }
 
     pub async fn count_refused(&self, round_id: &str) -> Result<()> {
-        sqlx::query("UPDATE rounds SET updates_refused = updates_refused + 1 WHERE round_id = ?")
+        sqlx::query("UPDATE rounds SET updates_refused = updates_refused + 1 WHERE round_id = $1")
             .bind(round_id)
             .execute(&self.pool)
             .await?;
@@ -382,7 +510,7 @@ impl Store {
     pub async fn pending_tasks_for(&self, node_id: &str, now: i64) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar(
             "SELECT r.round_id FROM rounds r JOIN round_participants p ON p.round_id = r.round_id \
-             WHERE r.state = 'training' AND p.node_id = ? AND r.training_deadline_unix_ms > ? \
+             WHERE r.state = 'training' AND p.node_id = $1 AND r.training_deadline_unix_ms > $2 \
              AND NOT EXISTS (SELECT 1 FROM round_updates u WHERE u.round_id = r.round_id \
              AND u.node_id = p.node_id) ORDER BY r.created_unix_ms",
         )
@@ -397,12 +525,16 @@ impl Store {
     /// Records an accepted update, in one statement, only while its round is still training and
     /// before the deadline. Returns false if nothing was recorded (the node already has an update
     /// in this round, or the round stopped accepting updates meanwhile).
+    ///
+    /// In a write transaction, so it is serialised with the round's move to `aggregating`: an
+    /// update this returns true for is always among those the aggregation then reads.
     pub async fn insert_update(&self, row: &UpdateRow) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
         let result = sqlx::query(
             "INSERT INTO round_updates (round_id, node_id, num_examples, norm, sha256, \
-             blob_path, received_unix_ms, within_clip) SELECT ?, ?, ?, ?, ?, ?, ?, ? \
+             blob_path, received_unix_ms, within_clip) SELECT $1, $2, $3, $4, $5, $6, $7, $8 \
              WHERE EXISTS (SELECT 1 FROM \
-             rounds WHERE round_id = ? AND state = 'training' AND training_deadline_unix_ms > ?) \
+             rounds WHERE round_id = $9 AND state = 'training' AND training_deadline_unix_ms > $10) \
              ON CONFLICT DO NOTHING",
         )
         .bind(&row.round_id)
@@ -412,17 +544,18 @@ impl Store {
         .bind(&row.sha256)
         .bind(&row.blob_path)
         .bind(row.received_unix_ms)
-        .bind(row.within_clip)
+        .bind(i64::from(row.within_clip))
         .bind(&row.round_id)
         .bind(row.received_unix_ms)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(result.rows_affected() == 1)
     }
 
     pub async fn has_update(&self, round_id: &str, node_id: &str) -> Result<bool> {
         let found: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM round_updates WHERE round_id = ? AND node_id = ?")
+            sqlx::query_scalar("SELECT 1 FROM round_updates WHERE round_id = $1 AND node_id = $2")
                 .bind(round_id)
                 .bind(node_id)
                 .fetch_optional(&self.pool)
@@ -431,7 +564,7 @@ impl Store {
     }
 
     pub async fn updates(&self, round_id: &str) -> Result<Vec<UpdateRow>> {
-        let rows = sqlx::query("SELECT * FROM round_updates WHERE round_id = ? ORDER BY node_id")
+        let rows = sqlx::query("SELECT * FROM round_updates WHERE round_id = $1 ORDER BY node_id")
             .bind(round_id)
             .fetch_all(&self.pool)
             .await?;
@@ -441,7 +574,7 @@ impl Store {
                     round_id: r.try_get("round_id")?,
                     node_id: r.try_get("node_id")?,
                     num_examples: to_u64(r.try_get("num_examples")?),
-                    within_clip: r.try_get("within_clip")?,
+                    within_clip: r.try_get::<i64, _>("within_clip")? != 0,
                     norm: r.try_get("norm")?,
                     sha256: r.try_get("sha256")?,
                     blob_path: r.try_get("blob_path")?,
@@ -456,7 +589,7 @@ impl Store {
     pub async fn upsert_node(&self, node: &NodeRow) -> Result<()> {
         sqlx::query(
             "INSERT INTO nodes (node_id, first_seen_unix_ms, last_seen_unix_ms, lineage, \
-             installed_version, backend) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (node_id) DO UPDATE \
+             installed_version, backend) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (node_id) DO UPDATE \
              SET last_seen_unix_ms = excluded.last_seen_unix_ms, lineage = excluded.lineage, \
              installed_version = excluded.installed_version, backend = excluded.backend",
         )
@@ -473,7 +606,7 @@ impl Store {
 
     pub async fn touch_node(&self, node_id: &str, now: i64) -> Result<()> {
         sqlx::query(
-            "INSERT INTO nodes (node_id, first_seen_unix_ms, last_seen_unix_ms) VALUES (?, ?, ?) \
+            "INSERT INTO nodes (node_id, first_seen_unix_ms, last_seen_unix_ms) VALUES ($1, $2, $3) \
              ON CONFLICT (node_id) DO UPDATE SET last_seen_unix_ms = excluded.last_seen_unix_ms",
         )
         .bind(node_id)
@@ -494,7 +627,7 @@ impl Store {
     ) -> Result<()> {
         sqlx::query(
             "INSERT INTO nodes (node_id, first_seen_unix_ms, last_seen_unix_ms, lineage, \
-             installed_version) VALUES (?, ?, ?, ?, ?) ON CONFLICT (node_id) DO UPDATE SET \
+             installed_version) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (node_id) DO UPDATE SET \
              last_seen_unix_ms = excluded.last_seen_unix_ms, lineage = excluded.lineage, \
              installed_version = excluded.installed_version",
         )
@@ -528,7 +661,7 @@ impl Store {
     /// Nodes of `lineage` seen at or after `since_unix_ms`.
     pub async fn online_nodes(&self, lineage: &str, since_unix_ms: i64) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar(
-            "SELECT node_id FROM nodes WHERE last_seen_unix_ms >= ? AND lineage = ? \
+            "SELECT node_id FROM nodes WHERE last_seen_unix_ms >= $1 AND lineage = $2 \
              ORDER BY node_id",
         )
         .bind(since_unix_ms)
@@ -540,11 +673,11 @@ impl Store {
 
 async fn insert_version<'e, E>(executor: E, row: &VersionRow) -> Result<()>
 where
-    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
     sqlx::query(
         "INSERT INTO model_versions (lineage, version, parent_version, round_id, weights_sha256, \
-         weights_path, manifest, signature, created_unix_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         weights_path, manifest, signature, created_unix_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(&row.lineage)
     .bind(to_i64(row.version))
@@ -560,7 +693,7 @@ where
     Ok(())
 }
 
-fn version_from_row(r: &SqliteRow) -> VersionRow {
+fn version_from_row(r: &AnyRow) -> VersionRow {
     VersionRow {
         lineage: r.try_get("lineage").unwrap_or_default(),
         version: to_u64(r.try_get("version").unwrap_or_default()),
@@ -578,14 +711,14 @@ fn version_from_row(r: &SqliteRow) -> VersionRow {
 /// the `rounds_one_active_per_lineage` index.
 pub(crate) async fn insert_round<'e, E>(executor: E, round: &RoundRecord) -> Result<()>
 where
-    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
     let spec = serde_json::to_string(&round.spec)
         .map_err(|e| CoordinatorError::Internal(e.to_string()))?;
     sqlx::query(
         "INSERT INTO rounds (round_id, lineage, state, spec, base_version, started_by, \
          created_unix_ms, updated_unix_ms, sampling_rate, expected_clients) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(&round.round_id)
     .bind(&round.lineage)

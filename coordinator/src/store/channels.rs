@@ -36,7 +36,7 @@ impl Channels {
 
 impl Store {
     pub async fn channels(&self, lineage: &str) -> Result<Channels> {
-        let rows = sqlx::query("SELECT * FROM model_channels WHERE lineage = ?")
+        let rows = sqlx::query("SELECT * FROM model_channels WHERE lineage = $1")
             .bind(lineage)
             .fetch_all(&self.pool)
             .await?;
@@ -79,12 +79,11 @@ impl Store {
         by: &str,
         now: i64,
     ) -> Result<Channels> {
-        // IMMEDIATE: the write lock from the start, so reading the current channels and writing the
-        // new ones cannot be split by another writer (a deferred transaction would fail with
-        // SQLITE_BUSY_SNAPSHOT when nodes' polls write in between).
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        // A write transaction: reading the current channels and writing the new ones cannot be
+        // split by another writer.
+        let mut tx = self.begin_write().await?;
         let exists: Option<i64> = sqlx::query_scalar(
-            "SELECT version FROM model_versions WHERE lineage = ? AND version = ?",
+            "SELECT version FROM model_versions WHERE lineage = $1 AND version = $2",
         )
         .bind(lineage)
         .bind(to_i64(version))
@@ -96,7 +95,7 @@ impl Store {
             )));
         }
         let stable: Option<i64> = sqlx::query_scalar(
-            "SELECT version FROM model_channels WHERE lineage = ? AND channel = 'stable'",
+            "SELECT version FROM model_channels WHERE lineage = $1 AND channel = 'stable'",
         )
         .bind(lineage)
         .fetch_optional(&mut *tx)
@@ -113,8 +112,8 @@ impl Store {
                 }
                 advance_stable(&mut *tx, lineage, version, by, now).await?;
                 sqlx::query(
-                    "DELETE FROM model_channels WHERE lineage = ? AND channel = 'canary' \
-                     AND version <= ?",
+                    "DELETE FROM model_channels WHERE lineage = $1 AND channel = 'canary' \
+                     AND version <= $2",
                 )
                 .bind(lineage)
                 .bind(to_i64(version))
@@ -134,7 +133,7 @@ impl Store {
                 }
                 sqlx::query(
                     "INSERT INTO model_channels (lineage, channel, version, percent, updated_by, \
-                     updated_unix_ms) VALUES (?, 'canary', ?, ?, ?, ?) \
+                     updated_unix_ms) VALUES ($1, 'canary', $2, $3, $4, $5) \
                      ON CONFLICT (lineage, channel) DO UPDATE SET version = excluded.version, \
                      percent = excluded.percent, updated_by = excluded.updated_by, \
                      updated_unix_ms = excluded.updated_unix_ms",
@@ -155,12 +154,11 @@ impl Store {
     /// Records a rollback version and makes it stable (clearing any canary) in one transaction,
     /// refused while a round of the lineage is unfinished (its version would race this one).
     pub async fn publish_rollback(&self, row: &VersionRow, by: &str, now: i64) -> Result<()> {
-        // IMMEDIATE: the write lock from the start, so reading the current channels and writing the
-        // new ones cannot be split by another writer (a deferred transaction would fail with
-        // SQLITE_BUSY_SNAPSHOT when nodes' polls write in between).
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        // A write transaction: reading the current channels and writing the new ones cannot be
+        // split by another writer.
+        let mut tx = self.begin_write().await?;
         let active: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM rounds WHERE lineage = ? \
+            "SELECT COUNT(*) FROM rounds WHERE lineage = $1 \
              AND state NOT IN ('published', 'failed', 'cancelled')",
         )
         .bind(&row.lineage)
@@ -173,14 +171,16 @@ impl Store {
             )));
         }
         insert_version(&mut *tx, row).await?;
-        sqlx::query("UPDATE model_versions SET published_by = ? WHERE lineage = ? AND version = ?")
-            .bind(by)
-            .bind(&row.lineage)
-            .bind(to_i64(row.version))
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE model_versions SET published_by = $1 WHERE lineage = $2 AND version = $3",
+        )
+        .bind(by)
+        .bind(&row.lineage)
+        .bind(to_i64(row.version))
+        .execute(&mut *tx)
+        .await?;
         advance_stable(&mut *tx, &row.lineage, row.version, by, now).await?;
-        sqlx::query("DELETE FROM model_channels WHERE lineage = ? AND channel = 'canary'")
+        sqlx::query("DELETE FROM model_channels WHERE lineage = $1 AND channel = 'canary'")
             .bind(&row.lineage)
             .execute(&mut *tx)
             .await?;
@@ -194,7 +194,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT v.version, COALESCE(r.started_by, '') AS started_by, v.published_by \
              FROM model_versions v LEFT JOIN rounds r ON r.round_id = v.round_id \
-             WHERE v.lineage = ?",
+             WHERE v.lineage = $1",
         )
         .bind(lineage)
         .fetch_all(&self.pool)
@@ -219,11 +219,11 @@ pub(super) async fn advance_stable<'e, E>(
     now: i64,
 ) -> Result<()>
 where
-    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
     sqlx::query(
         "INSERT INTO model_channels (lineage, channel, version, percent, updated_by, \
-         updated_unix_ms) VALUES (?, 'stable', ?, 100, ?, ?) \
+         updated_unix_ms) VALUES ($1, 'stable', $2, 100, $3, $4) \
          ON CONFLICT (lineage, channel) DO UPDATE SET version = excluded.version, \
          updated_by = excluded.updated_by, updated_unix_ms = excluded.updated_unix_ms \
          WHERE excluded.version >= model_channels.version",

@@ -4,7 +4,7 @@
 //! conditional on the state it starts from, so two concurrent decisions cannot both apply.
 
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 
 use super::{Store, to_i64, to_u64};
 use crate::error::{CoordinatorError, Result};
@@ -38,7 +38,7 @@ pub struct FrameRequestEventRow {
     pub detail: String,
 }
 
-fn request_from_row(row: &SqliteRow) -> Result<FrameRequestRow> {
+fn request_from_row(row: &AnyRow) -> Result<FrameRequestRow> {
     Ok(FrameRequestRow {
         request_id: row.try_get("request_id")?,
         store_id: row.try_get("store_id")?,
@@ -61,7 +61,7 @@ fn request_from_row(row: &SqliteRow) -> Result<FrameRequestRow> {
 }
 
 async fn add_event(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut sqlx::AnyConnection,
     request_id: &str,
     actor: &str,
     action: &str,
@@ -70,7 +70,7 @@ async fn add_event(
 ) -> Result<()> {
     sqlx::query(
         "INSERT INTO frame_request_events (request_id, at_unix_ms, actor, action, detail) \
-         VALUES (?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(request_id)
     .bind(now)
@@ -85,11 +85,11 @@ async fn add_event(
 impl Store {
     /// Stores a new pending request and its `requested` event.
     pub async fn insert_frame_request(&self, row: &FrameRequestRow) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO frame_requests (request_id, store_id, camera_id, from_unix_ms, \
              to_unix_ms, reason, requested_by, recipient_key, state, created_unix_ms, \
-             expires_unix_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+             expires_unix_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $10)",
         )
         .bind(&row.request_id)
         .bind(&row.store_id)
@@ -124,7 +124,7 @@ impl Store {
     }
 
     pub async fn frame_request(&self, request_id: &str) -> Result<Option<FrameRequestRow>> {
-        let row = sqlx::query("SELECT * FROM frame_requests WHERE request_id = ?")
+        let row = sqlx::query("SELECT * FROM frame_requests WHERE request_id = $1")
             .bind(request_id)
             .fetch_optional(&self.pool)
             .await?;
@@ -145,7 +145,7 @@ impl Store {
     ) -> Result<Vec<FrameRequestEventRow>> {
         let rows = sqlx::query(
             "SELECT at_unix_ms, actor, action, detail FROM frame_request_events \
-             WHERE request_id = ? ORDER BY id",
+             WHERE request_id = $1 ORDER BY id",
         )
         .bind(request_id)
         .fetch_all(&self.pool)
@@ -171,11 +171,11 @@ impl Store {
         note: &str,
         now: i64,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let state = if approve { "approved" } else { "denied" };
         let changed = sqlx::query(
-            "UPDATE frame_requests SET state = ?, decided_by = ? \
-             WHERE request_id = ? AND state = 'pending' AND expires_unix_ms > ?",
+            "UPDATE frame_requests SET state = $1, decided_by = $2 \
+             WHERE request_id = $3 AND state = 'pending' AND expires_unix_ms > $4",
         )
         .bind(state)
         .bind(officer)
@@ -201,8 +201,8 @@ impl Store {
         now: i64,
     ) -> Result<Vec<FrameRequestRow>> {
         let rows = sqlx::query(
-            "SELECT * FROM frame_requests WHERE store_id = ? AND state = 'approved' \
-             AND expires_unix_ms > ? ORDER BY created_unix_ms",
+            "SELECT * FROM frame_requests WHERE store_id = $1 AND state = 'approved' \
+             AND expires_unix_ms > $2 ORDER BY created_unix_ms",
         )
         .bind(store_id)
         .bind(now)
@@ -221,11 +221,11 @@ impl Store {
         export_bytes: u64,
         now: i64,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let changed = sqlx::query(
-            "UPDATE frame_requests SET state = 'delivered', export_path = ?, exported_frames = ?, \
-             export_bytes = ? WHERE request_id = ? AND store_id = ? AND state = 'approved' \
-             AND expires_unix_ms > ?",
+            "UPDATE frame_requests SET state = 'delivered', export_path = $1, exported_frames = $2, \
+             export_bytes = $3 WHERE request_id = $4 AND store_id = $5 AND state = 'approved' \
+             AND expires_unix_ms > $6",
         )
         .bind(export_path)
         .bind(i64::from(frames))
@@ -256,7 +256,7 @@ impl Store {
         detail: &str,
         now: i64,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         add_event(&mut tx, request_id, actor, action, detail, now).await?;
         tx.commit().await?;
         Ok(())
@@ -266,18 +266,17 @@ impl Store {
     /// expired requests that still have an export file, newly expired or not, so the caller can
     /// delete them and then [`Store::forget_frame_export`].
     pub async fn expire_frame_requests(&self, now: i64) -> Result<Vec<FrameRequestRow>> {
-        // IMMEDIATE: it reads, then writes; a deferred transaction would fail when another
-        // writer commits in between (SQLITE_BUSY_SNAPSHOT).
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        // A write transaction: it reads, then writes.
+        let mut tx = self.begin_write().await?;
         let due: Vec<String> = sqlx::query_scalar(
             "SELECT request_id FROM frame_requests WHERE state IN ('pending', 'approved', \
-             'delivered') AND expires_unix_ms <= ?",
+             'delivered') AND expires_unix_ms <= $1",
         )
         .bind(now)
         .fetch_all(&mut *tx)
         .await?;
         for request_id in &due {
-            sqlx::query("UPDATE frame_requests SET state = 'expired' WHERE request_id = ?")
+            sqlx::query("UPDATE frame_requests SET state = 'expired' WHERE request_id = $1")
                 .bind(request_id)
                 .execute(&mut *tx)
                 .await?;
@@ -294,8 +293,8 @@ impl Store {
 
     /// Forgets an expired request's export once its file is deleted.
     pub async fn forget_frame_export(&self, request_id: &str, now: i64) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE frame_requests SET export_path = NULL WHERE request_id = ?")
+        let mut tx = self.begin_write().await?;
+        sqlx::query("UPDATE frame_requests SET export_path = NULL WHERE request_id = $1")
             .bind(request_id)
             .execute(&mut *tx)
             .await?;

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use sqlx::Row;
 
-use super::Store;
+use super::{BindOptionalF64, Store};
 use crate::error::Result;
 
 fn to_u32(value: i64) -> u32 {
@@ -40,11 +40,11 @@ impl Store {
     /// Stores a release unless this store already sent one with the same key. Returns whether it
     /// was new.
     pub async fn insert_metric_release(&self, row: &ReleaseRow, now: i64) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let inserted = sqlx::query(
             "INSERT INTO metric_releases (store_id, idempotency_key, camera_id, \
              window_start_unix, window_secs, slots_per_frame, seconds_per_frame, rho, \
-             received_unix_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+             received_unix_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
         )
         .bind(&row.store_id)
         .bind(&row.idempotency_key)
@@ -65,13 +65,13 @@ impl Store {
         for metric in &row.metrics {
             sqlx::query(
                 "INSERT INTO metric_release_values (store_id, idempotency_key, name, value, \
-                 suppressed, noise_scale, sensitivity) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                 suppressed, noise_scale, sensitivity) VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
             .bind(&row.store_id)
             .bind(&row.idempotency_key)
             .bind(&metric.name)
-            .bind(metric.value)
-            .bind(metric.suppressed)
+            .bind_optional_f64(metric.value)
+            .bind(i64::from(metric.suppressed))
             .bind(metric.noise_scale)
             .bind(metric.sensitivity)
             .execute(&mut *tx)
@@ -83,8 +83,8 @@ impl Store {
 
     /// Releases with `from <= window_start < to` (0 = unbounded), oldest first.
     pub async fn metric_releases(&self, from: i64, to: i64) -> Result<Vec<ReleaseRow>> {
-        const RANGE: &str = "(?1 = 0 OR r.window_start_unix >= ?1) \
-                             AND (?2 = 0 OR r.window_start_unix < ?2)";
+        const RANGE: &str = "($1 = 0 OR r.window_start_unix >= $1) \
+                             AND ($2 = 0 OR r.window_start_unix < $2)";
         let releases = sqlx::query(&format!(
             "SELECT * FROM metric_releases r WHERE {RANGE} \
              ORDER BY r.window_start_unix, r.store_id, r.camera_id"
@@ -104,7 +104,7 @@ impl Store {
         .await?;
         let mut by_release: BTreeMap<(String, String), Vec<MetricValueRow>> = BTreeMap::new();
         for v in &values {
-            let suppressed: bool = v.try_get("suppressed")?;
+            let suppressed = v.try_get::<i64, _>("suppressed")? != 0;
             by_release
                 .entry((v.try_get("store_id")?, v.try_get("idempotency_key")?))
                 .or_default()
