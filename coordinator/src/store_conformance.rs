@@ -54,14 +54,7 @@ impl Scratch {
             NEXT.fetch_add(1, Ordering::Relaxed),
             rand::random::<u32>()
         );
-        let admin = sqlx::postgres::PgPool::connect(&url)
-            .await
-            .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at DATABASE_URL: {e}"));
-        sqlx::query(&format!("CREATE SCHEMA {schema}"))
-            .execute(&admin)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        admin.close().await;
+        on_server(&url, &format!("CREATE SCHEMA {schema}")).await;
         let separator = if url.contains('?') { '&' } else { '?' };
         let scoped = format!("{url}{separator}options=-c%20search_path%3D{schema}");
         let store = Store::open(&scoped).await.unwrap_or_else(|e| panic!("{e}"));
@@ -76,16 +69,21 @@ impl Scratch {
     async fn finish(self) {
         self.store.pool.close().await;
         if let Some((url, schema)) = self.schema {
-            let admin = sqlx::postgres::PgPool::connect(&url)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-            sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-                .execute(&admin)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-            admin.close().await;
+            on_server(&url, &format!("DROP SCHEMA {schema} CASCADE")).await;
         }
     }
+}
+
+/// Runs one statement on the PostgreSQL server itself (outside any test's schema).
+async fn on_server(url: &str, statement: &str) {
+    let admin = sqlx::postgres::PgPool::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at DATABASE_URL: {e}"));
+    sqlx::query(statement)
+        .execute(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    admin.close().await;
 }
 
 /// Runs each named test (an `async fn(&Store)`) once per backend.
