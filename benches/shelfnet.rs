@@ -96,6 +96,7 @@ fn bench(device: &ComputeDevice, net: &Net) -> anyhow::Result<Figures> {
             batch_size: net.train_batch,
             learning_rate: 0.01,
             seed: 0,
+            proximal_mu: 0.0,
         };
         let start = Instant::now();
         train_local(device, config, &base, &images, &labels, &settings)?;

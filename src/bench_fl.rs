@@ -350,6 +350,7 @@ fn run_fedavg(
                 batch_size: options.batch_size,
                 learning_rate: options.learning_rate,
                 seed: rng.random(),
+                proximal_mu: 0.0,
             };
             // Without DP the clip norm is out of reach: nothing is clipped.
             let clip_norm = dp.map_or(f32::MAX, |d| d.clip_norm);
@@ -455,6 +456,7 @@ fn run_centralised(
             batch_size: options.centralised_batch,
             learning_rate: options.learning_rate,
             seed: options.seed.wrapping_add(epoch as u64),
+            proximal_mu: 0.0,
         };
         params = train_local(
             device,

@@ -372,6 +372,11 @@ enum RoundCommand {
         /// (default 0.1).
         #[arg(long)]
         trim_fraction: Option<f32>,
+        /// FedProx: each store adds μ/2·‖w − w_base‖² to its local loss, holding its steps near
+        /// the global model (helps when stores' data differ); 0 is plain local SGD. With any
+        /// strategy.
+        #[arg(long, default_value_t = 0.0)]
+        proximal_mu: f32,
         #[arg(long, default_value_t = 3)]
         target_clients: u32,
         #[arg(long, default_value_t = 2)]
@@ -431,6 +436,19 @@ enum RoundCommand {
         #[command(flatten)]
         connection: Connection,
         round_id: String,
+    },
+    /// List updates refused for their content (non-finite values, wrong length, bad checksum,
+    /// norm above the round's limit): kept under the coordinator's data directory for
+    /// forensics, never aggregated.
+    Quarantine {
+        #[command(flatten)]
+        connection: Connection,
+        /// Only this round's (default: every round's).
+        #[arg(long)]
+        round: Option<String>,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -669,6 +687,7 @@ async fn round(command: RoundCommand) -> anyhow::Result<ExitCode> {
             strategy,
             server_learning_rate,
             trim_fraction,
+            proximal_mu,
             target_clients,
             min_clients,
             deadline_secs,
@@ -707,6 +726,7 @@ async fn round(command: RoundCommand) -> anyhow::Result<ExitCode> {
                 }),
                 server_learning_rate,
                 trim_fraction,
+                proximal_mu,
             };
             let round = admin
                 .start_round(pb::StartRoundRequest {
@@ -771,6 +791,57 @@ async fn round(command: RoundCommand) -> anyhow::Result<ExitCode> {
             print_round(&round);
             Ok(ExitCode::SUCCESS)
         }
+        RoundCommand::Quarantine {
+            connection,
+            round,
+            json,
+        } => {
+            let mut admin = connect(&connection).await?;
+            let updates = admin
+                .list_quarantine(pb::ListQuarantineRequest {
+                    round_id: round.unwrap_or_default(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner()
+                .updates;
+            if json {
+                for u in &updates {
+                    let line = serde_json::json!({
+                        "round_id": u.round_id,
+                        "node_id": u.node_id,
+                        "reason": u.reason,
+                        "received_bytes": u.received_bytes,
+                        "sha256": u.sha256,
+                        "blob_path": (!u.blob_path.is_empty()).then_some(&u.blob_path),
+                        "received_unix_ms": u.received_unix_ms,
+                    });
+                    println!("{line}");
+                }
+            } else {
+                println!(
+                    "{:<32} {:<16} {:>10}  {:<16}  reason",
+                    "round", "node", "bytes", "sha256"
+                );
+                for u in &updates {
+                    let kept = if u.blob_path.is_empty() {
+                        " (not kept)"
+                    } else {
+                        ""
+                    };
+                    println!(
+                        "{:<32} {:<16} {:>10}  {:<16}  {}{kept}",
+                        u.round_id,
+                        u.node_id,
+                        u.received_bytes,
+                        u.sha256.get(..16).unwrap_or(&u.sha256),
+                        u.reason
+                    );
+                }
+                eprintln!("{} quarantined update(s)", updates.len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -803,6 +874,9 @@ fn print_round(round: &pb::Round) {
     );
     if let Some(spec) = &round.spec {
         line.push_str(&format!("  {}", spec.strategy));
+        if spec.proximal_mu > 0.0 {
+            line.push_str(&format!(" + prox μ {}", spec.proximal_mu));
+        }
     }
     line.push_str(&format!("  q {:.4}", round.sampling_rate));
     if let Some(epsilon) = round.epsilon_after {

@@ -315,6 +315,7 @@ async fn drive(
             adaptive_clipping: None,
             server_learning_rate: None,
             trim_fraction: None,
+            proximal_mu: 0.0,
         };
         let round_started = Instant::now();
         let round = sandbox

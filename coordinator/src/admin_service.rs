@@ -122,6 +122,37 @@ impl AdminService for AdminApi {
         }))
     }
 
+    async fn list_quarantine(
+        &self,
+        request: Request<pb::ListQuarantineRequest>,
+    ) -> Result<Response<pb::ListQuarantineResponse>, Status> {
+        require(&request, Role::Admin)?;
+        let round_id = request.into_inner().round_id;
+        if !round_id.is_empty() {
+            // A clear NOT_FOUND for a mistyped id, rather than an empty list.
+            self.core.round(&round_id).await?;
+        }
+        let rows = self
+            .core
+            .store
+            .list_quarantined((!round_id.is_empty()).then_some(round_id.as_str()))
+            .await?;
+        Ok(Response::new(pb::ListQuarantineResponse {
+            updates: rows
+                .into_iter()
+                .map(|row| pb::QuarantinedUpdate {
+                    round_id: row.round_id,
+                    node_id: row.node_id,
+                    reason: row.reason,
+                    received_bytes: row.received_bytes,
+                    sha256: row.sha256,
+                    blob_path: row.blob_path.unwrap_or_default(),
+                    received_unix_ms: row.received_unix_ms,
+                })
+                .collect(),
+        }))
+    }
+
     type WatchRoundStream = RoundStream;
 
     async fn watch_round(
@@ -338,6 +369,7 @@ pub fn spec_from_proto(spec: &pb::RoundSpec) -> Result<RoundSpec, Status> {
         noise_multiplier: spec.noise_multiplier,
         server_learning_rate,
         trim_fraction,
+        proximal_mu: spec.proximal_mu,
     })
 }
 
@@ -376,6 +408,7 @@ pub fn round_to_proto(round: &RoundRecord) -> pb::Round {
             }),
             server_learning_rate: round.spec.server_learning_rate,
             trim_fraction: round.spec.trim_fraction,
+            proximal_mu: round.spec.proximal_mu,
         }),
         base_version: round.base_version,
         published_version: round.published_version,

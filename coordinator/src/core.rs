@@ -13,7 +13,11 @@ use tracing::{info, warn};
 use crate::error::{CoordinatorError, Result};
 use crate::registry::{Registry, create_dir_durably, now_unix_ms, write_durably};
 use crate::round::{RoundRecord, RoundSpec, RoundState};
-use crate::store::{NodeRow, Store, UpdateRow};
+use crate::store::{NodeRow, QuarantineRow, Store, UpdateRow};
+
+/// How many refused updates of one node in one round have their bytes kept; later ones are
+/// recorded without them, so a misbehaving node cannot fill the disk.
+pub const QUARANTINE_BLOBS_PER_NODE_AND_ROUND: u64 = 3;
 
 /// Tunables that are not part of any one round.
 #[derive(Clone, Debug)]
@@ -24,6 +28,8 @@ pub struct Settings {
     pub overselect: f32,
     pub online_window: Duration,
     pub updates_dir: PathBuf,
+    /// Updates refused for their content, kept for forensics (`quarantine/<round>/`).
+    pub quarantine_dir: PathBuf,
     /// How often expired frame requests are closed.
     pub frame_request_sweep: Duration,
     /// Sealed frame exports, each kept until its request expires.
@@ -455,6 +461,7 @@ impl Core {
             deadline_unix_ms: round.training_deadline_unix_ms,
             noise_stddev: round.spec.node_noise_stddev(),
             report_within_clip: round.spec.adaptive_clipping.is_some(),
+            proximal_mu: round.spec.proximal_mu,
         }))
     }
 
@@ -527,15 +534,7 @@ impl Core {
         num_examples: u64,
         within_clip: bool,
     ) -> Result<u32> {
-        let limit = round.spec.max_upload_norm(delta.len());
-        if norm > limit {
-            return Err(CoordinatorError::InvalidArgument(format!(
-                "update norm {norm:.6} exceeds the round's limit {limit} (clip norm {}, {} noise); \
-                 clip before upload",
-                round.spec.clip_norm,
-                round.spec.noise_mode.as_str()
-            )));
-        }
+        Self::check_update_norm(round, delta.len(), norm)?;
         let dir = self.settings.updates_dir.join(&round.round_id);
         let node = node_id.to_owned();
         let (path, digest) = tokio::task::spawn_blocking(move || -> Result<(PathBuf, String)> {
@@ -579,6 +578,82 @@ impl Core {
         let accepted = self.round(&round.round_id).await?.updates_accepted;
         info!(round_id = %round.round_id, node_id, norm, accepted, "update accepted");
         Ok(accepted)
+    }
+
+    /// Refuses an update whose L2 norm is above what the round allows a clipped update.
+    pub fn check_update_norm(round: &RoundRecord, num_values: usize, norm: f64) -> Result<()> {
+        let limit = round.spec.max_upload_norm(num_values);
+        if norm > limit {
+            return Err(CoordinatorError::InvalidArgument(format!(
+                "update norm {norm:.6} exceeds the round's limit {limit} (clip norm {}, {} noise); \
+                 clip before upload",
+                round.spec.clip_norm,
+                round.spec.noise_mode.as_str()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records an update refused for its content, with the bytes received (the first
+    /// [`QUARANTINE_BLOBS_PER_NODE_AND_ROUND`] per node and round), for forensics. Quarantined
+    /// updates are never in `round_updates`, so no aggregation can read them. Best effort: a
+    /// failure here is logged and never changes what the node is told.
+    pub async fn quarantine_update(
+        &self,
+        round_id: &str,
+        node_id: &str,
+        reason: &str,
+        received: Vec<u8>,
+    ) {
+        if let Err(error) = self
+            .try_quarantine(round_id, node_id, reason, received)
+            .await
+        {
+            warn!(round_id, node_id, %error, "could not quarantine a refused update");
+        }
+    }
+
+    async fn try_quarantine(
+        &self,
+        round_id: &str,
+        node_id: &str,
+        reason: &str,
+        received: Vec<u8>,
+    ) -> Result<()> {
+        let keep = self
+            .store
+            .count_quarantined_blobs(round_id, node_id)
+            .await?
+            < QUARANTINE_BLOBS_PER_NODE_AND_ROUND;
+        let dir = self.settings.quarantine_dir.join(round_id);
+        let node = node_id.to_owned();
+        let received_bytes = received.len() as u64;
+        let (digest, blob_path) =
+            tokio::task::spawn_blocking(move || -> Result<(String, Option<String>)> {
+                let digest = backroom_models::manifest::sha256_hex(&received);
+                if !keep {
+                    return Ok((digest, None));
+                }
+                create_dir_durably(&dir)?;
+                let path = dir.join(format!("{node}-{}.bin", &digest[..16]));
+                write_durably(&path, &received)?;
+                Ok((digest, Some(path.display().to_string())))
+            })
+            .await
+            .map_err(|e| CoordinatorError::Internal(format!("quarantine task failed: {e}")))??;
+        self.store
+            .insert_quarantined(&QuarantineRow {
+                round_id: round_id.to_owned(),
+                node_id: node_id.to_owned(),
+                reason: reason.to_owned(),
+                received_bytes,
+                sha256: digest.clone(),
+                blob_path,
+                received_unix_ms: now_unix_ms(),
+            })
+            .await?;
+        warn!(round_id, node_id, received_bytes, sha256 = %digest, "refused update quarantined");
+        Ok(())
     }
 
     pub async fn refuse_update(&self, round_id: &str, node_id: &str, reason: &str) {

@@ -117,6 +117,7 @@ impl Coordinator {
             overselect: config.overselect,
             online_window: config.online_window,
             updates_dir: config.data_dir.join("updates"),
+            quarantine_dir: config.data_dir.join("quarantine"),
             frame_request_sweep: config.frame_request_sweep,
             exports_dir: config.data_dir.join("frame-exports"),
             max_export_bytes: config.max_export_bytes,

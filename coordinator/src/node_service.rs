@@ -200,59 +200,56 @@ impl NodeService for NodeApi {
                 return Err(error.into());
             }
         };
-        let result: Result<(Vec<f32>, f64), CoordinatorError> = async {
-            let mut assembler = UpdateAssembler::new(self.core.registry.num_parameters());
-            loop {
-                let chunk = stream.message().await.map_err(|s| {
-                    CoordinatorError::InvalidArgument(format!(
-                        "upload stream broke: {}",
-                        s.message()
-                    ))
-                })?;
-                match chunk.and_then(|c| c.kind) {
-                    Some(update_chunk::Kind::Data(data)) => {
-                        if data.len() > MAX_CHUNK_BYTES {
-                            return Err(CoordinatorError::InvalidArgument(format!(
-                                "chunk of {} bytes exceeds {MAX_CHUNK_BYTES}",
-                                data.len()
-                            )));
-                        }
-                        assembler.push(&data)?;
-                    }
-                    Some(update_chunk::Kind::Trailer(trailer)) => {
-                        return assembler.finish(&trailer.sha256);
-                    }
-                    Some(update_chunk::Kind::Header(_)) => {
-                        return Err(CoordinatorError::InvalidArgument(
-                            "a second header chunk".into(),
-                        ));
-                    }
-                    None => {
-                        return Err(CoordinatorError::InvalidArgument(
-                            "upload ended without a trailer".into(),
-                        ));
-                    }
-                }
-            }
-        }
-        .await;
-        let accepted = match result {
-            Ok((delta, norm)) => self
-                .core
-                .accept_update(
-                    &round,
-                    &peer.name,
-                    delta,
-                    norm,
-                    header.num_examples,
-                    header.within_clip_norm,
-                )
+        let mut assembler = UpdateAssembler::new(self.core.registry.num_parameters());
+        let received =
+            receive_update(&mut stream, &mut assembler)
                 .await
-                .map(|count| (norm, count)),
-            Err(error) => Err(error),
+                .and_then(|(delta, norm)| {
+                    match Core::check_update_norm(&round, delta.len(), norm) {
+                        Ok(()) => Ok((delta, norm)),
+                        Err(error) => Err(Refused::Content(error, Some(delta))),
+                    }
+                });
+        let (delta, norm) = match received {
+            Ok(update) => update,
+            Err(refused) => {
+                let error = match refused {
+                    Refused::Transport(error) => error,
+                    Refused::Content(error, delta) => {
+                        let bytes = match delta {
+                            Some(delta) => delta.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                            None => assembler.into_received_bytes(),
+                        };
+                        self.core
+                            .quarantine_update(
+                                &round.round_id,
+                                &peer.name,
+                                &error.to_string(),
+                                bytes,
+                            )
+                            .await;
+                        error
+                    }
+                };
+                self.core
+                    .refuse_update(&round.round_id, &peer.name, &error.to_string())
+                    .await;
+                return Err(error.into());
+            }
         };
+        let accepted = self
+            .core
+            .accept_update(
+                &round,
+                &peer.name,
+                delta,
+                norm,
+                header.num_examples,
+                header.within_clip_norm,
+            )
+            .await;
         match accepted {
-            Ok((norm, updates_received)) => Ok(Response::new(UploadUpdateResponse {
+            Ok(updates_received) => Ok(Response::new(UploadUpdateResponse {
                 norm: norm as f32,
                 updates_received,
             })),
@@ -391,4 +388,52 @@ fn check_text(field: &str, value: &str) -> Result<(), Status> {
         )));
     }
     Ok(())
+}
+
+/// Why an upload was refused after its header was accepted.
+enum Refused {
+    /// The stream itself failed (a dropped connection, a cancelled call): nothing to keep.
+    Transport(CoordinatorError),
+    /// What the node sent failed a check: quarantined. Carries the decoded delta when the
+    /// refusal came after assembly (its norm), else the assembler holds what arrived.
+    Content(CoordinatorError, Option<Vec<f32>>),
+}
+
+/// Reads an update's data chunks and trailer into `assembler`; returns the delta and its norm.
+async fn receive_update(
+    stream: &mut Streaming<UpdateChunk>,
+    assembler: &mut UpdateAssembler,
+) -> Result<(Vec<f32>, f64), Refused> {
+    let content =
+        |message: String| Refused::Content(CoordinatorError::InvalidArgument(message), None);
+    loop {
+        let chunk = stream.message().await.map_err(|s| {
+            Refused::Transport(CoordinatorError::InvalidArgument(format!(
+                "upload stream broke: {}",
+                s.message()
+            )))
+        })?;
+        match chunk.and_then(|c| c.kind) {
+            Some(update_chunk::Kind::Data(data)) => {
+                if data.len() > MAX_CHUNK_BYTES {
+                    return Err(content(format!(
+                        "chunk of {} bytes exceeds {MAX_CHUNK_BYTES}",
+                        data.len()
+                    )));
+                }
+                assembler
+                    .push(&data)
+                    .map_err(|error| Refused::Content(error, None))?;
+            }
+            Some(update_chunk::Kind::Trailer(trailer)) => {
+                return assembler
+                    .finish(&trailer.sha256)
+                    .map_err(|error| Refused::Content(error, None));
+            }
+            Some(update_chunk::Kind::Header(_)) => {
+                return Err(content("a second header chunk".into()));
+            }
+            None => return Err(content("upload ended without a trailer".into())),
+        }
+    }
 }

@@ -201,6 +201,9 @@ pub struct RoundSpec {
     /// β of the trimmed mean: the share dropped at each end (set for it only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trim_fraction: Option<f32>,
+    /// FedProx's μ: the nodes add μ/2 · ‖w − w_base‖² to their local loss (0: plain SGD).
+    #[serde(default)]
+    pub proximal_mu: f32,
 }
 
 impl RoundSpec {
@@ -363,6 +366,13 @@ impl RoundSpec {
             )),
             _ => {}
         }
+        let max_mu = backroom_models::MAX_PROXIMAL_MU as f32;
+        if !(self.proximal_mu.is_finite() && (0.0..=max_mu).contains(&self.proximal_mu)) {
+            problems.push(format!(
+                "proximal_mu must be in [0, {max_mu}], got {}",
+                self.proximal_mu
+            ));
+        }
         match (self.strategy, self.trim_fraction) {
             (Strategy::TrimmedMean, Some(beta)) if !(0.0..0.5).contains(&beta) => {
                 problems.push(format!("trim_fraction must be in [0, 0.5), got {beta}"));
@@ -446,6 +456,7 @@ mod round_tests {
             adaptive_clipping: None,
             server_learning_rate: None,
             trim_fraction: None,
+            proximal_mu: 0.0,
         }
     }
 
@@ -481,6 +492,18 @@ mod round_tests {
             ..median.clone()
         };
         assert!(trimmed.validate().is_ok());
+        let prox = RoundSpec {
+            proximal_mu: 0.01,
+            ..spec()
+        };
+        assert!(prox.validate().is_ok());
+        // A spec stored before FedProx existed reads as μ = 0.
+        let mut stored = serde_json::to_value(spec()).unwrap_or_default();
+        if let Some(fields) = stored.as_object_mut() {
+            fields.remove("proximal_mu");
+        }
+        let old: RoundSpec = serde_json::from_value(stored).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(old.proximal_mu, 0.0);
         for (bad, expected) in [
             (
                 RoundSpec {
@@ -509,6 +532,20 @@ mod round_tests {
                     ..trimmed.clone()
                 },
                 "trim_fraction must be in [0, 0.5)",
+            ),
+            (
+                RoundSpec {
+                    proximal_mu: -0.5,
+                    ..spec()
+                },
+                "proximal_mu must be in [0, 1000]",
+            ),
+            (
+                RoundSpec {
+                    proximal_mu: f32::INFINITY,
+                    ..adam.clone()
+                },
+                "proximal_mu must be in [0, 1000]",
             ),
             (
                 RoundSpec {

@@ -19,11 +19,13 @@ use crate::round::{RoundRecord, RoundSpec, RoundState};
 mod channels;
 mod frame_requests;
 mod metrics;
+mod quarantine;
 
 pub use channels::{ChannelRow, Channels};
 
 pub use frame_requests::{FrameRequestEventRow, FrameRequestRow};
 pub use metrics::{MetricValueRow, ReleaseRow};
+pub use quarantine::QuarantineRow;
 
 /// A published model version as stored.
 #[derive(Clone, Debug)]

@@ -13,7 +13,8 @@ use crate::error::CoordinatorError;
 use crate::ledger::{Budget, LedgerStatus};
 use crate::round::{NoiseMode, RoundRecord, RoundSpec, RoundState, Strategy};
 use crate::store::{
-    Backend, FrameRequestRow, MetricValueRow, NodeRow, ReleaseRow, Store, UpdateRow, VersionRow,
+    Backend, FrameRequestRow, MetricValueRow, NodeRow, QuarantineRow, ReleaseRow, Store, UpdateRow,
+    VersionRow,
 };
 
 /// A store on a scratch database, and what to clean up afterwards.
@@ -127,6 +128,7 @@ conformance!(
     channels_promote_canaries_and_never_move_stable_back,
     metric_releases_are_idempotent_and_filtered_by_window,
     frame_requests_follow_their_states_with_a_trail,
+    quarantined_updates_are_kept_apart_from_accepted_ones,
 );
 
 fn ok<T, E: std::fmt::Display>(result: Result<T, E>) -> T {
@@ -148,6 +150,7 @@ fn spec(noise_multiplier: f32) -> RoundSpec {
         adaptive_clipping: None,
         server_learning_rate: None,
         trim_fraction: None,
+        proximal_mu: 0.0,
     }
 }
 
@@ -820,4 +823,50 @@ async fn frame_requests_follow_their_states_with_a_trail(store: &Store) {
             "export deleted"
         ]
     );
+}
+
+fn quarantined(round_id: &str, node_id: &str, blob: bool, at: i64) -> QuarantineRow {
+    QuarantineRow {
+        round_id: round_id.to_owned(),
+        node_id: node_id.to_owned(),
+        reason: format!("update value 3 is not finite (NaN) from {node_id}"),
+        received_bytes: 4096,
+        sha256: format!("sha-{node_id}-{at}"),
+        blob_path: blob.then(|| format!("quarantine/{round_id}/{node_id}-{at}.bin")),
+        received_unix_ms: at,
+    }
+}
+
+async fn quarantined_updates_are_kept_apart_from_accepted_ones(store: &Store) {
+    training_round(store, "r1", "shelf", &["node-0", "node-1"]).await;
+    training_round(store, "r2", "aisle", &["node-0"]).await;
+    ok(store
+        .insert_quarantined(&quarantined("r1", "node-1", true, 100))
+        .await);
+    ok(store
+        .insert_quarantined(&quarantined("r1", "node-1", false, 101))
+        .await);
+    ok(store
+        .insert_quarantined(&quarantined("r2", "node-0", true, 102))
+        .await);
+    assert!(ok(store.insert_update(&update("r1", "node-0", 103)).await));
+
+    assert_eq!(ok(store.count_quarantined_blobs("r1", "node-1").await), 1);
+    assert_eq!(ok(store.count_quarantined_blobs("r1", "node-0").await), 0);
+    let r1 = ok(store.list_quarantined(Some("r1")).await);
+    assert_eq!(
+        r1,
+        vec![
+            quarantined("r1", "node-1", true, 100),
+            quarantined("r1", "node-1", false, 101)
+        ]
+    );
+    assert_eq!(ok(store.list_quarantined(None).await).len(), 3);
+    assert!(ok(store.list_quarantined(Some("nope")).await).is_empty());
+    // Quarantine never makes an update count as received, nor blocks the node's real one.
+    let updates = ok(store.updates("r1").await);
+    assert_eq!(updates.len(), 1);
+    assert_eq!(updates[0].node_id, "node-0");
+    assert!(!ok(store.has_update("r1", "node-1").await));
+    assert!(ok(store.insert_update(&update("r1", "node-1", 104)).await));
 }

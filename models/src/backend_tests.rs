@@ -111,6 +111,7 @@ fn wgpu_and_cpu_train_alike() {
         batch_size: 8,
         learning_rate: 0.05,
         seed: 4,
+        proximal_mu: 0.0,
     };
     let a = train_local(&cpu, &config, &base, &images, &labels, &settings).unwrap();
     let b = train_local(&gpu, &config, &base, &images, &labels, &settings).unwrap();
@@ -141,6 +142,7 @@ fn wgpu_training_is_unaffected_by_inference_on_other_threads() {
         batch_size: 16,
         learning_rate: 0.05,
         seed: 8,
+        proximal_mu: 0.0,
     };
     let alone = train_local(&gpu, &config, &base, &images, &labels, &settings).unwrap();
     let frames = uniform(8 * config.input_numel(), 22);

@@ -39,7 +39,7 @@ pub use params::{
     TensorSpec, flatten, from_safetensors, init_parameters, num_parameters, parameter_layout,
     to_safetensors, unflatten,
 };
-pub use train::{TrainOutcome, TrainSettings, train_local};
+pub use train::{MAX_PROXIMAL_MU, TrainOutcome, TrainSettings, train_local};
 
 /// Identifier of the architecture implemented here, recorded in manifests.
 pub const ARCHITECTURE_ID: &str = "shelfnet-v1";

@@ -263,6 +263,7 @@ fn training_learns_bright_versus_dark() {
         batch_size: 16,
         learning_rate: 0.05,
         seed: 1,
+        proximal_mu: 0.0,
     };
     let first = train_local(&dev, &config, &base, &images, &labels, &settings).unwrap();
     assert_eq!(first.examples_seen, 15 * 16);
@@ -311,6 +312,7 @@ fn training_is_deterministic_for_a_seed() {
         batch_size: 4,
         learning_rate: 0.01,
         seed: 42,
+        proximal_mu: 0.0,
     };
     let a = train_local(&dev, &config, &base, &images, &labels, &settings).unwrap();
     let b = train_local(&dev, &config, &base, &images, &labels, &settings).unwrap();
@@ -325,6 +327,84 @@ fn training_is_deterministic_for_a_seed() {
     assert_eq!(c.examples_seen, 6);
 }
 
+/// FedProx: the proximal term adds μ(w − w₀) to each step's gradient. The first step starts at
+/// w₀, so it is plain SGD; with momentum the second step then differs from plain SGD by exactly
+/// −lr·μ·(w₁ − w₀). Over many steps the term keeps the weights nearer the base.
+#[test]
+fn the_proximal_term_pulls_local_training_towards_the_base() {
+    let dev = ComputeDevice::cpu();
+    let config = standard();
+    let base = init_parameters(&config, 21).unwrap();
+    let (images, labels) = bright_dark(48, 9);
+    let plain = TrainSettings {
+        steps: 1,
+        batch_size: 16,
+        learning_rate: 0.05,
+        seed: 3,
+        proximal_mu: 0.0,
+    };
+    let mu = 10.0;
+    let run = |settings: &TrainSettings| {
+        train_local(&dev, &config, &base, &images, &labels, settings)
+            .unwrap()
+            .params
+    };
+    let one_plain = run(&plain);
+    let one_prox = run(&TrainSettings {
+        proximal_mu: mu,
+        ..plain.clone()
+    });
+    assert_eq!(one_plain, one_prox, "the first step starts at the base");
+    let two_plain = run(&TrainSettings {
+        steps: 2,
+        ..plain.clone()
+    });
+    let two_prox = run(&TrainSettings {
+        steps: 2,
+        proximal_mu: mu,
+        ..plain.clone()
+    });
+    let expected: Vec<f64> = one_plain
+        .iter()
+        .zip(&base)
+        .map(|(w1, w0)| -plain.learning_rate * mu * f64::from(w1 - w0))
+        .collect();
+    let scale = expected.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    assert!(scale > 1e-4, "the first step barely moved: {scale}");
+    let worst = two_prox
+        .iter()
+        .zip(&two_plain)
+        .zip(&expected)
+        .map(|((q, p), e)| (f64::from(q - p) - e).abs())
+        .fold(0.0f64, f64::max);
+    assert!(
+        worst <= 1e-3 * scale + 1e-6,
+        "proximal step off by {worst} (expected differences up to {scale})"
+    );
+
+    let drift = |params: &[f32]| {
+        params
+            .iter()
+            .zip(&base)
+            .map(|(w, w0)| f64::from(w - w0).powi(2))
+            .sum::<f64>()
+            .sqrt()
+    };
+    let long = TrainSettings {
+        steps: 30,
+        ..plain.clone()
+    };
+    let free = drift(&run(&long));
+    let held = drift(&run(&TrainSettings {
+        proximal_mu: 1.0,
+        ..long.clone()
+    }));
+    assert!(
+        held < 0.9 * free,
+        "drift with mu = 1: {held}, without: {free}"
+    );
+}
+
 #[test]
 fn training_rejects_bad_inputs() {
     let dev = ComputeDevice::cpu();
@@ -336,6 +416,7 @@ fn training_rejects_bad_inputs() {
         batch_size: 2,
         learning_rate: 0.01,
         seed: 0,
+        proximal_mu: 0.0,
     };
     let run = |base: &[f32], images: &[f32], labels: &[u8], s: &TrainSettings| {
         train_local(&dev, &config, base, images, labels, s)
@@ -387,6 +468,18 @@ fn training_rejects_bad_inputs() {
         },
         TrainSettings {
             learning_rate: -1.0,
+            ..ok.clone()
+        },
+        TrainSettings {
+            proximal_mu: -0.1,
+            ..ok.clone()
+        },
+        TrainSettings {
+            proximal_mu: f64::NAN,
+            ..ok.clone()
+        },
+        TrainSettings {
+            proximal_mu: MAX_PROXIMAL_MU * 2.0,
             ..ok.clone()
         },
     ] {

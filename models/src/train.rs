@@ -1,5 +1,7 @@
-//! Local training: a few SGD steps on a node's labelled crops, starting from the global model.
+//! Local training: a few SGD steps on a node's labelled crops, starting from the global model,
+//! optionally with FedProx's proximal term (Li et al., 2020) holding the weights near it.
 
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::loss::CrossEntropyLoss;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, SgdConfig};
@@ -14,6 +16,9 @@ use crate::{ModelError, catch_backend_panic};
 pub const SGD_MOMENTUM: f64 = 0.9;
 /// Largest accepted minibatch.
 pub const MAX_BATCH_SIZE: usize = 4096;
+/// Largest accepted proximal coefficient μ (FedProx uses 0.001–1; far beyond that the local
+/// steps cannot move the weights at all).
+pub const MAX_PROXIMAL_MU: f64 = 1000.0;
 
 /// Hyper-parameters of one local training run.
 #[derive(Clone, Debug, PartialEq)]
@@ -26,6 +31,10 @@ pub struct TrainSettings {
     pub learning_rate: f64,
     /// Seeds the minibatch order; the same inputs and seed give the same result on one device.
     pub seed: u64,
+    /// FedProx's proximal coefficient μ: the loss gains μ/2 · ‖w − w₀‖² (w₀ the base), which
+    /// bounds how far local steps drift from the global model on heterogeneous stores.
+    /// 0 (plain local SGD, FedAvg's client) to [`MAX_PROXIMAL_MU`].
+    pub proximal_mu: f64,
 }
 
 /// Result of [`train_local`].
@@ -43,8 +52,9 @@ pub struct TrainOutcome {
 ///
 /// Manual loop: the model lives on `dev` with autodiff enabled; each step takes the next
 /// `batch_size` indices of a seeded shuffled order (reshuffled at every epoch boundary), computes
-/// the cross-entropy of the logits, back-propagates, and takes an SGD step with momentum
-/// [`SGD_MOMENTUM`] (no dampening, no weight decay).
+/// the cross-entropy of the logits (plus μ/2 · ‖w − base‖² when `proximal_mu` is positive),
+/// back-propagates, and takes an SGD step with momentum [`SGD_MOMENTUM`] (no dampening, no
+/// weight decay).
 ///
 /// Inputs are validated first; every failure is a [`ModelError`]. Synchronous and CPU/GPU bound:
 /// call it from a blocking thread.
@@ -81,11 +91,21 @@ pub fn train_local(
             settings.learning_rate
         )));
     }
+    if !(settings.proximal_mu.is_finite()
+        && (0.0..=MAX_PROXIMAL_MU).contains(&settings.proximal_mu))
+    {
+        return Err(ModelError::InvalidSettings(format!(
+            "proximal mu is {}, expected 0..={MAX_PROXIMAL_MU}",
+            settings.proximal_mu
+        )));
+    }
     let batch = settings.batch_size.min(n);
     let device = dev.device().clone().autodiff();
     let model = unflatten(config, base, &device)?;
     let (params, mean_loss) = catch_backend_panic("training", || {
-        run_sgd(model, config, &device, images, labels, batch, settings)
+        run_sgd(
+            model, config, &device, base, images, labels, batch, settings,
+        )
     })?;
     if !mean_loss.is_finite() {
         return Err(ModelError::Diverged(format!("mean loss is {mean_loss}")));
@@ -103,10 +123,12 @@ pub fn train_local(
 }
 
 /// The training loop proper; inputs are already validated.
+#[allow(clippy::too_many_arguments)]
 fn run_sgd(
     mut model: ShelfNet,
     config: &ShelfNetConfig,
     device: &Device,
+    base: &[f32],
     images: &[f32],
     labels: &[u8],
     batch: usize,
@@ -120,6 +142,19 @@ fn run_sgd(
         ))
         .init();
     let loss_fn = CrossEntropyLoss::new(None, device);
+    // The base weights as constants (no gradient), one flat tensor per parameter, in the
+    // canonical order the visitor walks.
+    let anchor = (settings.proximal_mu > 0.0).then(|| {
+        let mut offset = 0;
+        parameter_layout(config)
+            .iter()
+            .map(|spec| {
+                let values = base[offset..offset + spec.numel()].to_vec();
+                offset += spec.numel();
+                Tensor::<1>::from_data(TensorData::new(values, [spec.numel()]), device)
+            })
+            .collect::<Vec<_>>()
+    });
     let mut order = EpochSampler::new(labels.len(), settings.seed);
     let numel = config.input_numel();
     let (channels, side) = (config.input_channels, config.image_size);
@@ -138,9 +173,17 @@ fn run_sgd(
             device,
         );
         let y = Tensor::<1, Int>::from_data(TensorData::new(batch_labels, [batch]), device);
-        let loss = loss_fn.forward(model.forward(x), y);
+        let cross_entropy = loss_fn.forward(model.forward(x), y);
+        let loss = match &anchor {
+            Some(anchor) => {
+                let distance = squared_distance(&model, anchor)?;
+                cross_entropy.clone() + distance.mul_scalar(settings.proximal_mu / 2.0)
+            }
+            None => cross_entropy.clone(),
+        };
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let loss_value = loss
+        // The reported loss is the task's (cross-entropy), comparable with and without μ.
+        let loss_value = cross_entropy
             .try_into_scalar::<f32>()
             .map_err(|err| ModelError::Backend(format!("reading the loss: {err}")))?;
         loss_sum += f64::from(loss_value);
@@ -148,6 +191,54 @@ fn run_sgd(
     }
     let mean_loss = (loss_sum / settings.steps as f64) as f32;
     Ok((flatten(&model)?, mean_loss))
+}
+
+/// ‖w − anchor‖² over every parameter of `model` (tracked by autodiff, so its gradient is
+/// 2(w − anchor)).
+fn squared_distance(model: &ShelfNet, anchor: &[Tensor<1>]) -> Result<Tensor<1>, ModelError> {
+    struct Distance<'a> {
+        anchor: &'a [Tensor<1>],
+        next: usize,
+        sum: Option<Tensor<1>>,
+        error: Option<ModelError>,
+    }
+    impl ModuleVisitor for Distance<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let Some(anchor) = self.anchor.get(self.next) else {
+                self.error = Some(ModelError::Backend(format!(
+                    "the model has more than the {} parameter tensors of its layout",
+                    self.anchor.len()
+                )));
+                return;
+            };
+            self.next += 1;
+            let weights = param.val();
+            let dims = weights.dims();
+            let term = (weights - anchor.clone().reshape(dims)).square().sum();
+            self.sum = Some(match self.sum.take() {
+                Some(sum) => sum + term,
+                None => term,
+            });
+        }
+    }
+    let mut visitor = Distance {
+        anchor,
+        next: 0,
+        sum: None,
+        error: None,
+    };
+    model.visit(&mut visitor);
+    if let Some(error) = visitor.error {
+        return Err(error);
+    }
+    match visitor.sum {
+        Some(sum) if visitor.next == anchor.len() => Ok(sum),
+        _ => Err(ModelError::Backend(format!(
+            "the model has {} parameter tensors, its layout {}",
+            visitor.next,
+            anchor.len()
+        ))),
+    }
 }
 
 /// Validates an image buffer for `config`'s input shape (and labels, when given, against its

@@ -346,6 +346,7 @@ fn pytorch_seeded_training_goes_back_to_pytorch() {
         batch_size: 8,
         learning_rate: 0.05,
         seed: 1,
+        proximal_mu: 0.0,
     };
     let trained = train_local(&cpu, &config, &base, &images, &labels, &settings).unwrap();
     assert_ne!(trained.params, base);

@@ -286,6 +286,7 @@ pub(crate) async fn run_task(
         batch_size: (task.batch_size as usize).max(1),
         learning_rate: f64::from(task.learning_rate),
         seed: training_seed(&round_id, &ctx.node_id(), ctx.config.data.store_index),
+        proximal_mu: f64::from(task.proximal_mu),
     };
     let clip_norm = task.clip_norm;
     // Distributed DP: this node's share of the round's Gaussian noise (0 in central mode).

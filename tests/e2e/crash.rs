@@ -183,6 +183,7 @@ fn spec() -> pb::RoundSpec {
         adaptive_clipping: None,
         server_learning_rate: None,
         trim_fraction: None,
+        proximal_mu: 0.0,
     }
 }
 

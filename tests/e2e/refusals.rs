@@ -515,6 +515,67 @@ async fn bad_updates_are_refused_with_clear_statuses_and_the_round_continues() {
         "{oversized}"
     );
 
+    // Every update refused for its content is quarantined, in order, with what arrived; the
+    // bytes of the first three are kept, later ones are recorded without them. Header-level
+    // refusals (nothing read yet) and a message the transport refused are not.
+    let quarantined = sandbox
+        .admin
+        .list_quarantine(pb::ListQuarantineRequest {
+            round_id: round.round_id.clone(),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("{s}"))
+        .into_inner()
+        .updates;
+    let first_nan_chunk = &nan[..nan.len().min(1 << 20)];
+    let overflowed = [zeros.as_slice(), &[0u8; 1 << 20]].concat();
+    let expected: [(&str, &[u8], bool); 6] = [
+        ("bytes", &short, true),
+        ("not finite", first_nan_chunk, true),
+        ("not finite", &inf, true),
+        ("clip norm", &big, false),
+        ("longer than", &overflowed, false),
+        ("SHA-256", &zeros, false),
+    ];
+    assert_eq!(
+        quarantined.len(),
+        expected.len(),
+        "quarantined: {:?}",
+        quarantined.iter().map(|q| &q.reason).collect::<Vec<_>>()
+    );
+    for (q, (needle, sent, kept)) in quarantined.iter().zip(expected) {
+        assert_eq!(q.round_id, round.round_id);
+        assert_eq!(q.node_id, "store-rogue");
+        assert!(q.reason.contains(needle), "{needle}: {}", q.reason);
+        assert_eq!(q.received_bytes, sent.len() as u64, "{}", q.reason);
+        assert_eq!(q.sha256, hex::encode(sha(sent)), "{}", q.reason);
+        assert_eq!(!q.blob_path.is_empty(), kept, "{}", q.reason);
+        if kept {
+            assert_eq!(
+                read(std::path::Path::new(&q.blob_path)),
+                sent,
+                "{}",
+                q.reason
+            );
+            assert!(q.blob_path.contains("quarantine"), "{}", q.blob_path);
+        }
+    }
+    let all = sandbox
+        .admin
+        .list_quarantine(pb::ListQuarantineRequest::default())
+        .await
+        .unwrap_or_else(|s| panic!("{s}"))
+        .into_inner()
+        .updates;
+    assert_eq!(all.len(), expected.len());
+    let unknown = sandbox
+        .admin
+        .list_quarantine(pb::ListQuarantineRequest {
+            round_id: "r-no-such-round".into(),
+        })
+        .await;
+    assert_eq!(unknown.err().map(|s| s.code()), Some(Code::NotFound));
+
     // The round is still training, and a valid update from the same node is accepted.
     let current = sandbox
         .admin

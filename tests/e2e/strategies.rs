@@ -1,6 +1,7 @@
 //! Aggregation strategies through real rounds: FedAdam publishes base + η·m/(√v + τ) and carries
 //! its moments from one round to the next; the median publishes base + the coordinate-wise
-//! median of the stored clipped deltas; a robust strategy with noise is refused at launch.
+//! median of the stored clipped deltas; FedProx's proximal term shrinks the stores' drift; a
+//! robust strategy with noise is refused at launch.
 
 use backroom_proto::v1 as pb;
 
@@ -101,6 +102,42 @@ async fn fedadam_carries_its_moments_and_the_median_is_exact() {
         .collect();
     assert_close("median v4", &params_of(&sandbox, 4), &want);
 
+    // FedProx: the same rounds (no clipping in reach, no noise) with and without the proximal
+    // term; with it the stores' steps stay nearer the model they started from.
+    let mean_norm = |deltas: &[Vec<f32>]| {
+        deltas
+            .iter()
+            .map(|d| d.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt())
+            .sum::<f64>()
+            / deltas.len() as f64
+    };
+    let free_spec = pb::RoundSpec {
+        clip_norm: 1000.0,
+        local_steps: 8,
+        ..spec(3, 0.0)
+    };
+    wait_installed(&sandbox, 4).await;
+    let free = run_round(&mut sandbox, free_spec.clone()).await;
+    assert_eq!(free.published_version, 5);
+    let free_norm = mean_norm(&deltas_of(&sandbox, &free.round_id));
+    wait_installed(&sandbox, 5).await;
+    let mu = 20.0f32;
+    let held = run_round(
+        &mut sandbox,
+        pb::RoundSpec {
+            proximal_mu: mu,
+            ..free_spec
+        },
+    )
+    .await;
+    assert_eq!(held.published_version, 6);
+    assert_eq!(held.spec.as_ref().map(|s| s.proximal_mu), Some(mu));
+    let held_norm = mean_norm(&deltas_of(&sandbox, &held.round_id));
+    assert!(
+        held_norm < 0.7 * free_norm,
+        "mean delta norm with mu = {mu}: {held_norm}, without: {free_norm}"
+    );
+
     // A robust strategy with noise, or a parameter for another strategy, never starts.
     for (bad, expected) in [
         (
@@ -123,6 +160,13 @@ async fn fedadam_carries_its_moments_and_the_median_is_exact() {
                 ..spec(3, 0.0)
             },
             "unknown strategy",
+        ),
+        (
+            pb::RoundSpec {
+                proximal_mu: -1.0,
+                ..spec(3, 0.0)
+            },
+            "proximal_mu must be in [0, 1000]",
         ),
     ] {
         let status = sandbox

@@ -46,6 +46,7 @@ pub fn spec(clients: u32, noise_multiplier: f32) -> pb::RoundSpec {
         adaptive_clipping: None,
         server_learning_rate: None,
         trim_fraction: None,
+        proximal_mu: 0.0,
     }
 }
 
