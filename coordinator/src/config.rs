@@ -230,11 +230,12 @@ impl CoordinatorConfig {
     }
 }
 
+/// The embedded database in the data directory. The path is made absolute first: in a URL a
+/// relative path's first component would be read as the host (`sqlite://deploy/../x.db`).
 fn default_database_url(data_dir: &Path) -> String {
-    format!(
-        "sqlite://{}?mode=rwc",
-        data_dir.join("coordinator.db").display()
-    )
+    let file = data_dir.join("coordinator.db");
+    let file = std::path::absolute(&file).unwrap_or(file);
+    format!("sqlite://{}?mode=rwc", file.display())
 }
 
 #[cfg(test)]
@@ -258,6 +259,29 @@ mod config_tests {
             Path::new("/"),
         );
         assert_eq!(held.map(|c| c.publish_rounds_to_stable).ok(), Some(false));
+    }
+
+    /// A configuration given by a relative path (`--config deploy/examples/coordinator.toml`)
+    /// has a relative data directory; its default database must still open.
+    #[tokio::test]
+    async fn the_default_database_opens_from_a_relative_data_dir() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let cwd = std::env::current_dir().unwrap_or_else(|e| panic!("{e}"));
+        let mut relative = PathBuf::new();
+        for _ in 1..cwd.components().count() {
+            relative.push("..");
+        }
+        let target = dir.path().strip_prefix("/").unwrap_or(dir.path());
+        let base = relative.join(target).join("etc");
+        let config = CoordinatorConfig::from_toml_str("data_dir = \"../data\"\n", &base)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(config.data_dir.is_relative());
+        std::fs::create_dir_all(&config.data_dir).unwrap_or_else(|e| panic!("{e}"));
+        let store = crate::store::Store::open(&config.database_url)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", config.database_url));
+        drop(store);
+        assert!(dir.path().join("data").join("coordinator.db").is_file());
     }
 
     #[test]
