@@ -176,20 +176,23 @@ fuzz_target!(|data: &[u8]| {
         installed_version: INSTALLED,
         now_unix_ms: NOW,
     };
-    let verified = verify_release(
-        Trust {
-            root: &root,
-            held: None,
-        },
-        ReleaseParts {
-            manifest: &manifest,
-            signature: &signature,
-            key_set: &keys.key_set.bytes,
-            key_set_signature: &keys.key_set.signature,
-        },
-        &weights,
-        &expect,
-    );
+    let verify = |key_set_signature: &[u8]| {
+        verify_release(
+            Trust {
+                root: &root,
+                held: None,
+            },
+            ReleaseParts {
+                manifest: &manifest,
+                signature: &signature,
+                key_set: &keys.key_set.bytes,
+                key_set_signature,
+            },
+            &weights,
+            &expect,
+        )
+    };
+    let verified = verify(&keys.key_set.signature);
     if let Ok(release) = verified {
         let m = &release.manifest;
         assert_eq!(m.lineage, "shelfnet");
@@ -209,21 +212,5 @@ fuzz_target!(|data: &[u8]| {
     // The same parts with the key set's signature broken are always refused.
     let mut bad = keys.key_set.signature.clone();
     bad[0] ^= 1;
-    assert!(
-        verify_release(
-            Trust {
-                root: &root,
-                held: None,
-            },
-            ReleaseParts {
-                manifest: &manifest,
-                signature: &signature,
-                key_set: &keys.key_set.bytes,
-                key_set_signature: &bad,
-            },
-            &weights,
-            &expect,
-        )
-        .is_err()
-    );
+    assert!(verify(&bad).is_err());
 });
