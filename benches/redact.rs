@@ -1,5 +1,6 @@
 //! Redaction speed at 1280×720 on one core: the node's whole redaction of a frame (grey
-//! conversion, every detector, the fill), and each detector alone.
+//! conversion, the default detectors, the fill), each detector alone, and the previous default
+//! detector pair (SeetaFace + Haar profile) in the same run.
 //!
 //! `cargo bench --bench redact`. The frame is a real photograph: `astronaut.png` (fetched by
 //! `tests/data/fetch-face-photos.sh`) scaled to 720 rows and set twice, at two sizes, on a
@@ -11,7 +12,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use backroom_store_node::redact::{Redactor, decode};
+use backroom_store_node::redact::{Detectors, Redactor, RedactorSettings, decode};
 use image::{Rgb, RgbImage, imageops};
 use rand::{Rng, SeedableRng};
 
@@ -116,10 +117,18 @@ fn main() -> anyhow::Result<()> {
     let (frame, what) = frame();
     let gray = imageops::grayscale(&frame);
     println!("redaction bench: {WIDTH}x{HEIGHT}, one thread; frame: {what}");
+    // The same frame for benches/redact_opencv.py (OpenCV's detectors on identical pixels).
+    if let Some(path) = std::env::var_os("BACKROOM_BENCH_SAVE_FRAME") {
+        frame.save(&path)?;
+        println!("frame written to {}", Path::new(&path).display());
+    }
     let mut regions = Vec::new();
     let whole = median_ms(|| {
         let mut copy = frame.clone();
         regions = redactor.redact(&mut copy);
+    });
+    let mtcnn = median_ms(|| {
+        std::hint::black_box(redactor.detect_mtcnn(&gray));
     });
     let frontal = median_ms(|| {
         std::hint::black_box(redactor.detect_frontal(&gray));
@@ -128,34 +137,58 @@ fn main() -> anyhow::Result<()> {
         std::hint::black_box(redactor.detect_profile(&gray));
     });
     let stream = gated_stream(&redactor);
+    // The detectors the node ran before MTCNN (SeetaFace + the Haar profile cascade), in the
+    // same run, for comparison.
+    let cascades = Redactor::with_settings(RedactorSettings {
+        detectors: Detectors {
+            mtcnn: false,
+            seeta_frontal: true,
+            haar_profile: true,
+        },
+        ..RedactorSettings::default()
+    })?;
+    let cascades_whole = median_ms(|| {
+        let mut copy = frame.clone();
+        std::hint::black_box(cascades.redact(&mut copy));
+    });
+    let cascades_stream = gated_stream(&cascades);
     println!("regions filled: {}", regions.len());
     println!("| step | ms per frame | frames/s |");
     println!("| --- | --- | --- |");
     for (name, ms) in [
-        ("whole redaction (grey, all detectors, fill)", whole),
-        ("SeetaFace frontal (rustface)", frontal),
-        ("Haar profile, frame + mirror", profile),
+        ("whole redaction (grey, default detectors, fill)", whole),
+        ("MTCNN (tract-onnx), the default detector", mtcnn),
+        ("SeetaFace frontal (rustface), off by default", frontal),
+        ("Haar profile, frame + mirror, off by default", profile),
     ] {
         println!("| {name} | {ms:.1} | {:.1} |", 1e3 / ms);
     }
-    if let Some((still, walking, scanned)) = stream {
-        println!(
-            "| gated stream, nothing moving (mean of {STREAM} frames) | {still:.1} | {:.1} |",
-            1e3 / still
-        );
-        println!(
-            "| gated stream, a 300-px figure walking 8 px/frame (mean of {STREAM}; {:.0}% scanned) | {walking:.1} | {:.1} |",
-            scanned * 100.0,
-            1e3 / walking
-        );
-    }
-    println!(
-        "target: >= 30 frames/s on one core: {}",
-        if 1e3 / whole >= 30.0 {
-            "met"
-        } else {
-            "NOT met"
+    let streams = |label: &str, stream: Option<(f64, f64, f32)>| {
+        if let Some((still, walking, scanned)) = stream {
+            println!(
+                "| {label}: gated stream, nothing moving (mean of {STREAM} frames) | {still:.1} | {:.1} |",
+                1e3 / still
+            );
+            println!(
+                "| {label}: gated stream, a 300-px figure walking 8 px/frame (mean of {STREAM}; {:.0}% scanned) | {walking:.1} | {:.1} |",
+                scanned * 100.0,
+                1e3 / walking
+            );
         }
+    };
+    streams("default", stream);
+    println!(
+        "| previous default (SeetaFace + Haar profile): whole redaction | {cascades_whole:.1} | {:.1} |",
+        1e3 / cascades_whole
+    );
+    streams("previous default", cascades_stream);
+    let verdict = |ms: f64| if 1e3 / ms >= 30.0 { "met" } else { "NOT met" };
+    println!(
+        "target >= 30 frames/s on one core: whole frame {}; gated stream with a figure walking {}",
+        verdict(whole),
+        stream.map_or("not measured (no photo)", |(_, walking, _)| verdict(
+            walking
+        ))
     );
     Ok(())
 }
