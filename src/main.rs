@@ -105,8 +105,9 @@ enum Command {
     /// Differential privacy: plan ε before rounds (`privacy epsilon ...`) or show a lineage's
     /// budget, ε spent and ledger (`privacy <lineage>`).
     Privacy(privacy_cli::PrivacyArgs),
-    /// Redact one image file exactly as a store node redacts its frames: faces (frontal and
-    /// profile) filled with flat grey, EXIF/GPS and all other metadata dropped. Prints the
+    /// Redact one image file exactly as a store node redacts its frames: faces (found by MTCNN,
+    /// frontal to three-quarter profile) filled with flat grey, EXIF/GPS and all other metadata
+    /// dropped. Prints the
     /// regions filled, in pixels of the input (after its EXIF orientation is applied).
     Redact {
         /// Input image (JPEG or PNG).
