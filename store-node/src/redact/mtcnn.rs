@@ -226,6 +226,16 @@ fn output_with(outputs: &[TValue], channels: usize) -> Option<&TValue> {
 impl Mtcnn {
     /// Loads the shipped networks.
     pub fn new(settings: MtcnnSettings) -> Result<Self, MtcnnError> {
+        // A step outside (0.1, 0.95] would never end the pyramid or skip most face sizes.
+        if !(settings.pyramid_step > 0.1 && settings.pyramid_step <= 0.95) {
+            return Err(MtcnnError::new(
+                "pnet",
+                format!(
+                    "pyramid step {} must be in (0.1, 0.95]",
+                    settings.pyramid_step
+                ),
+            ));
+        }
         let pnet = parse("pnet", PNET)?;
         let rnet = plan("rnet", &parse("rnet", RNET)?, [1, 24, 24, 3])?;
         let onet = plan("onet", &parse("onet", ONET)?, [1, 48, 48, 3])?;
@@ -585,6 +595,21 @@ mod tests {
             }
         }
         assert!(worst < 1e-5, "largest difference {worst}");
+    }
+
+    #[test]
+    fn a_pyramid_that_would_not_shrink_is_refused() {
+        for step in [1.0, 1.5, 0.0, f32::NAN] {
+            let settings = MtcnnSettings {
+                pyramid_step: step,
+                ..MtcnnSettings::default()
+            };
+            let err = Mtcnn::new(settings).err().map(|e| e.to_string());
+            assert!(
+                err.as_deref().is_some_and(|e| e.contains("pyramid step")),
+                "{step}: {err:?}"
+            );
+        }
     }
 
     #[test]
