@@ -63,6 +63,16 @@ pub struct Region {
 }
 
 impl Region {
+    /// The box from corner `(x0, y0)` to `(x1, y1)` (exclusive), or `None` when it is empty.
+    pub fn from_corners(x0: u32, y0: u32, x1: u32, y1: u32) -> Option<Region> {
+        (x1 > x0 && y1 > y0).then(|| Region {
+            x: x0,
+            y: y0,
+            w: x1 - x0,
+            h: y1 - y0,
+        })
+    }
+
     /// Whether `other` lies inside `self`.
     pub fn contains(&self, other: &Region) -> bool {
         other.x >= self.x
@@ -262,14 +272,7 @@ impl Redactor {
             let (x0, y0) = (b.x().max(0) as u32, b.y().max(0) as u32);
             let x1 = (i64::from(b.x()) + i64::from(b.width())).clamp(0, i64::from(width)) as u32;
             let y1 = (i64::from(b.y()) + i64::from(b.height())).clamp(0, i64::from(height)) as u32;
-            if x1 > x0 && y1 > y0 {
-                found.push(Region {
-                    x: x0,
-                    y: y0,
-                    w: x1 - x0,
-                    h: y1 - y0,
-                });
-            }
+            found.extend(Region::from_corners(x0, y0, x1, y1));
         }
         found
     }

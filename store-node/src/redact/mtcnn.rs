@@ -278,14 +278,7 @@ impl Mtcnn {
             let y0 = c.y1.floor().clamp(0.0, height as f32) as u32;
             let x1 = c.x2.ceil().clamp(0.0, width as f32) as u32;
             let y1 = c.y2.ceil().clamp(0.0, height as f32) as u32;
-            if x1 > x0 && y1 > y0 {
-                found.push(Region {
-                    x: x0,
-                    y: y0,
-                    w: x1 - x0,
-                    h: y1 - y0,
-                });
-            }
+            found.extend(Region::from_corners(x0, y0, x1, y1));
         }
         Ok(found)
     }
