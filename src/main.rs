@@ -105,10 +105,12 @@ enum Command {
     /// Differential privacy: plan ε before rounds (`privacy epsilon ...`) or show a lineage's
     /// budget, ε spent and ledger (`privacy <lineage>`).
     Privacy(privacy_cli::PrivacyArgs),
-    /// Redact one image file exactly as a store node redacts its frames: faces (found by MTCNN,
-    /// frontal to three-quarter profile) filled with flat grey, EXIF/GPS and all other metadata
-    /// dropped. Prints the
-    /// regions filled, in pixels of the input (after its EXIF orientation is applied).
+    /// Redact one image file as a store node redacts a frame: faces (found by MTCNN, frontal to
+    /// three-quarter profile) filled with flat grey, EXIF/GPS and all other metadata dropped.
+    /// Prints the regions filled, in pixels of the input (after its EXIF orientation is
+    /// applied). A node's camera also fills whatever moves against its learned background
+    /// (people seen from above or behind); one photo has no background, so this fills faces
+    /// only.
     Redact {
         /// Input image (JPEG or PNG).
         input: PathBuf,

@@ -20,7 +20,8 @@ use crate::frames::sources::{
 use crate::frames::{RedactedFrame, SlotGrid};
 use crate::ledger::ReleaseOutcome;
 use crate::metrics_sync::idempotency_key;
-use crate::redact::motion::{GateSettings, MotionGate};
+use crate::redact::motion::{GateReport, GateSettings, MotionGate};
+use crate::redact::moving::MaskSettings;
 use crate::release::{ReleasePolicy, release_window};
 use crate::transport::Shutdown;
 use crate::{NodeContext, now_unix_ms};
@@ -29,6 +30,9 @@ use crate::{NodeContext, now_unix_ms};
 pub const SLOT_EMPTY: u8 = 1;
 /// Model output for a stocked slot.
 pub const SLOT_STOCKED: u8 = 0;
+/// A slot that redaction filled (in part) in this frame: not observed, whatever the model says
+/// of the grey.
+pub const SLOT_OCCLUDED: u8 = 2;
 
 /// Raw counts of one finished window. Held in memory only: what is queued and sent is its
 /// noised release.
@@ -90,19 +94,27 @@ impl WindowAggregator {
             out_of_stock_events: 0,
         });
         window.frames += 1;
-        window.slot_observations += states.len() as u64;
-        window.empty_slot_observations +=
-            states.iter().filter(|&&s| s == SLOT_EMPTY).count() as u64;
-        if let Some(previous) = &self.previous_states
-            && previous.len() == states.len()
-        {
-            window.out_of_stock_events += previous
-                .iter()
-                .zip(states)
-                .filter(|&(&before, &now)| before == SLOT_STOCKED && now == SLOT_EMPTY)
-                .count() as u64;
-        }
-        self.previous_states = Some(states.to_vec());
+        let seen = || states.iter().filter(|&&s| s != SLOT_OCCLUDED);
+        window.slot_observations += seen().count() as u64;
+        window.empty_slot_observations += seen().filter(|&&s| s == SLOT_EMPTY).count() as u64;
+        // Transitions against each slot's last observed state: an occluded slot keeps it, so a
+        // shelf emptied behind a passing shopper counts once, when it is seen again.
+        let previous = match self.previous_states.take() {
+            Some(previous) if previous.len() == states.len() => {
+                window.out_of_stock_events += previous
+                    .iter()
+                    .zip(states)
+                    .filter(|&(&before, &now)| before == SLOT_STOCKED && now == SLOT_EMPTY)
+                    .count() as u64;
+                previous
+                    .iter()
+                    .zip(states)
+                    .map(|(&before, &now)| if now == SLOT_OCCLUDED { before } else { now })
+                    .collect()
+            }
+            _ => states.to_vec(),
+        };
+        self.previous_states = Some(previous);
         closed
     }
 
@@ -164,6 +176,7 @@ fn open_source(ctx: &NodeContext) -> anyhow::Result<(Box<dyn FrameSource>, SlotG
 struct Processed {
     frame: RedactedFrame,
     states: Option<Result<Vec<u8>, String>>,
+    report: GateReport,
 }
 
 /// Runs the camera until shutdown or until its source ends. A partial window is never closed
@@ -203,6 +216,17 @@ pub(crate) async fn run_camera(
         refresh_frames: cam.rescan_every_frames,
         ..GateSettings::default()
     };
+    let mask_settings = MaskSettings {
+        settle_ms: i64::try_from(cam.settle.as_millis()).unwrap_or(i64::MAX),
+        ..MaskSettings::default()
+    };
+    let new_gate = move || {
+        if cam.mask_moving {
+            MotionGate::with_moving_mask(gate_settings, mask_settings)
+        } else {
+            MotionGate::new(gate_settings)
+        }
+    };
     let keep_every = ctx
         .config
         .local_store
@@ -226,12 +250,11 @@ pub(crate) async fn run_camera(
         let device = ctx.device.clone();
         let redactor = ctx.redactor.clone();
         let mut network = loaded.take();
-        let mut gate = motion_gate
-            .take()
-            .unwrap_or_else(|| MotionGate::new(gate_settings));
+        let mut gate = motion_gate.take().unwrap_or_else(&new_gate);
         let job = tokio::task::spawn_blocking(move || {
             // Redaction first: nothing else ever sees the raw frame, which is zeroed here.
-            let (frame, _) = redactor.redact_frame_gated(raw, &mut gate);
+            let (frame, report) = redactor.redact_frame_gated(raw, &mut gate);
+            let occluded = grid.cells_touching(&frame.regions);
             let states = model.map(|m| {
                 let crops = grid.crops(&frame.image).map_err(|e| e.to_string())?;
                 let reuse = matches!(&network, Some((version, _)) if *version == m.version());
@@ -241,12 +264,25 @@ pub(crate) async fn run_camera(
                         .map_err(|e| e.to_string())?;
                     network = Some((m.version(), built));
                 }
-                match &network {
-                    Some((_, net)) => net.predict(&crops).map_err(|e| e.to_string()),
-                    None => Ok(Vec::new()),
+                let mut states = match &network {
+                    Some((_, net)) => net.predict(&crops).map_err(|e| e.to_string())?,
+                    None => Vec::new(),
+                };
+                if states.len() == occluded.len() {
+                    for (state, &hidden) in states.iter_mut().zip(&occluded) {
+                        if hidden {
+                            *state = SLOT_OCCLUDED;
+                        }
+                    }
                 }
+                Ok(states)
             });
-            (Processed { frame, states }, network, gate)
+            let processed = Processed {
+                frame,
+                states,
+                report,
+            };
+            (processed, network, gate)
         });
         let joined = tokio::select! {
             _ = shutdown.triggered() => break,
@@ -258,15 +294,22 @@ pub(crate) async fn run_camera(
         };
         loaded = network;
         motion_gate = Some(gate);
-        let Processed { frame, states } = processed;
+        let Processed {
+            frame,
+            states,
+            report,
+        } = processed;
         let captured_unix = frame.captured_unix_ms.div_euclid(1000);
         let (captured, dropped, unreadable) = capture.counters.snapshot();
-        let faces = frame.regions.len() as u64;
+        let moving = report.moving_regions as u64;
+        let faces = (frame.regions.len() as u64).saturating_sub(moving);
         ctx.update_status(|s| {
             s.frames_captured = captured;
             s.frames_dropped = dropped;
             s.frames_unreadable = unreadable;
             s.faces_redacted += faces;
+            s.moving_regions_filled += moving;
+            s.frames_fully_masked += u64::from(report.masked >= 0.999);
         });
         match states {
             None => {

@@ -43,6 +43,9 @@ pub const DEFAULT_SUPPRESS_BELOW: u64 = 5;
 pub const DEFAULT_QUEUE_FRAMES: usize = 2;
 /// Default of `camera.rescan_every_frames` (10 s at 30 frames/s).
 pub const DEFAULT_RESCAN_EVERY_FRAMES: u32 = 300;
+/// Default of `camera.settle_secs`: how long a part of the picture must be still before the
+/// moving-region mask shows it.
+pub const DEFAULT_SETTLE_SECS: u64 = 30;
 /// Default retention of the local store: 7 days.
 pub const DEFAULT_RETENTION_HOURS: u64 = 168;
 /// Default spacing of kept frame images (capture time).
@@ -127,6 +130,13 @@ pub struct CameraSettings {
     /// many frames even when it did not change; 1 scans every frame whole
     /// ([`crate::redact::motion`]).
     pub rescan_every_frames: u32,
+    /// Fill whatever moves against the camera's learned background (people from any angle,
+    /// [`crate::redact::moving`]) besides the faces. Default: on for image sources, off for
+    /// the synthetic replay (rendered shelves, no people in them).
+    pub mask_moving: bool,
+    /// Capture time a part of the picture must stay still before the mask counts it as
+    /// background and shows it.
+    pub settle: Duration,
 }
 
 impl Default for CameraSettings {
@@ -142,6 +152,8 @@ impl Default for CameraSettings {
             start_unix: 1_704_067_200,
             queue_frames: DEFAULT_QUEUE_FRAMES,
             rescan_every_frames: DEFAULT_RESCAN_EVERY_FRAMES,
+            mask_moving: false,
+            settle: Duration::from_secs(DEFAULT_SETTLE_SECS),
         }
     }
 }

@@ -73,8 +73,13 @@ pub struct NodeStatus {
     pub frames_dropped: u64,
     /// Frames that could not be read or decoded.
     pub frames_unreadable: u64,
-    /// Regions filled by redaction.
+    /// Faces filled by redaction.
     pub faces_redacted: u64,
+    /// Moving regions (people from any angle) filled by the camera's moving-region mask.
+    pub moving_regions_filled: u64,
+    /// Frames filled whole by the moving-region mask (a camera learning its background, or a
+    /// change over all of its picture).
+    pub frames_fully_masked: u64,
     /// Frames redacted, inferred and counted.
     pub frames_processed: u64,
     /// Frame events written to the encrypted local store, and images among them.

@@ -8,6 +8,7 @@ mod federation;
 mod frame_requests;
 mod http2;
 mod metrics;
+mod people;
 mod postgres;
 mod privacy;
 mod redaction;

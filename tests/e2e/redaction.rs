@@ -48,7 +48,7 @@ pub(crate) fn region(v: &serde_json::Value) -> Region {
 }
 
 /// Fraction of `label`'s pixels that are [`FILL`] in `frame`.
-fn covered(frame: &RgbImage, label: &Region) -> f64 {
+pub(crate) fn covered(frame: &RgbImage, label: &Region) -> f64 {
     let mut filled = 0u64;
     for y in label.y..label.y + label.h {
         for x in label.x..label.x + label.w {
@@ -172,7 +172,7 @@ fn a_walking_face_is_filled_in_every_frame_of_a_gated_stream() {
         let y = 300;
         let mut frame = background.clone();
         imageops::overlay(&mut frame, &person, x.into(), y.into());
-        let (regions, report) = redactor.redact_gated(&mut frame, &mut gate);
+        let (regions, report) = redactor.redact_gated(&mut frame, &mut gate, i64::from(t) * 100);
         gated += usize::from(!report.full_scan);
         let face = Region {
             x: x + scaled(label.x),

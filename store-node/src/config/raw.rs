@@ -11,9 +11,9 @@ use super::{
     CameraSettings, ConfigError, DEFAULT_KEEP_IMAGE_EVERY_SECS, DEFAULT_LINEAGE,
     DEFAULT_MAX_MODEL_BYTES, DEFAULT_METRIC_WINDOW_SECS, DEFAULT_POLL_INTERVAL_MS,
     DEFAULT_POLL_WAIT_SECS, DEFAULT_QUEUE_FRAMES, DEFAULT_RESCAN_EVERY_FRAMES,
-    DEFAULT_RETENTION_HOURS, DEFAULT_SWEEP_INTERVAL_SECS, DEFAULT_TLS_SERVER_NAME,
-    DEFAULT_TRAIN_SAMPLES, DataSettings, FrameSourceSettings, LocalStoreSettings,
-    MAX_POLL_WAIT_SECS, MetricPrivacySettings, NodeConfig, SlotGrid,
+    DEFAULT_RETENTION_HOURS, DEFAULT_SETTLE_SECS, DEFAULT_SWEEP_INTERVAL_SECS,
+    DEFAULT_TLS_SERVER_NAME, DEFAULT_TRAIN_SAMPLES, DataSettings, FrameSourceSettings,
+    LocalStoreSettings, MAX_POLL_WAIT_SECS, MetricPrivacySettings, NodeConfig, SlotGrid,
 };
 
 /// The file as written. Numbers are wide signed integers so that a negative or oversized value
@@ -94,6 +94,8 @@ pub struct RawCameraConfig {
     pub start_unix: Option<i64>,
     pub queue_frames: Option<i64>,
     pub rescan_every_frames: Option<i64>,
+    pub mask_moving: Option<bool>,
+    pub settle_secs: Option<i64>,
 }
 
 /// Where the node's local training data comes from.
@@ -303,6 +305,18 @@ fn validate_camera(
     if raw.poll_interval_ms.is_some() && source_name != "directory" {
         p.push("camera.poll_interval_ms applies to source = \"directory\" only".to_owned());
     }
+    let settle_secs = ranged(
+        "camera.settle_secs",
+        raw.settle_secs,
+        i64::try_from(DEFAULT_SETTLE_SECS).unwrap_or(30),
+        1,
+        86_400,
+        p,
+    );
+    let mask_moving = raw.mask_moving.unwrap_or(source_name != "synthetic");
+    if raw.settle_secs.is_some() && !mask_moving {
+        p.push("camera.settle_secs applies when camera.mask_moving is on".to_owned());
+    }
     let slot_grid = raw.slot_grid.and_then(|grid| validate_grid(grid, p));
     let default_slots = slot_grid.map_or(12, |g| i64::try_from(g.slots()).unwrap_or(0));
     let slots = ranged("camera.slots", raw.slots, default_slots, 1, 4096, p);
@@ -316,6 +330,8 @@ fn validate_camera(
         start_unix,
         queue_frames: usize::try_from(queue_frames).ok()?,
         rescan_every_frames: u32::try_from(rescan).ok()?,
+        mask_moving,
+        settle: Duration::from_secs(u64::try_from(settle_secs).ok()?),
     })
 }
 

@@ -138,6 +138,24 @@ impl SlotGrid {
         }
     }
 
+    /// Per slot (row-major, as [`SlotGrid::crops`]): whether any of `regions` overlaps its
+    /// cell, so that the model's answer on a filled cell is not taken as an observation.
+    pub fn cells_touching(&self, regions: &[Region]) -> Vec<bool> {
+        let overlaps = |a: &Region, b: &Region| {
+            u64::from(a.x) < u64::from(b.x) + u64::from(b.w)
+                && u64::from(b.x) < u64::from(a.x) + u64::from(a.w)
+                && u64::from(a.y) < u64::from(b.y) + u64::from(b.h)
+                && u64::from(b.y) < u64::from(a.y) + u64::from(a.h)
+        };
+        (0..self.rows)
+            .flat_map(|row| (0..self.cols).map(move |col| (row, col)))
+            .map(|(row, col)| {
+                let cell = self.cell(row, col);
+                regions.iter().any(|r| overlaps(&cell, r))
+            })
+            .collect()
+    }
+
     /// Every slot of `frame` as a model input: CHW `f32` in `[0, 1]`, each cell scaled to
     /// `IMAGE_SIZE × IMAGE_SIZE` (copied as is when it already has that size).
     pub fn crops(&self, frame: &RgbImage) -> Result<Vec<f32>, SlotError> {

@@ -74,7 +74,8 @@ pub enum StoreError {
 /// What the node derived from one frame (sealed in the `frames` row).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FrameEvent {
-    /// One state per slot (see [`crate::camera::SLOT_EMPTY`]).
+    /// One state per slot (see [`crate::camera::SLOT_EMPTY`]; [`crate::camera::SLOT_OCCLUDED`]
+    /// where redaction filled the slot's cell).
     pub slot_states: Vec<u8>,
     /// Regions redaction filled in the frame.
     pub faces_redacted: u32,

@@ -26,6 +26,7 @@
 
 pub mod haar;
 pub mod motion;
+pub mod moving;
 pub mod mtcnn;
 
 #[cfg(test)]
@@ -297,20 +298,25 @@ impl Redactor {
         regions
     }
 
-    /// Redacts a camera's next frame in place like [`Redactor::redact`], running the detectors
-    /// only where `gate` (that camera's memory) says the picture changed. Returns the filled
-    /// regions and what was scanned.
+    /// Redacts a camera's next frame, captured at `captured_unix_ms`, in place like
+    /// [`Redactor::redact`], running the detectors only where `gate` (that camera's memory) says
+    /// the picture changed, and filling what moves when the gate has a moving-region mask
+    /// ([`moving`]). Returns the filled regions (faces grown by the margin, then moving regions)
+    /// and what was scanned.
     pub fn redact_gated(
         &self,
         frame: &mut RgbImage,
         gate: &mut MotionGate,
+        captured_unix_ms: i64,
     ) -> (Vec<Region>, GateReport) {
         let luma = image::imageops::grayscale(frame);
-        let (faces, report) = gate.faces(&luma, |crop| self.detect(crop));
-        let regions = self.fill_faces(faces, frame);
+        let scan = gate.scan(&luma, captured_unix_ms, |crop| self.detect(crop));
+        let mut regions = self.fill_faces(scan.faces, frame);
+        self.fill(frame, &scan.moving);
+        regions.extend(scan.moving);
         let mut luma = luma.into_raw();
         luma.zeroize();
-        (regions, report)
+        (regions, scan.report)
     }
 
     /// [`Redactor::redact_frame`] through a camera's [`MotionGate`].
@@ -319,10 +325,11 @@ impl Redactor {
         mut raw: RawFrame,
         gate: &mut MotionGate,
     ) -> (RedactedFrame, GateReport) {
-        let (regions, report) = self.redact_gated(&mut raw.pixels, gate);
+        let captured_unix_ms = raw.captured_unix_ms();
+        let (regions, report) = self.redact_gated(&mut raw.pixels, gate, captured_unix_ms);
         let frame = RedactedFrame {
             camera_id: raw.camera_id(),
-            captured_unix_ms: raw.captured_unix_ms(),
+            captured_unix_ms,
             image: std::mem::take(&mut raw.pixels),
             regions,
         };
@@ -359,10 +366,17 @@ impl Redactor {
     /// Sets every pixel of `regions` (clamped to the frame) to [`FILL`].
     pub fn fill(&self, frame: &mut RgbImage, regions: &[Region]) {
         let (width, height) = frame.dimensions();
+        let stride = width as usize * 3;
+        let pixels: &mut [u8] = frame;
         for r in regions {
-            for y in r.y.min(height)..(r.y + r.h).min(height) {
-                for x in r.x.min(width)..(r.x + r.w).min(width) {
-                    frame.put_pixel(x, y, image::Rgb(FILL));
+            let (x0, x1) = (
+                r.x.min(width) as usize,
+                r.x.saturating_add(r.w).min(width) as usize,
+            );
+            for y in r.y.min(height)..r.y.saturating_add(r.h).min(height) {
+                let row = y as usize * stride;
+                for pixel in pixels[row + 3 * x0..row + 3 * x1].chunks_exact_mut(3) {
+                    pixel.copy_from_slice(&FILL);
                 }
             }
         }

@@ -21,11 +21,20 @@
 //! camera that moved, lights switched) is scanned whole, as is the first frame and any frame
 //! whose size changed. The faces to fill are thus always the last scan's answer for each part
 //! of the picture, taken no longer ago than that part last changed.
+//!
+//! With a moving-region mask ([`MotionGate::with_moving_mask`], [`super::moving`]) the gate
+//! also fills whatever differs from the camera's learned background, and leaves the blocks
+//! inside those fills out of step 1: they are neither scanned nor marked as scanned, so each is
+//! scanned when the mask lets go of it (its mean then differs from the one it had at its last
+//! scan, or it was never scanned: a masked camera starts with no block scanned instead of a
+//! whole scan of its first frame). A face in a moving region is filled with it; a face that
+//! stops moving is looked for before it is shown.
 
 use image::GrayImage;
 use zeroize::Zeroize;
 
 use super::Region;
+use super::moving::{MaskSettings, Masked, MovingMask};
 
 /// Side of the blocks whose means are compared, in pixels.
 const BLOCK: u32 = 8;
@@ -68,21 +77,40 @@ pub struct GateReport {
     pub crops: usize,
     /// Share of the frame's pixels the detectors ran on (1 for a whole frame).
     pub scanned: f32,
+    /// Moving regions filled (0 without a moving-region mask).
+    pub moving_regions: usize,
+    /// Share of the frame's pixels inside those fills (at most 1).
+    pub masked: f32,
 }
 
-/// One camera's memory of its last scans (see the module documentation).
+/// A frame's answer: the faces to fill, and (with a moving-region mask) the moving regions.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Scan {
+    /// Faces, in frame pixels, before the fill margin.
+    pub faces: Vec<Region>,
+    /// Moving regions to fill as they are (their margin is in), in frame pixels.
+    pub moving: Vec<Region>,
+    pub report: GateReport,
+}
+
+/// One camera's memory of its last scans (see the module documentation), and optionally its
+/// background model ([`super::moving`]).
 #[derive(Debug, Default)]
 pub struct MotionGate {
     settings: GateSettings,
     state: Option<Memory>,
+    moving: Option<MovingMask>,
 }
+
+/// A block never scanned (scanned blocks hold their mean, 0..=255).
+const UNSCANNED: u16 = u16::MAX;
 
 #[derive(Debug)]
 struct Memory {
     width: u32,
     height: u32,
-    /// Each block's mean at its last scan.
-    means: Vec<u8>,
+    /// Each block's mean at its last scan, or [`UNSCANNED`].
+    means: Vec<u16>,
     /// Faces found by the scans, in frame pixels (before the fill margin).
     faces: Vec<Region>,
     frame: u64,
@@ -99,6 +127,19 @@ impl MotionGate {
                 ..settings
             },
             state: None,
+            moving: None,
+        }
+    }
+
+    /// A gate that also fills whatever moves against the camera's learned background
+    /// ([`super::moving`]). The face detectors then run only where the picture changed *and*
+    /// is not filled: a face inside a moving region is filled whole already, and a block that
+    /// stops being filled is scanned before it is shown (its mean is compared with the one it
+    /// had when last scanned, or it was never scanned).
+    pub fn with_moving_mask(settings: GateSettings, mask: MaskSettings) -> Self {
+        MotionGate {
+            moving: Some(MovingMask::new(mask)),
+            ..Self::new(settings)
         }
     }
 
@@ -106,38 +147,64 @@ impl MotionGate {
         &self.settings
     }
 
-    /// Faces in `gray` (a camera's new frame): `detect` is run on the whole frame or on crops
-    /// of it, as the module documentation says; returned boxes are in frame pixels.
+    /// Whether this gate fills moving regions.
+    pub fn masks_moving(&self) -> bool {
+        self.moving.is_some()
+    }
+
+    /// Faces in `gray` (a camera's new frame) for a gate without a moving-region mask (with
+    /// one, use [`MotionGate::scan`]: the mask needs the capture time).
     pub fn faces(
         &mut self,
         gray: &GrayImage,
-        mut detect: impl FnMut(&GrayImage) -> Vec<Region>,
+        detect: impl FnMut(&GrayImage) -> Vec<Region>,
     ) -> (Vec<Region>, GateReport) {
+        let scan = self.scan(gray, 0, detect);
+        (scan.faces, scan.report)
+    }
+
+    /// What to fill in `gray`, a camera's new frame captured at `captured_unix_ms`: `detect` is
+    /// run on the whole frame or on crops of it, as the module documentation says; returned
+    /// boxes are in frame pixels.
+    pub fn scan(
+        &mut self,
+        gray: &GrayImage,
+        captured_unix_ms: i64,
+        mut detect: impl FnMut(&GrayImage) -> Vec<Region>,
+    ) -> Scan {
         let (width, height) = gray.dimensions();
         let means = block_means(gray);
         let (cols, rows) = (width.div_ceil(BLOCK), height.div_ceil(BLOCK));
-        let memory = match self.state.take() {
-            Some(m)
-                if m.width == width && m.height == height && self.settings.refresh_frames > 1 =>
-            {
-                m
-            }
-            other => {
-                let frame = other.map_or(0, |m| m.frame + 1);
-                return self.full(gray, means, frame, detect);
-            }
+        let masked = self
+            .moving
+            .as_mut()
+            .map(|mask| mask.update(&means, cols, rows, BLOCK, width, height, captured_unix_ms));
+        let refreshing = self.settings.refresh_frames > 1;
+        let previous = self.state.take();
+        let frame = previous.as_ref().map_or(0, |m| m.frame + 1);
+        let memory = match previous {
+            Some(m) if m.width == width && m.height == height && refreshing => m,
+            // With a mask, a new camera starts with nothing scanned: its picture is all filled
+            // until the background is learned, and each block is scanned when it is shown.
+            _ if refreshing && masked.is_some() => Memory {
+                width,
+                height,
+                means: vec![UNSCANNED; means.len()],
+                faces: Vec::new(),
+                frame,
+            },
+            _ => return self.full(gray, means, frame, masked, detect),
         };
-        let frame = memory.frame + 1;
         let mut changed: Vec<bool> = means
             .iter()
             .zip(&memory.means)
-            .map(|(now, then)| now.abs_diff(*then) > self.settings.threshold)
+            .map(|(&now, &then)| u16::from(now).abs_diff(then) > u16::from(self.settings.threshold))
             .collect();
         // This frame's refresh tile, cycling so that all tiles come round in `refresh_frames`.
         let (tile_cols, tile_rows) = (cols.div_ceil(TILE_BLOCKS), rows.div_ceil(TILE_BLOCKS));
         let tiles = u64::from(tile_cols * tile_rows);
         let per_tile = (u64::from(self.settings.refresh_frames) / tiles).max(1);
-        if frame % per_tile == 0 {
+        if frame.is_multiple_of(per_tile) {
             let tile = ((frame / per_tile) % tiles) as u32;
             let (tx, ty) = (
                 tile % tile_cols * TILE_BLOCKS,
@@ -149,11 +216,17 @@ impl MotionGate {
                 }
             }
         }
+        // What is filled as moving is not scanned now (nor remembered as scanned).
+        if let Some(masked) = &masked {
+            for (changed, &filled) in changed.iter_mut().zip(&masked.blocks) {
+                *changed &= !filled;
+            }
+        }
         let boxes = self.crops(&changed, cols, rows, width, height, &memory.faces);
         let area: u64 = boxes.iter().map(Region::area).sum();
         let share = area as f32 / (u64::from(width) * u64::from(height)) as f32;
         if share > self.settings.full_scan_above {
-            return self.full(gray, means, frame, detect);
+            return self.full(gray, means, frame, masked, detect);
         }
         // Remembered faces inside a crop are replaced by the crop's answer; any other is kept
         // (one only partly inside is kept too: filling a stale box is the safe mistake).
@@ -177,7 +250,7 @@ impl MotionGate {
             for by in b.y / BLOCK..(b.y + b.h).div_ceil(BLOCK) {
                 for bx in b.x / BLOCK..(b.x + b.w).div_ceil(BLOCK) {
                     let at = (by * cols + bx) as usize;
-                    kept[at] = means[at];
+                    kept[at] = u16::from(means[at]);
                 }
             }
         }
@@ -185,6 +258,7 @@ impl MotionGate {
             full_scan: false,
             crops: boxes.len(),
             scanned: share,
+            ..GateReport::default()
         };
         self.state = Some(Memory {
             width,
@@ -193,7 +267,7 @@ impl MotionGate {
             faces: faces.clone(),
             frame,
         });
-        (faces, report)
+        with_moving(faces, masked, report, width, height)
     }
 
     fn full(
@@ -201,14 +275,15 @@ impl MotionGate {
         gray: &GrayImage,
         means: Vec<u8>,
         frame: u64,
+        masked: Option<Masked>,
         mut detect: impl FnMut(&GrayImage) -> Vec<Region>,
-    ) -> (Vec<Region>, GateReport) {
+    ) -> Scan {
         let (width, height) = gray.dimensions();
         let faces = detect(gray);
         self.state = Some(Memory {
             width,
             height,
-            means,
+            means: means.into_iter().map(u16::from).collect(),
             faces: faces.clone(),
             frame,
         });
@@ -216,8 +291,9 @@ impl MotionGate {
             full_scan: true,
             crops: 0,
             scanned: 1.0,
+            ..GateReport::default()
         };
-        (faces, report)
+        with_moving(faces, masked, report, width, height)
     }
 
     /// The boxes to rescan: changed blocks joined (8-connected), grown, merged with remembered
@@ -297,6 +373,26 @@ impl MotionGate {
                 at_least(r, MIN_CROP, width, height)
             })
             .collect()
+    }
+}
+
+/// The scan's answer, with the moving regions (if any) and their share in the report.
+fn with_moving(
+    faces: Vec<Region>,
+    masked: Option<Masked>,
+    mut report: GateReport,
+    width: u32,
+    height: u32,
+) -> Scan {
+    let moving = masked.map(|m| m.regions).unwrap_or_default();
+    let frame_area = (u64::from(width) * u64::from(height)).max(1);
+    let filled: u64 = moving.iter().map(Region::area).sum();
+    report.moving_regions = moving.len();
+    report.masked = (filled as f32 / frame_area as f32).min(1.0);
+    Scan {
+        faces,
+        moving,
+        report,
     }
 }
 

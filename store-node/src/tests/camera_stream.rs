@@ -4,8 +4,12 @@ use backroom_proto::MAX_CHUNK_BYTES;
 use backroom_proto::v1::{ModelChunk, ModelHeader, ModelTrailer, model_chunk};
 use sha2::{Digest, Sha256};
 
-use crate::camera::{ClosedWindow, SLOT_EMPTY as E, SLOT_STOCKED as S, WindowAggregator};
+use crate::camera::{
+    ClosedWindow, SLOT_EMPTY as E, SLOT_OCCLUDED as O, SLOT_STOCKED as S, WindowAggregator,
+};
+use crate::frames::SlotGrid;
 use crate::model_stream::{ChunkKind, ModelAssembler, StreamError};
+use crate::redact::Region;
 
 // ---- windows ----
 
@@ -49,6 +53,65 @@ fn frames_are_grouped_into_windows_and_closed_when_a_new_one_starts() {
         ),
         (10_800, 1, 0)
     );
+}
+
+#[test]
+fn occluded_slots_are_not_observations_and_keep_their_last_seen_state() {
+    let mut agg = WindowAggregator::new(0, 60);
+    agg.observe(0, &[S, S, E]);
+    // A shopper hides slots 0 and 1; slot 0 is emptied behind them.
+    agg.observe(1, &[O, O, E]);
+    agg.observe(2, &[O, S, E]);
+    // Seen again: slot 0 stocked -> (hidden) -> empty is one event, counted now.
+    agg.observe(3, &[E, S, E]);
+    // Hidden then seen empty again: no new event (it was empty when last seen).
+    agg.observe(4, &[O, O, O]);
+    agg.observe(5, &[E, E, E]); // slot 1: stocked when last seen -> empty: one event
+    let closed = agg.observe(60, &[S, S, S]).expect("closed");
+    assert_eq!(closed.frames, 6);
+    // Per frame: 3, 1, 2, 3, none, 3 seen; 1, 1, 1, 2, none, 3 of them empty.
+    assert_eq!(closed.slot_observations, 12);
+    assert_eq!(closed.empty_slot_observations, 8);
+    assert_eq!(closed.out_of_stock_events, 2);
+}
+
+#[test]
+fn the_cells_a_fill_touches_are_the_occluded_slots() {
+    let grid = SlotGrid {
+        x: 100,
+        y: 50,
+        width: 300,
+        height: 100,
+        rows: 2,
+        cols: 3,
+    };
+    // Cells are 100 x 50: a fill over the seam of the first row's cells 1 and 2, one inside
+    // the second row's first cell, and one outside the grid.
+    let fills = [
+        Region {
+            x: 290,
+            y: 60,
+            w: 20,
+            h: 10,
+        },
+        Region {
+            x: 120,
+            y: 110,
+            w: 10,
+            h: 10,
+        },
+        Region {
+            x: 0,
+            y: 0,
+            w: 100,
+            h: 50,
+        },
+    ];
+    assert_eq!(
+        grid.cells_touching(&fills),
+        vec![false, true, true, true, false, false]
+    );
+    assert_eq!(grid.cells_touching(&[]), vec![false; 6]);
 }
 
 #[test]

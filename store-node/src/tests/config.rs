@@ -269,6 +269,11 @@ fn an_image_source_with_its_slot_grid_and_the_local_store_parse() {
     assert_eq!(config.camera.slots, 12, "slots default to the grid's cells");
     assert_eq!(config.camera.queue_frames, 3);
     assert_eq!(config.camera.rescan_every_frames, 90);
+    assert!(
+        config.camera.mask_moving,
+        "on by default for an image source"
+    );
+    assert_eq!(config.camera.settle, Duration::from_secs(30));
     assert_eq!(
         config.key_file(),
         Path::new("/etc/backroom/local-store.key")
@@ -293,6 +298,49 @@ fn an_image_source_with_its_slot_grid_and_the_local_store_parse() {
         Some(Duration::from_secs(300))
     );
     assert_eq!(plain.camera.source, FrameSourceSettings::Synthetic);
+    assert!(
+        !plain.camera.mask_moving,
+        "off by default for the synthetic replay"
+    );
+}
+
+#[test]
+fn the_moving_region_mask_is_configurable_and_checked() {
+    let with = |lines: &str| {
+        IMAGE_SOURCE_TOML.replace(
+            "rescan_every_frames = 90",
+            &format!("rescan_every_frames = 90\n{lines}"),
+        )
+    };
+    let config =
+        NodeConfig::from_toml_str(&with("settle_secs = 8"), Path::new("/")).expect("valid");
+    assert!(config.camera.mask_moving);
+    assert_eq!(config.camera.settle, Duration::from_secs(8));
+    let off =
+        NodeConfig::from_toml_str(&with("mask_moving = false"), Path::new("/")).expect("valid");
+    assert!(!off.camera.mask_moving);
+
+    let problems = NodeConfig::from_toml_str(&with("settle_secs = 0"), Path::new("/"))
+        .expect_err("must be refused")
+        .problems;
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("camera.settle_secs must be between 1")),
+        "{problems:?}"
+    );
+    let problems = NodeConfig::from_toml_str(
+        &with("mask_moving = false\nsettle_secs = 8"),
+        Path::new("/"),
+    )
+    .expect_err("must be refused")
+    .problems;
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("camera.settle_secs applies when camera.mask_moving is on")),
+        "{problems:?}"
+    );
 }
 
 #[test]
