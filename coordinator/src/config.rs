@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use backroom_models::ShelfNetConfig;
+
 use crate::ledger::Budget;
 
 #[derive(Debug, Deserialize, Default)]
@@ -27,6 +29,17 @@ struct RawConfig {
     max_export_bytes: Option<u64>,
     publish_rounds_to: Option<String>,
     privacy: Option<RawPrivacy>,
+    model: Option<RawModel>,
+}
+
+/// The lineage's network. Nodes only take shelf crops (3×64×64) and answer stocked/empty, so
+/// only the widths are configurable.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    conv_channels: Option<Vec<usize>>,
+    hidden: Option<usize>,
+    kernel_size: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -67,6 +80,10 @@ pub struct CoordinatorConfig {
     /// `true` (`publish_rounds_to = "stable"`, the default): a round's new version goes to every
     /// store at once. `false` (`"none"`): it waits for `backroom models promote`.
     pub publish_rounds_to_stable: bool,
+    /// The network of the lineage's first version (`[model]`; default: the standard shelf net,
+    /// [`ShelfNetConfig::new`]). Fixed for a lineage once published: a coordinator whose
+    /// configuration disagrees with the lineage's versions refuses to start.
+    pub model: ShelfNetConfig,
 }
 
 /// Default budget: ε ≤ 10 at δ = 1e-5 per lineage.
@@ -102,6 +119,7 @@ impl CoordinatorConfig {
             max_export_bytes: 256 << 20,
             frame_request_sweep: Duration::from_secs(10),
             publish_rounds_to_stable: true,
+            model: ShelfNetConfig::new(),
         }
     }
 
@@ -218,6 +236,22 @@ impl CoordinatorConfig {
             }
             config.privacy_budget = budget;
         }
+        if let Some(model) = raw.model {
+            let mut net = ShelfNetConfig::new();
+            if let Some(channels) = model.conv_channels {
+                net = net.with_conv_channels(channels);
+            }
+            if let Some(hidden) = model.hidden {
+                net = net.with_hidden(hidden);
+            }
+            if let Some(kernel) = model.kernel_size {
+                net = net.with_kernel_size(kernel);
+            }
+            if let Err(problem) = net.validate() {
+                problems.push(format!("model: {problem}"));
+            }
+            config.model = net;
+        }
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -285,6 +319,41 @@ mod config_tests {
     }
 
     #[test]
+    fn the_lineage_network_is_configurable_and_checked() {
+        let config = CoordinatorConfig::from_toml_str(
+            "data_dir = \"d\"\n[model]\nconv_channels = [4, 8]\nhidden = 16\n",
+            Path::new("/"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.model,
+            ShelfNetConfig::new()
+                .with_conv_channels(vec![4, 8])
+                .with_hidden(16)
+        );
+        let standard = CoordinatorConfig::from_toml_str("data_dir = \"d\"\n", Path::new("/"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(standard.model, ShelfNetConfig::new());
+
+        let err = CoordinatorConfig::from_toml_str(
+            "data_dir = \"d\"\n[model]\nconv_channels = [4]\nhidden = 0\nwidth = 3\n",
+            Path::new("/"),
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("width"), "{err}");
+        let err = CoordinatorConfig::from_toml_str(
+            "data_dir = \"d\"\n[model]\nconv_channels = [4]\n",
+            Path::new("/"),
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("model:"), "{err}");
+    }
+
+    #[test]
     fn reports_every_problem_and_unknown_fields() {
         let err = CoordinatorConfig::from_toml_str(
             "listen = \"nope\"\nheartbeat_interval_secs = 0\noverselect = 9.0\n\
@@ -311,6 +380,58 @@ mod config_tests {
                 .map(|e| e.to_string())
                 .unwrap_or_default()
                 .contains("lisen")
+        );
+    }
+}
+
+#[cfg(test)]
+mod lineage_network_tests {
+    use super::*;
+
+    /// A lineage published with one network refuses a restart configured with another, naming
+    /// both; the same network starts again; a tiny network is what nodes are served.
+    #[tokio::test]
+    async fn a_lineage_keeps_the_network_it_was_published_with() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let tiny = ShelfNetConfig::new()
+            .with_conv_channels(vec![2, 4, 4])
+            .with_hidden(8);
+        let mut config = CoordinatorConfig::for_data_dir(dir.path());
+        config.model = tiny.clone();
+        let first = crate::Coordinator::start(config)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let served = first.core.registry.model_config().clone();
+        let parameters = first.core.registry.num_parameters();
+        drop(first);
+        assert_eq!(served, tiny);
+        let standard: usize = backroom_models::parameter_layout(&ShelfNetConfig::new())
+            .iter()
+            .map(backroom_models::TensorSpec::numel)
+            .sum();
+        assert!(
+            parameters < standard / 10,
+            "tiny network has {parameters} parameters, the standard one {standard}"
+        );
+
+        let mut same = CoordinatorConfig::for_data_dir(dir.path());
+        same.model = tiny;
+        drop(
+            crate::Coordinator::start(same)
+                .await
+                .unwrap_or_else(|e| panic!("{e:#}")),
+        );
+
+        let standard = CoordinatorConfig::for_data_dir(dir.path());
+        let refused = crate::Coordinator::start(standard)
+            .await
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(
+            refused.contains("was published with the network")
+                && refused.contains("a lineage keeps its network"),
+            "{refused}"
         );
     }
 }

@@ -70,6 +70,8 @@ pub struct Core {
     pub registry: Registry,
     pub settings: Settings,
     changes: watch::Sender<u64>,
+    /// Bumped by [`Core::notify`] only: what can change a long poll's answer.
+    poll_changes: watch::Sender<u64>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -85,6 +87,7 @@ impl Core {
             registry,
             settings,
             changes: watch::channel(0).0,
+            poll_changes: watch::channel(0).0,
             shutdown,
         }
     }
@@ -92,10 +95,25 @@ impl Core {
     /// Wakes every long poll, round watcher and round driver.
     pub fn notify(&self) {
         self.changes.send_modify(|generation| *generation += 1);
+        self.poll_changes.send_modify(|generation| *generation += 1);
     }
 
+    /// Wakes round watchers and drivers but not long polls: for an update accepted or refused,
+    /// which changes no node's task, offered version or exports. (With a thousand nodes
+    /// polling, waking them all for each of a thousand updates would be a million answers
+    /// recomputed per round.)
+    pub fn notify_round_progress(&self) {
+        self.changes.send_modify(|generation| *generation += 1);
+    }
+
+    /// Changes of every kind (round drivers and watchers).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    /// Changes that can alter a long poll's answer.
+    pub fn subscribe_polls(&self) -> watch::Receiver<u64> {
+        self.poll_changes.subscribe()
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -399,7 +417,7 @@ impl Core {
         installed_version: u64,
         wait: Duration,
     ) -> Result<Polled> {
-        let mut changes = self.subscribe();
+        let mut changes = self.subscribe_polls();
         let until = tokio::time::Instant::now() + wait;
         self.store
             .node_polled(node_id, lineage, installed_version, now_unix_ms())
@@ -574,7 +592,7 @@ impl Core {
                 round.round_id
             )));
         }
-        self.notify();
+        self.notify_round_progress();
         let accepted = self.round(&round.round_id).await?.updates_accepted;
         info!(round_id = %round.round_id, node_id, norm, accepted, "update accepted");
         Ok(accepted)
@@ -661,7 +679,7 @@ impl Core {
         if let Err(error) = self.store.count_refused(round_id).await {
             warn!(round_id, %error, "could not count a refused update");
         }
-        self.notify();
+        self.notify_round_progress();
     }
 }
 

@@ -212,6 +212,25 @@ impl CertificateAuthority {
         write_public(&self.paths.server_cert(), cert.pem().as_bytes())
     }
 
+    /// Issues a client certificate for a store node or an admin without writing it anywhere
+    /// (what [`CertificateAuthority::issue_bundle`] writes; the load simulation's many nodes).
+    pub fn issue_identity(&self, role: Role, name: &str) -> Result<IssuedIdentity, IdentityError> {
+        validate_name(name)?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = distinguished_name(name);
+        let uri = format!("{URI_PREFIX}{role}/{name}");
+        params.subject_alt_names = vec![SanType::URI(uri.try_into()?)];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        set_leaf_defaults(&mut params);
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(IssuedIdentity {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            ca_pem: self.ca_pem.clone(),
+        })
+    }
+
     /// Issues a client bundle for a store node or an admin into `out_dir`.
     pub fn issue_bundle(
         &self,
@@ -224,24 +243,32 @@ impl CertificateAuthority {
         if bundle.cert().exists() {
             return Err(IdentityError::BundleExists(out_dir.to_owned()));
         }
+        let identity = self.issue_identity(role, name)?;
         std::fs::create_dir_all(out_dir).map_err(|source| IdentityError::Write {
             path: out_dir.to_owned(),
             source,
         })?;
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name = distinguished_name(name);
-        let uri = format!("{URI_PREFIX}{role}/{name}");
-        params.subject_alt_names = vec![SanType::URI(uri.try_into()?)];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        set_leaf_defaults(&mut params);
-        let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &self.issuer)?;
-        write_private(&bundle.key(), key.serialize_pem().as_bytes())?;
-        write_public(&bundle.cert(), cert.pem().as_bytes())?;
+        write_private(&bundle.key(), identity.key_pem.as_bytes())?;
+        write_public(&bundle.cert(), identity.cert_pem.as_bytes())?;
         write_public(&bundle.ca(), self.ca_pem.as_bytes())?;
         let root_public = read(&self.paths.root_public_key())?;
         write_public(&bundle.model_root_key(), root_public.as_bytes())?;
         Ok(bundle)
+    }
+}
+
+/// A client certificate and its private key, in memory (PEM).
+pub struct IssuedIdentity {
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// The CA certificate clients verify the coordinator with.
+    pub ca_pem: String,
+}
+
+impl fmt::Debug for IssuedIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the private key.
+        f.debug_struct("IssuedIdentity").finish_non_exhaustive()
     }
 }
 

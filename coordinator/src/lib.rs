@@ -94,6 +94,7 @@ impl Coordinator {
             config.data_dir.join("models"),
             paths.clone(),
             config.model_expiry_secs,
+            config.model.clone(),
         );
         registry
             .ensure_initial(&config.lineage, config.init_seed)

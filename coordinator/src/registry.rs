@@ -50,8 +50,13 @@ pub struct Provenance {
 }
 
 impl Registry {
-    pub fn new(store: Store, models_dir: PathBuf, pki: PkiPaths, expiry_secs: u64) -> Self {
-        let model_config = ShelfNetConfig::new();
+    pub fn new(
+        store: Store,
+        models_dir: PathBuf,
+        pki: PkiPaths,
+        expiry_secs: u64,
+        model_config: ShelfNetConfig,
+    ) -> Self {
         let layout = backroom_models::parameter_layout(&model_config);
         Self {
             inner: Arc::new(Inner {
@@ -69,9 +74,34 @@ impl Registry {
         self.inner.layout.iter().map(TensorSpec::numel).sum()
     }
 
+    /// The network every version of this registry's lineage has.
+    pub fn model_config(&self) -> &ShelfNetConfig {
+        &self.inner.model_config
+    }
+
     /// Publishes version 1 of `lineage` (freshly initialised weights) if it has no version yet.
+    /// A lineage that exists must have the configured network: a different one is refused
+    /// (its deltas and weights would not fit), naming both.
     pub async fn ensure_initial(&self, lineage: &str, seed: u64) -> Result<VersionRow> {
         if let Some(row) = self.inner.store.latest_version(lineage).await? {
+            let manifest = Manifest::from_bytes(&row.manifest)
+                .map_err(|e| CoordinatorError::Internal(format!("stored manifest: {e}")))?;
+            let published: ShelfNetConfig =
+                serde_json::from_value(manifest.architecture_config.clone()).map_err(|e| {
+                    CoordinatorError::Internal(format!(
+                        "lineage {lineage:?} v{}: unreadable architecture configuration: {e}",
+                        row.version
+                    ))
+                })?;
+            if published != self.inner.model_config {
+                return Err(CoordinatorError::FailedPrecondition(format!(
+                    "lineage {lineage:?} was published with the network {} but the \
+                     configuration's [model] is {}; a lineage keeps its network (name a new \
+                     lineage to train another)",
+                    manifest.architecture_config,
+                    serde_json::to_value(&self.inner.model_config).unwrap_or_default()
+                )));
+            }
             return Ok(row);
         }
         let this = self.clone();
