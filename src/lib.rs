@@ -4,6 +4,7 @@
 
 pub mod bench_aggregate;
 pub mod bench_fl;
+pub mod bench_load;
 pub mod client;
 pub mod evaluate;
 pub mod frames;

@@ -139,6 +139,30 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Load simulation: a coordinator and NODES lightweight store nodes in this process, each
+    /// node with its own certificate and mutually authenticated TLS connection on loopback.
+    /// The nodes say hello, heartbeat, long-poll and, when sampled, upload a random delta
+    /// (no training; offered versions are taken as installed without a download) for a tiny
+    /// network; every round samples all of them.
+    /// Prints each round's time from start to published version and the process's memory.
+    Load {
+        /// Simulated store nodes.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        nodes: u32,
+        /// Rounds to run (0: only connect and idle).
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Seconds one long poll waits (at most 60).
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=60))]
+        poll_wait_secs: u32,
+        /// Seconds to stay connected (heartbeats, long polls) after the rounds, before memory
+        /// is read.
+        #[arg(long, default_value_t = 0)]
+        idle_secs: u64,
+        /// Print the measurements as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -517,6 +541,51 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Pilot(args) => run_pilot(args).await,
         Command::BenchFl(args) => run_bench_fl(args).await,
+        Command::Bench(BenchCommand::Load {
+            nodes,
+            rounds,
+            poll_wait_secs,
+            idle_secs,
+            json,
+        }) => {
+            let settings = backroom::bench_load::LoadSettings {
+                nodes: nodes as usize,
+                rounds,
+                poll_wait_secs,
+                idle_secs,
+            };
+            let report = backroom::bench_load::run(settings, |line| {
+                if !json {
+                    eprintln!("{line}");
+                }
+            })
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                let secs: Vec<f64> = report.rounds.iter().map(|r| r.secs).collect();
+                let mean = secs.iter().sum::<f64>() / secs.len().max(1) as f64;
+                println!(
+                    "{} nodes over mTLS ({} parameters per update): connected in {:.1} s; \
+                     {} round(s), mean {:.3} s from start to published (each: {}); \
+                     {} heartbeats, {} polls; RSS {:.1} MiB (peak {:.1} MiB)",
+                    report.nodes,
+                    report.parameters,
+                    report.connect_secs,
+                    secs.len(),
+                    mean,
+                    secs.iter()
+                        .map(|s| format!("{s:.3}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    report.heartbeats,
+                    report.polls,
+                    report.rss_bytes as f64 / (1 << 20) as f64,
+                    report.peak_rss_bytes as f64 / (1 << 20) as f64,
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench(BenchCommand::Aggregate {
             input_dir,
             output,

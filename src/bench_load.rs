@@ -1,0 +1,476 @@
+//! `backroom bench load`: many lightweight store nodes in this process against a real
+//! coordinator (also in this process) over mutually authenticated TLS on loopback.
+//!
+//! Each simulated node has its own client certificate (issued in memory by the coordinator's
+//! CA) and its own TLS connection, and speaks the node protocol as a store does: `Hello`,
+//! heartbeats at the interval the coordinator asks for, long polls for a task, and, when
+//! sampled, a chunked upload of a delta with its SHA-256. What it leaves out is the work a
+//! store does in between: it trains nothing (its delta is uniform noise scaled to about half
+//! the round's clip norm), and it takes each version it is offered as installed without
+//! downloading it. So the figures are
+//! the coordinator's own cost per round and per connected node: sampling, every accepted
+//! update made durable (file and database) before it is acknowledged, aggregation of a small
+//! network, signing and publishing, and the long polls of every node.
+//!
+//! The lineage's network is tiny (`[model]` conv_channels [2, 4, 4], hidden 8: 2,370
+//! parameters), as in Flower's simulations of many clients.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use backroom_coordinator::Coordinator;
+use backroom_coordinator::config::CoordinatorConfig;
+use backroom_coordinator::identity::{CertificateAuthority, IssuedIdentity, Role};
+use backroom_coordinator::ledger::Budget;
+use backroom_models::ShelfNetConfig;
+use backroom_proto::v1 as pb;
+use backroom_proto::v1::admin_service_client::AdminServiceClient;
+use backroom_proto::v1::node_service_client::NodeServiceClient;
+use rand::Rng;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// What to simulate.
+#[derive(Clone, Debug)]
+pub struct LoadSettings {
+    /// Simulated store nodes, each with its own certificate and connection.
+    pub nodes: usize,
+    /// Rounds to run, each sampling every node (q = 1).
+    pub rounds: u32,
+    /// Seconds each node waits in one long poll.
+    pub poll_wait_secs: u32,
+    /// Seconds of heartbeats and polls after the rounds, before the memory is read.
+    pub idle_secs: u64,
+}
+
+/// What a run measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct LoadReport {
+    pub nodes: usize,
+    pub parameters: usize,
+    /// Seconds to issue the nodes' certificates and open their TLS connections (`Hello` done).
+    pub connect_secs: f64,
+    /// Per round: seconds from `StartRound` to the published version, and updates counted.
+    pub rounds: Vec<RoundFigures>,
+    /// Heartbeats and polls answered over the whole run.
+    pub heartbeats: u64,
+    pub polls: u64,
+    /// Resident memory of the process (coordinator and every simulated node) after the idle
+    /// period, and its peak, bytes.
+    pub rss_bytes: u64,
+    pub peak_rss_bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RoundFigures {
+    pub round_id: String,
+    pub secs: f64,
+    pub updates: u32,
+    pub published_version: u64,
+}
+
+/// Counters the simulated nodes share.
+#[derive(Default)]
+struct Counters {
+    heartbeats: AtomicU64,
+    polls: AtomicU64,
+    uploads: AtomicU64,
+    errors: AtomicU64,
+}
+
+const LINEAGE: &str = "shelfnet";
+const SERVER_NAME: &str = "localhost";
+
+/// The tiny network of the simulation.
+pub fn tiny_network() -> ShelfNetConfig {
+    ShelfNetConfig::new()
+        .with_conv_channels(vec![2, 4, 4])
+        .with_hidden(8)
+}
+
+/// Runs the simulation in a temporary data directory; `progress` gets one line per step.
+pub async fn run(settings: LoadSettings, progress: impl Fn(&str)) -> anyhow::Result<LoadReport> {
+    anyhow::ensure!(settings.nodes >= 1, "--nodes must be at least 1");
+    let dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
+    let mut config = CoordinatorConfig::for_data_dir(dir.path().join("coordinator"));
+    config.model = tiny_network();
+    // No noise in these rounds: a non-private lineage (an experiment, not a deployment).
+    config.privacy_budget = Budget {
+        epsilon_max: None,
+        delta: 1e-5,
+    };
+    config.heartbeat_interval_secs = 10;
+    config.sampling_timeout = Duration::from_secs(120);
+    let pki_dir = config.pki_dir();
+    let coordinator = Coordinator::start(config).await?;
+    let parameters: usize = backroom_models::parameter_layout(&tiny_network())
+        .iter()
+        .map(backroom_models::TensorSpec::numel)
+        .sum();
+    let url = format!("https://{}", coordinator.local_addr());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut stop_coordinator = stop_rx.clone();
+    let served = tokio::spawn(coordinator.serve(async move {
+        let _ = stop_coordinator.wait_for(|stop| *stop).await;
+    }));
+
+    progress(&format!(
+        "issuing {} node certificates and connecting over mTLS",
+        settings.nodes
+    ));
+    let started = Instant::now();
+    let nodes = settings.nodes;
+    let (ca_pem, identities) = tokio::task::spawn_blocking(move || {
+        let ca = CertificateAuthority::load_or_create(&pki_dir, &[])?;
+        let admin = ca.issue_identity(Role::Admin, "load-admin")?;
+        let ca_pem = admin.ca_pem.clone();
+        let mut issued = vec![admin];
+        for i in 0..nodes {
+            issued.push(ca.issue_identity(Role::Node, &format!("sim-{i:05}"))?);
+        }
+        anyhow::Ok((ca_pem, issued))
+    })
+    .await
+    .context("certificate task failed")??;
+    let mut identities = identities.into_iter();
+    let admin_identity = identities.next().context("no admin identity")?;
+    let mut admin = AdminServiceClient::new(connect(&url, &ca_pem, &admin_identity).await?);
+
+    let counters = Arc::new(Counters::default());
+    let mut tasks = Vec::with_capacity(nodes);
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<anyhow::Result<()>>(nodes);
+    for identity in identities {
+        let channel = connect(&url, &ca_pem, &identity).await?;
+        let node = SimNode {
+            client: NodeServiceClient::new(channel),
+            counters: Arc::clone(&counters),
+            poll_wait_secs: settings.poll_wait_secs,
+            installed: Arc::new(AtomicU64::new(0)),
+        };
+        tasks.push(tokio::spawn(node.run(stop_rx.clone(), ready_tx.clone())));
+    }
+    drop(ready_tx);
+    for _ in 0..nodes {
+        match ready_rx.recv().await {
+            Some(Ok(())) => {}
+            Some(Err(error)) => return Err(error.context("a simulated node could not say hello")),
+            None => anyhow::bail!("simulated nodes ended before saying hello"),
+        }
+    }
+    let connect_secs = started.elapsed().as_secs_f64();
+    progress(&format!(
+        "{nodes} nodes connected in {connect_secs:.1} s; {parameters} parameters per update"
+    ));
+
+    let mut rounds = Vec::new();
+    for _ in 0..settings.rounds {
+        let figures = run_round(&mut admin, nodes).await?;
+        progress(&format!(
+            "round {}: {} updates, v{} published in {:.3} s",
+            figures.round_id, figures.updates, figures.published_version, figures.secs
+        ));
+        rounds.push(figures);
+    }
+    if settings.idle_secs > 0 {
+        progress(&format!(
+            "keeping {nodes} nodes connected (heartbeats, long polls) for {} s",
+            settings.idle_secs
+        ));
+        tokio::time::sleep(Duration::from_secs(settings.idle_secs)).await;
+    }
+    let rss_bytes = rss_bytes();
+    let peak_rss_bytes = crate::bench_aggregate::peak_rss_bytes();
+    let _ = stop_tx.send(true);
+    for task in tasks {
+        let _ = task.await;
+    }
+    drop(admin);
+    match tokio::time::timeout(Duration::from_secs(30), served).await {
+        Ok(Ok(result)) => result?,
+        Ok(Err(error)) => anyhow::bail!("coordinator task failed: {error}"),
+        Err(_) => anyhow::bail!("the coordinator did not stop within 30 s"),
+    }
+    let errors = counters.errors.load(Ordering::Relaxed);
+    anyhow::ensure!(
+        errors == 0,
+        "{errors} simulated node RPC(s) failed (see the log)"
+    );
+    Ok(LoadReport {
+        nodes,
+        parameters,
+        connect_secs,
+        rounds,
+        heartbeats: counters.heartbeats.load(Ordering::Relaxed),
+        polls: counters.polls.load(Ordering::Relaxed),
+        rss_bytes,
+        peak_rss_bytes,
+    })
+}
+
+/// Starts a round sampling every node and follows it to its end.
+async fn run_round(
+    admin: &mut AdminServiceClient<Channel>,
+    nodes: usize,
+) -> anyhow::Result<RoundFigures> {
+    let clients = u32::try_from(nodes).context("too many nodes")?;
+    let spec = pb::RoundSpec {
+        strategy: "fedavg".into(),
+        target_clients: clients,
+        min_clients: clients,
+        deadline_secs: 120,
+        local_steps: 1,
+        batch_size: 1,
+        learning_rate: 0.01,
+        clip_norm: 1.0,
+        noise_multiplier: 0.0,
+        noise_mode: "central".into(),
+        adaptive_clipping: None,
+        server_learning_rate: None,
+        trim_fraction: None,
+        proximal_mu: 0.0,
+    };
+    let started = Instant::now();
+    let round = admin
+        .start_round(pb::StartRoundRequest {
+            lineage: LINEAGE.into(),
+            spec: Some(spec),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("cannot start a round: {}", s.message()))?
+        .into_inner();
+    let mut watch = admin
+        .watch_round(pb::GetRoundRequest {
+            round_id: round.round_id.clone(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("cannot watch the round: {}", s.message()))?
+        .into_inner();
+    let mut last = round;
+    while let Some(update) = watch
+        .message()
+        .await
+        .map_err(|s| anyhow::anyhow!("round watch broke: {}", s.message()))?
+    {
+        last = update;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        last.state == pb::RoundState::Published as i32,
+        "round {} ended {:?}: {}",
+        last.round_id,
+        pb::RoundState::try_from(last.state).unwrap_or(pb::RoundState::Unspecified),
+        last.failure_reason
+    );
+    Ok(RoundFigures {
+        round_id: last.round_id,
+        secs,
+        updates: last.updates_accepted,
+        published_version: last.published_version,
+    })
+}
+
+/// A TLS channel with `identity` (each simulated node its own connection).
+async fn connect(url: &str, ca_pem: &str, identity: &IssuedIdentity) -> anyhow::Result<Channel> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem))
+        .domain_name(SERVER_NAME);
+    Endpoint::from_shared(url.to_owned())
+        .context("coordinator URL")?
+        .tls_config(tls)
+        .context("TLS configuration")?
+        .connect_timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {url}"))
+}
+
+struct SimNode {
+    client: NodeServiceClient<Channel>,
+    counters: Arc<Counters>,
+    poll_wait_secs: u32,
+    /// The version the node reports (shared with its heartbeats).
+    installed: Arc<AtomicU64>,
+}
+
+impl SimNode {
+    /// Hello, then long polls (uploading a delta for each task) with heartbeats beside them,
+    /// until `stop`.
+    async fn run(
+        mut self,
+        mut stop: watch::Receiver<bool>,
+        ready: tokio::sync::mpsc::Sender<anyhow::Result<()>>,
+    ) {
+        let hello = self
+            .client
+            .hello(pb::HelloRequest {
+                lineage: LINEAGE.into(),
+                installed_version: 0,
+                backend: "simulated".into(),
+                agent_version: env!("CARGO_PKG_VERSION").into(),
+            })
+            .await;
+        let interval = match hello {
+            Ok(response) => {
+                let _ = ready.send(Ok(())).await;
+                Duration::from_secs(u64::from(
+                    response.into_inner().heartbeat_interval_secs.max(1),
+                ))
+            }
+            Err(status) => {
+                let _ = ready
+                    .send(Err(anyhow::anyhow!("hello refused: {}", status.message())))
+                    .await;
+                return;
+            }
+        };
+        drop(ready);
+        let mut heartbeat_client = self.client.clone();
+        let counters = Arc::clone(&self.counters);
+        let installed = Arc::clone(&self.installed);
+        let mut heartbeat_stop = stop.clone();
+        let heartbeats = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.tick().await;
+            loop {
+                tokio::select! {
+                    _ = heartbeat_stop.wait_for(|s| *s) => return,
+                    _ = ticks.tick() => {}
+                }
+                let sent = heartbeat_client
+                    .heartbeat(pb::HeartbeatRequest {
+                        lineage: LINEAGE.into(),
+                        installed_version: installed.load(Ordering::Relaxed),
+                        backend: "simulated".into(),
+                    })
+                    .await;
+                match sent {
+                    Ok(_) => counters.heartbeats.fetch_add(1, Ordering::Relaxed),
+                    Err(status) => {
+                        tracing::warn!(%status, "simulated heartbeat failed");
+                        counters.errors.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        });
+        let mut done: Option<String> = None;
+        // Like a store: the key set comes with the first poll, then only when it changes.
+        let mut key_set_version = 0;
+        loop {
+            let poll = self.client.poll_task(pb::PollTaskRequest {
+                lineage: LINEAGE.into(),
+                installed_version: self.installed.load(Ordering::Relaxed),
+                wait_secs: self.poll_wait_secs,
+                key_set_version,
+            });
+            let answer = tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                answer = poll => answer,
+            };
+            let task = match answer {
+                Ok(response) => {
+                    self.counters.polls.fetch_add(1, Ordering::Relaxed);
+                    let response = response.into_inner();
+                    if let Some(version) = key_set_version_of(&response.key_set) {
+                        key_set_version = version;
+                    }
+                    // Taken as installed at once (a store downloads and verifies it first):
+                    // otherwise the coordinator answers every poll at once with the offer.
+                    self.installed
+                        .fetch_max(response.offered_version, Ordering::Relaxed);
+                    response.task
+                }
+                Err(status) => {
+                    if *stop.borrow() {
+                        break;
+                    }
+                    tracing::warn!(%status, "simulated poll failed");
+                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let Some(task) = task else { continue };
+            if done.as_deref() == Some(task.round_id.as_str()) {
+                continue;
+            }
+            match self.upload(&task).await {
+                Ok(()) => {
+                    self.counters.uploads.fetch_add(1, Ordering::Relaxed);
+                    done = Some(task.round_id);
+                }
+                Err(status) if status.code() == tonic::Code::AlreadyExists => {
+                    done = Some(task.round_id);
+                }
+                Err(status) => {
+                    tracing::warn!(round_id = %task.round_id, %status, "simulated upload failed");
+                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        let _ = heartbeats.await;
+    }
+
+    /// A random delta scaled to 0.45–0.5 of the clip norm, uploaded as a store uploads its update.
+    async fn upload(&mut self, task: &pb::TrainTask) -> Result<(), tonic::Status> {
+        let n = usize::try_from(task.num_parameters)
+            .map_err(|_| tonic::Status::invalid_argument("parameter count"))?;
+        let (data, sha256) = {
+            let mut rng = rand::rng();
+            let mut delta: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            let norm = delta
+                .iter()
+                .map(|v| f64::from(*v).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            let scale = (0.5 * f64::from(task.clip_norm) / norm.max(1e-12)) as f32;
+            let jitter: f32 = rng.random_range(0.9..1.0);
+            for v in &mut delta {
+                *v *= scale * jitter;
+            }
+            let bytes: Vec<u8> = delta.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let sha256 = Sha256::digest(&bytes).to_vec();
+            (Arc::new(bytes), sha256)
+        };
+        let header = pb::UpdateHeader {
+            round_id: task.round_id.clone(),
+            base_version: task.base_version,
+            num_parameters: task.num_parameters,
+            num_examples: 1,
+            within_clip_norm: false,
+        };
+        let chunks = backroom_store_node::trainer::update_chunks(header, data, sha256);
+        self.client
+            .upload_update(futures::stream::iter(chunks))
+            .await
+            .map(|_| ())
+    }
+}
+
+/// The version of a served key set (canonical JSON with a `version` field), if one came.
+fn key_set_version_of(bytes: &[u8]) -> Option<u64> {
+    if bytes.is_empty() {
+        return None;
+    }
+    serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()?
+        .get("version")?
+        .as_u64()
+}
+
+/// Resident set size of this process now (`VmRSS` from `/proc/self/status`; 0 elsewhere).
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
