@@ -68,6 +68,10 @@ pub struct LoadReport {
 #[derive(Clone, Debug, Serialize)]
 pub struct RoundFigures {
     pub round_id: String,
+    /// Seconds from `StartRound` until the watch showed the round training (nodes sampled)
+    /// and aggregating (every update in).
+    pub training_secs: f64,
+    pub aggregating_secs: f64,
     pub secs: f64,
     pub updates: u32,
     pub published_version: u64,
@@ -112,8 +116,9 @@ pub async fn run(settings: LoadSettings, progress: impl Fn(&str)) -> anyhow::Res
         .map(backroom_models::TensorSpec::numel)
         .sum();
     let url = format!("https://{}", coordinator.local_addr());
+    // The nodes stop first, then the coordinator.
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut stop_coordinator = stop_rx.clone();
+    let (stop_coordinator_tx, mut stop_coordinator) = watch::channel(false);
     let served = tokio::spawn(coordinator.serve(async move {
         let _ = stop_coordinator.wait_for(|stop| *stop).await;
     }));
@@ -142,6 +147,7 @@ pub async fn run(settings: LoadSettings, progress: impl Fn(&str)) -> anyhow::Res
 
     let counters = Arc::new(Counters::default());
     let mut tasks = Vec::with_capacity(nodes);
+    let mut installed = Vec::with_capacity(nodes);
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<anyhow::Result<()>>(nodes);
     for identity in identities {
         let channel = connect(&url, &ca_pem, &identity).await?;
@@ -151,6 +157,7 @@ pub async fn run(settings: LoadSettings, progress: impl Fn(&str)) -> anyhow::Res
             poll_wait_secs: settings.poll_wait_secs,
             installed: Arc::new(AtomicU64::new(0)),
         };
+        installed.push(Arc::clone(&node.installed));
         tasks.push(tokio::spawn(node.run(stop_rx.clone(), ready_tx.clone())));
     }
     drop(ready_tx);
@@ -168,10 +175,28 @@ pub async fn run(settings: LoadSettings, progress: impl Fn(&str)) -> anyhow::Res
 
     let mut rounds = Vec::new();
     for _ in 0..settings.rounds {
+        // Like a chain's rounds: the next starts once every store runs the last version.
+        let newest = rounds
+            .last()
+            .map_or(1, |r: &RoundFigures| r.published_version);
+        let everyone = tokio::time::timeout(Duration::from_secs(120), async {
+            while installed.iter().any(|v| v.load(Ordering::Relaxed) < newest) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        everyone
+            .await
+            .with_context(|| format!("not every node was offered v{newest} within 120 s"))?;
         let figures = run_round(&mut admin, nodes).await?;
         progress(&format!(
-            "round {}: {} updates, v{} published in {:.3} s",
-            figures.round_id, figures.updates, figures.published_version, figures.secs
+            "round {}: {} updates, v{} published in {:.3} s (sampled at {:.3} s, all updates \
+             in at {:.3} s)",
+            figures.round_id,
+            figures.updates,
+            figures.published_version,
+            figures.secs,
+            figures.training_secs,
+            figures.aggregating_secs
         ));
         rounds.push(figures);
     }
@@ -189,6 +214,7 @@ pub async fn run(settings: LoadSettings, progress: impl Fn(&str)) -> anyhow::Res
         let _ = task.await;
     }
     drop(admin);
+    let _ = stop_coordinator_tx.send(true);
     match tokio::time::timeout(Duration::from_secs(30), served).await {
         Ok(Ok(result)) => result?,
         Ok(Err(error)) => anyhow::bail!("coordinator task failed: {error}"),
@@ -250,11 +276,20 @@ async fn run_round(
         .map_err(|s| anyhow::anyhow!("cannot watch the round: {}", s.message()))?
         .into_inner();
     let mut last = round;
+    let (mut training_secs, mut aggregating_secs) = (0.0, 0.0);
     while let Some(update) = watch
         .message()
         .await
         .map_err(|s| anyhow::anyhow!("round watch broke: {}", s.message()))?
     {
+        let at = started.elapsed().as_secs_f64();
+        if update.state != last.state || training_secs == 0.0 {
+            if update.state == pb::RoundState::Training as i32 {
+                training_secs = at;
+            } else if update.state == pb::RoundState::Aggregating as i32 {
+                aggregating_secs = at;
+            }
+        }
         last = update;
     }
     let secs = started.elapsed().as_secs_f64();
@@ -267,6 +302,8 @@ async fn run_round(
     );
     Ok(RoundFigures {
         round_id: last.round_id,
+        training_secs,
+        aggregating_secs,
         secs,
         updates: last.updates_accepted,
         published_version: last.published_version,
@@ -350,6 +387,8 @@ impl SimNode {
                     .await;
                 match sent {
                     Ok(_) => counters.heartbeats.fetch_add(1, Ordering::Relaxed),
+                    // The coordinator stops first at the end of a run.
+                    Err(_) if *heartbeat_stop.borrow() => return,
                     Err(status) => {
                         tracing::warn!(%status, "simulated heartbeat failed");
                         counters.errors.fetch_add(1, Ordering::Relaxed)

@@ -22,6 +22,9 @@ pub struct AdminApi {
     core: Arc<Core>,
 }
 
+/// Shortest interval between two progress messages of one round watch.
+const WATCH_PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
 impl AdminApi {
     pub fn new(core: Arc<Core>) -> Self {
         Self { core }
@@ -170,17 +173,50 @@ impl AdminService for AdminApi {
             if tx.send(Ok(round_to_proto(&last))).await.is_err() {
                 return;
             }
+            // A round of a thousand stores changes a thousand times while training (each update
+            // counted): progress goes out at most every WATCH_PROGRESS_EVERY, a change of state
+            // at once, and the last progress once the changes stop.
+            let mut last_sent = tokio::time::Instant::now();
+            let mut held = false;
             while !last.state.is_final() && !core.is_shutting_down() {
-                core.wait_for_change(&mut changes, Duration::from_secs(5))
-                    .await;
+                let wait = if held {
+                    WATCH_PROGRESS_EVERY.saturating_sub(last_sent.elapsed())
+                } else {
+                    Duration::from_secs(5)
+                };
+                core.wait_for_change(&mut changes, wait).await;
+                // The whole round (with its participants) only when there is something to send.
+                let progress = match core.round_progress(&round_id).await {
+                    Ok(progress) => progress,
+                    Err(error) => {
+                        let _ = tx.send(Err(error.into())).await;
+                        return;
+                    }
+                };
+                let counts_moved = progress.accepted != last.updates_accepted
+                    || progress.refused != last.updates_refused;
+                if progress.state == last.state {
+                    if !counts_moved {
+                        held = false;
+                        continue;
+                    }
+                    if last_sent.elapsed() < WATCH_PROGRESS_EVERY {
+                        held = true;
+                        continue;
+                    }
+                }
                 match core.round(&round_id).await {
                     Ok(now) => {
-                        if now != last {
-                            if tx.send(Ok(round_to_proto(&now))).await.is_err() {
-                                return;
-                            }
-                            last = now;
+                        if now == last {
+                            held = false;
+                            continue;
                         }
+                        if tx.send(Ok(round_to_proto(&now))).await.is_err() {
+                            return;
+                        }
+                        last = now;
+                        last_sent = tokio::time::Instant::now();
+                        held = false;
                     }
                     Err(error) => {
                         let _ = tx.send(Err(error.into())).await;

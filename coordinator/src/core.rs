@@ -11,9 +11,10 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::error::{CoordinatorError, Result};
+use crate::presence::{Presence, Reported};
 use crate::registry::{Registry, create_dir_durably, now_unix_ms, write_durably};
 use crate::round::{RoundRecord, RoundSpec, RoundState};
-use crate::store::{NodeRow, QuarantineRow, Store, UpdateRow};
+use crate::store::{QuarantineRow, RoundProgress, Store, UpdateRow};
 
 /// How many refused updates of one node in one round have their bytes kept; later ones are
 /// recorded without them, so a misbehaving node cannot fill the disk.
@@ -73,6 +74,8 @@ pub struct Core {
     /// Bumped by [`Core::notify`] only: what can change a long poll's answer.
     poll_changes: watch::Sender<u64>,
     shutdown: watch::Receiver<bool>,
+    /// Which node presence reports must be written ([`crate::presence`]).
+    presence: Presence,
 }
 
 impl Core {
@@ -83,6 +86,7 @@ impl Core {
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         Self {
+            presence: Presence::new(settings.online_window),
             store,
             registry,
             settings,
@@ -361,6 +365,14 @@ impl Core {
             .ok_or_else(|| CoordinatorError::NotFound(format!("no round {round_id:?}")))
     }
 
+    /// [`Store::round_progress`], or NOT_FOUND.
+    pub async fn round_progress(&self, round_id: &str) -> Result<RoundProgress> {
+        self.store
+            .round_progress(round_id)
+            .await?
+            .ok_or_else(|| CoordinatorError::NotFound(format!("no round {round_id:?}")))
+    }
+
     pub async fn cancel_round(&self, round_id: &str) -> Result<RoundRecord> {
         loop {
             let round = self.round(round_id).await?;
@@ -397,15 +409,55 @@ impl Core {
         installed_version: u64,
         backend: &str,
     ) -> Result<()> {
-        self.store
-            .upsert_node(&NodeRow {
-                node_id: node_id.to_owned(),
-                last_seen_unix_ms: now_unix_ms(),
-                lineage: lineage.to_owned(),
-                installed_version,
-                backend: backend.to_owned(),
-            })
-            .await
+        let reported = Reported {
+            lineage: Some(lineage.to_owned()),
+            installed_version: Some(installed_version),
+            backend: Some(backend.to_owned()),
+        };
+        self.presence.report(node_id, reported, now_unix_ms());
+        Ok(())
+    }
+
+    /// Notes a poll's report (or, with `None`, only that the node is still there) for the
+    /// presence flusher.
+    fn record_poll(&self, node_id: &str, lineage_and_version: Option<(&str, u64)>) {
+        let reported = Reported {
+            lineage: lineage_and_version.map(|(lineage, _)| lineage.to_owned()),
+            installed_version: lineage_and_version.map(|(_, version)| version),
+            backend: None,
+        };
+        self.presence.report(node_id, reported, now_unix_ms());
+    }
+
+    /// Writes the node presence reports that are due, in one transaction ([`crate::presence`]).
+    /// A failed write is logged; the nodes' next contacts report again.
+    pub async fn flush_presence(&self) {
+        let pending = self.presence.take_pending();
+        if pending.is_empty() {
+            return;
+        }
+        match self.store.record_presence(&pending).await {
+            Ok(()) => {
+                for (node_id, report) in &pending {
+                    self.presence
+                        .written(node_id, &report.reported, report.seen_unix_ms);
+                }
+            }
+            Err(error) => warn!(nodes = pending.len(), %error, "cannot record node presence"),
+        }
+    }
+
+    /// Flushes node presence every [`presence::FLUSH_EVERY`] until shutdown, then once more.
+    pub async fn run_presence_flusher(self: Arc<Self>) {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => break,
+                _ = tokio::time::sleep(crate::presence::FLUSH_EVERY) => {}
+            }
+            self.flush_presence().await;
+        }
+        self.flush_presence().await;
     }
 
     /// Long poll: returns a task or the latest version as soon as there is something new for this
@@ -419,12 +471,10 @@ impl Core {
     ) -> Result<Polled> {
         let mut changes = self.subscribe_polls();
         let until = tokio::time::Instant::now() + wait;
-        self.store
-            .node_polled(node_id, lineage, installed_version, now_unix_ms())
-            .await?;
+        self.record_poll(node_id, Some((lineage, installed_version)));
         loop {
             changes.borrow_and_update();
-            self.store.touch_node(node_id, now_unix_ms()).await?;
+            self.record_poll(node_id, None);
             let task = self.task_for(node_id).await?;
             let latest = self
                 .store
@@ -593,7 +643,7 @@ impl Core {
             )));
         }
         self.notify_round_progress();
-        let accepted = self.round(&round.round_id).await?.updates_accepted;
+        let accepted = self.round_progress(&round.round_id).await?.accepted;
         info!(round_id = %round.round_id, node_id, norm, accepted, "update accepted");
         Ok(accepted)
     }

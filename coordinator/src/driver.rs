@@ -91,7 +91,14 @@ async fn move_to(core: &Core, round: &RoundRecord, to: RoundState, reason: &str)
         .await?
     {
         info!(round_id = %round.round_id, from = round.state.as_str(), to = to.as_str(), reason, "round moved");
-        core.notify();
+        // Only a round leaving training changes what a long poll answers (its task goes);
+        // tasks appear with sampling (`start_training`) and versions with publication, which
+        // wake the polls themselves.
+        if round.state == RoundState::Training {
+            core.notify();
+        } else {
+            core.notify_round_progress();
+        }
     }
     Ok(())
 }
@@ -168,24 +175,26 @@ async fn wait_for_updates(core: &Core, round: &RoundRecord) -> Result<()> {
     let mut changes = core.subscribe();
     loop {
         changes.borrow_and_update();
-        let current = core.round(&round.round_id).await?;
+        // The round's state and counts only (a round of thousands of stores changes with
+        // every update); `round` is the record this driver dispatched on, in training.
+        let current = core.round_progress(&round.round_id).await?;
         if current.state != RoundState::Training {
             return Ok(());
         }
-        let accepted = current.updates_accepted as usize;
+        let accepted = current.accepted as usize;
         let now = now_unix_ms();
         // Every sampled store's update is waited for (until the deadline): closing the round
         // early at a quota would let one store's presence displace another's update, doubling
         // the sensitivity the accountant assumes.
-        let everyone_answered = accepted >= current.sampled_nodes.len();
+        let everyone_answered = accepted >= current.sampled as usize;
         if everyone_answered || now >= current.training_deadline_unix_ms {
-            let min = current.spec.min_clients as usize;
+            let min = round.spec.min_clients as usize;
             return if accepted >= min {
-                move_to(core, &current, RoundState::Aggregating, "").await
+                move_to(core, round, RoundState::Aggregating, "").await
             } else {
                 let reason =
                     format!("only {accepted} valid update(s) by the deadline, minimum is {min}");
-                move_to(core, &current, RoundState::Failed, &reason).await
+                move_to(core, round, RoundState::Failed, &reason).await
             };
         }
         let remaining = u64::try_from(current.training_deadline_unix_ms - now).unwrap_or(0);

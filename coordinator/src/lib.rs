@@ -16,6 +16,7 @@ pub mod identity;
 pub mod ledger;
 pub mod metrics;
 pub mod node_service;
+pub mod presence;
 pub mod privacy;
 pub mod privacy_service;
 pub mod registry;
@@ -187,6 +188,7 @@ impl Coordinator {
         let sweeper = tokio::spawn(
             Arc::clone(&core).run_frame_request_sweeper(core.settings.frame_request_sweep),
         );
+        let presence = tokio::spawn(Arc::clone(&core).run_presence_flusher());
         tracing::info!(%local_addr, "coordinator listening (TLS 1.3, client certificates required)");
         let signal = async move {
             shutdown.await;
@@ -201,6 +203,8 @@ impl Coordinator {
             .await
             .context("gRPC server failed")?;
         sweeper.abort();
+        // Its last flush, after the shutdown signal.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), presence).await;
         Ok(())
     }
 }

@@ -26,6 +26,8 @@ struct Inner {
     expiry_ms: i64,
     model_config: ShelfNetConfig,
     layout: Vec<TensorSpec>,
+    /// The last key set read, with the stamps of the files it was read from.
+    key_set_cache: std::sync::Mutex<Option<(KeySetStamp, backroom_models::keys::SignedKeySet)>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -33,6 +35,26 @@ impl std::fmt::Debug for Registry {
         f.debug_struct("Registry")
             .field("models_dir", &self.inner.models_dir)
             .finish_non_exhaustive()
+    }
+}
+
+/// Inode, size and modification time of the key set's two files (`None` when either cannot be
+/// read). The files are replaced by rename, so a rewrite changes the inode even within one tick
+/// of a coarse file clock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct KeySetStamp([(u64, u64, std::time::SystemTime); 2]);
+
+impl KeySetStamp {
+    fn of(set: &Path, signature: &Path) -> Option<Self> {
+        let stamp = |path: &Path| {
+            let meta = std::fs::metadata(path).ok()?;
+            #[cfg(unix)]
+            let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+            #[cfg(not(unix))]
+            let inode = 0;
+            Some((inode, meta.len(), meta.modified().ok()?))
+        };
+        Some(KeySetStamp([stamp(set)?, stamp(signature)?]))
     }
 }
 
@@ -66,6 +88,7 @@ impl Registry {
                 expiry_ms: i64::try_from(expiry_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
                 model_config,
                 layout,
+                key_set_cache: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -130,9 +153,34 @@ impl Registry {
     }
 
     /// The current key set as nodes receive it (blocking: reads two small files).
+    /// Blocking (reads files): call from `spawn_blocking`. Every long poll serves it, so the set
+    /// is read and its root signature checked again only when its files change (size and
+    /// modification time, as `backroom keys rotate` rewrites them).
     pub fn key_set(&self) -> Result<backroom_models::keys::SignedKeySet> {
-        crate::signing_keys::load_set(&self.inner.pki)
-            .map_err(|e| CoordinatorError::Internal(format!("cannot serve the key set: {e}")))
+        let pki = &self.inner.pki;
+        let stamp = KeySetStamp::of(&pki.key_set(), &pki.key_set_signature());
+        if let Some(stamp) = &stamp {
+            let cache = self
+                .inner
+                .key_set_cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some((cached_stamp, set)) = cache.as_ref()
+                && cached_stamp == stamp
+            {
+                return Ok(set.clone());
+            }
+        }
+        let set = crate::signing_keys::load_set(pki)
+            .map_err(|e| CoordinatorError::Internal(format!("cannot serve the key set: {e}")))?;
+        if let Some(stamp) = stamp {
+            *self
+                .inner
+                .key_set_cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some((stamp, set.clone()));
+        }
+        Ok(set)
     }
 
     /// Reads a stored version's parameters after checking the file against its recorded hash.

@@ -69,6 +69,7 @@ impl Scratch {
 
     async fn finish(self) {
         self.store.pool.close().await;
+        self.store.writer.close().await;
         if let Some((url, schema)) = self.schema {
             on_server(&url, &format!("DROP SCHEMA {schema} CASCADE")).await;
         }

@@ -472,3 +472,52 @@ fn node_data_shows_the_store_and_deletes_a_window_on_request() {
     assert!(!nowhere.status.success());
     assert!(String::from_utf8_lossy(&nowhere.stderr).contains("holds no node database"));
 }
+
+/// `bench load`: 30 simulated nodes over mTLS through two full rounds, every node's update
+/// counted in each, versions published in order, every node heard from.
+#[test]
+fn bench_load_runs_rounds_with_every_simulated_node() {
+    let output = backroom()
+        .args([
+            "bench",
+            "load",
+            "--nodes",
+            "30",
+            "--rounds",
+            "2",
+            "--idle-secs",
+            "1",
+            "--json",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run backroom: {e}"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench load failed: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {stderr}"));
+    assert_eq!(report["nodes"], 30);
+    let rounds = report["rounds"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(rounds.len(), 2, "{report}");
+    for (i, round) in rounds.iter().enumerate() {
+        assert_eq!(round["updates"], 30, "{round}");
+        assert_eq!(round["published_version"], i as u64 + 2, "{round}");
+        let secs = round["secs"].as_f64().unwrap_or(0.0);
+        let sampled = round["training_secs"].as_f64().unwrap_or(0.0);
+        assert!(sampled > 0.0 && sampled <= secs, "{round}");
+    }
+    assert!(report["polls"].as_u64().unwrap_or(0) >= 60, "{report}");
+    assert!(report["rss_bytes"].as_u64().unwrap_or(0) > 0, "{report}");
+
+    let refused = backroom()
+        .args(["bench", "load", "--nodes", "0"])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run backroom: {e}"));
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--nodes"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}

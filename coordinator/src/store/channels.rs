@@ -65,7 +65,7 @@ impl Store {
         by: &str,
         now: i64,
     ) -> Result<()> {
-        advance_stable(&self.pool, lineage, version, by, now).await
+        advance_stable(&self.writer, lineage, version, by, now).await
     }
 
     /// Points a channel at an existing version. Stable never moves backwards (that is what

@@ -35,7 +35,7 @@ impl Store {
         .bind(&row.sha256)
         .bind(row.blob_path.as_deref())
         .bind(row.received_unix_ms)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
