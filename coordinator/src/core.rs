@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::error::{CoordinatorError, Result};
+use crate::group_commit::UpdateCommits;
 use crate::presence::{Presence, Reported};
 use crate::registry::{Registry, create_dir_durably, now_unix_ms, write_durably};
 use crate::round::{RoundRecord, RoundSpec, RoundState};
@@ -76,6 +77,10 @@ pub struct Core {
     shutdown: watch::Receiver<bool>,
     /// Which node presence reports must be written ([`crate::presence`]).
     presence: Presence,
+    /// Accepted updates' rows, committed in groups ([`crate::group_commit`]).
+    update_commits: Arc<UpdateCommits>,
+    /// The last training round's task (the same for every sampled store).
+    task_cache: std::sync::Mutex<Option<TrainTask>>,
 }
 
 impl Core {
@@ -87,6 +92,8 @@ impl Core {
     ) -> Self {
         Self {
             presence: Presence::new(settings.online_window),
+            update_commits: UpdateCommits::new(store.clone()),
+            task_cache: std::sync::Mutex::new(None),
             store,
             registry,
             settings,
@@ -414,19 +421,40 @@ impl Core {
             installed_version: Some(installed_version),
             backend: Some(backend.to_owned()),
         };
-        self.presence.report(node_id, reported, now_unix_ms());
-        Ok(())
+        self.note_presence(node_id, reported).await
     }
 
-    /// Notes a poll's report (or, with `None`, only that the node is still there) for the
-    /// presence flusher.
-    fn record_poll(&self, node_id: &str, lineage_and_version: Option<(&str, u64)>) {
+    /// Notes a poll's report (or, with `None`, only that the node is still there).
+    async fn record_poll(
+        &self,
+        node_id: &str,
+        lineage_and_version: Option<(&str, u64)>,
+    ) -> Result<()> {
         let reported = Reported {
             lineage: lineage_and_version.map(|(lineage, _)| lineage.to_owned()),
             installed_version: lineage_and_version.map(|(_, version)| version),
             backend: None,
         };
-        self.presence.report(node_id, reported, now_unix_ms());
+        self.note_presence(node_id, reported).await
+    }
+
+    /// Queues a presence report for the flusher, or, for a node's first contact since this
+    /// coordinator started, writes it before returning (so the node can be sampled at once).
+    async fn note_presence(&self, node_id: &str, reported: Reported) -> Result<()> {
+        let now = now_unix_ms();
+        if self.presence.is_known(node_id) {
+            self.presence.report(node_id, reported, now);
+            return Ok(());
+        }
+        let first = crate::presence::Pending {
+            reported: reported.clone(),
+            seen_unix_ms: now,
+        };
+        self.store
+            .record_presence(&[(node_id.to_owned(), first)])
+            .await?;
+        self.presence.written(node_id, &reported, now);
+        Ok(())
     }
 
     /// Writes the node presence reports that are due, in one transaction ([`crate::presence`]).
@@ -471,10 +499,11 @@ impl Core {
     ) -> Result<Polled> {
         let mut changes = self.subscribe_polls();
         let until = tokio::time::Instant::now() + wait;
-        self.record_poll(node_id, Some((lineage, installed_version)));
+        self.record_poll(node_id, Some((lineage, installed_version)))
+            .await?;
         loop {
             changes.borrow_and_update();
-            self.record_poll(node_id, None);
+            self.record_poll(node_id, None).await?;
             let task = self.task_for(node_id).await?;
             let latest = self
                 .store
@@ -516,8 +545,19 @@ impl Core {
         else {
             return Ok(None);
         };
+        // The same task goes to every sampled store and never changes once the round trains:
+        // read the round (with its participants) once, not once per poll.
+        if let Some(task) = self
+            .task_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .filter(|task| task.round_id == round_id)
+        {
+            return Ok(Some(task.clone()));
+        }
         let round = self.round(&round_id).await?;
-        Ok(Some(TrainTask {
+        let task = TrainTask {
             round_id: round.round_id,
             lineage: round.lineage,
             base_version: round.base_version,
@@ -530,7 +570,9 @@ impl Core {
             noise_stddev: round.spec.node_noise_stddev(),
             report_within_clip: round.spec.adaptive_clipping.is_some(),
             proximal_mu: round.spec.proximal_mu,
-        }))
+        };
+        *self.task_cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.clone());
+        Ok(Some(task))
     }
 
     // ---- updates ----
@@ -617,8 +659,8 @@ impl Core {
         .await
         .map_err(|e| CoordinatorError::Internal(format!("update write task failed: {e}")))??;
         let inserted = self
-            .store
-            .insert_update(&UpdateRow {
+            .update_commits
+            .insert(UpdateRow {
                 round_id: round.round_id.clone(),
                 node_id: node_id.to_owned(),
                 num_examples,
@@ -630,13 +672,15 @@ impl Core {
             })
             .await?;
         if !inserted {
-            let _ = tokio::fs::remove_file(&path).await;
             if !self.store.has_update(&round.round_id, node_id).await? {
+                let _ = tokio::fs::remove_file(&path).await;
                 return Err(CoordinatorError::DeadlineExceeded(format!(
                     "round {} stopped accepting updates before this one was complete",
                     round.round_id
                 )));
             }
+            // The file is left: a retry of the same bytes writes the same name as the update
+            // already recorded, whose blob this is.
             return Err(CoordinatorError::AlreadyExists(format!(
                 "node {node_id} already sent its update for round {}",
                 round.round_id

@@ -12,6 +12,7 @@ pub mod core;
 pub mod driver;
 pub mod error;
 pub mod frame_requests;
+pub mod group_commit;
 pub mod identity;
 pub mod ledger;
 pub mod metrics;

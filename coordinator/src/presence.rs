@@ -8,7 +8,9 @@
 //! it says something new (another lineage, version or backend) or when the last write is older
 //! than the refresh interval (a quarter of the online window, at most 5 s). Due reports wait in
 //! memory and are written together, in one transaction, by the coordinator's presence flusher
-//! every [`FLUSH_EVERY`] ([`crate::core::Core::flush_presence`]). So a node's `last_seen` lags
+//! every [`FLUSH_EVERY`] ([`crate::core::Core::flush_presence`]), except a node's first contact
+//! since the coordinator started, which is written before it is answered (a store that has just
+//! said hello can be sampled by the next round). So a node's `last_seen` lags
 //! its last contact by at most the refresh interval plus a flush, a node that is online is
 //! never taken for offline, and a report lost to a crash is sent again by the node's next
 //! contact.
@@ -61,6 +63,14 @@ impl Presence {
             marks: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether anything was written for `node_id` since this coordinator started.
+    pub fn is_known(&self, node_id: &str) -> bool {
+        self.marks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(node_id)
     }
 
     /// Notes what `node_id` reported at `now_ms`; queues it for the next flush when it is due.
@@ -149,7 +159,9 @@ mod tests {
         let presence = Presence::new(Duration::from_secs(60));
         let r = report("shelfnet", 3);
         assert!(presence.due("a", &r, 1_000), "never written");
+        assert!(!presence.is_known("a"));
         presence.written("a", &r, 1_000);
+        assert!(presence.is_known("a"));
         assert!(!presence.due("a", &r, 1_000));
         assert!(!presence.due("a", &r, 5_999), "within the 5 s refresh");
         assert!(presence.due("a", &r, 6_000), "stale");

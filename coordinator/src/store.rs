@@ -601,28 +601,40 @@ impl Store {
     /// In a write transaction, so it is serialised with the round's move to `aggregating`: an
     /// update this returns true for is always among those the aggregation then reads.
     pub async fn insert_update(&self, row: &UpdateRow) -> Result<bool> {
+        let inserted = self.insert_updates(std::slice::from_ref(row)).await?;
+        Ok(inserted.first().copied().unwrap_or(false))
+    }
+
+    /// [`Store::insert_update`] for several updates in one write transaction (group commit:
+    /// one durable commit for the updates that arrived together). Returns, per row, whether it
+    /// was recorded; all or none are durable when this returns.
+    pub async fn insert_updates(&self, rows: &[UpdateRow]) -> Result<Vec<bool>> {
         let mut tx = self.begin_write().await?;
-        let result = sqlx::query(
-            "INSERT INTO round_updates (round_id, node_id, num_examples, norm, sha256, \
-             blob_path, received_unix_ms, within_clip) SELECT $1, $2, $3, $4, $5, $6, $7, $8 \
-             WHERE EXISTS (SELECT 1 FROM \
-             rounds WHERE round_id = $9 AND state = 'training' AND training_deadline_unix_ms > $10) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&row.round_id)
-        .bind(&row.node_id)
-        .bind(to_i64(row.num_examples))
-        .bind(row.norm)
-        .bind(&row.sha256)
-        .bind(&row.blob_path)
-        .bind(row.received_unix_ms)
-        .bind(i64::from(row.within_clip))
-        .bind(&row.round_id)
-        .bind(row.received_unix_ms)
-        .execute(&mut *tx)
-        .await?;
+        let mut inserted = Vec::with_capacity(rows.len());
+        for row in rows {
+            let result = sqlx::query(
+                "INSERT INTO round_updates (round_id, node_id, num_examples, norm, sha256, \
+                 blob_path, received_unix_ms, within_clip) SELECT $1, $2, $3, $4, $5, $6, $7, $8 \
+                 WHERE EXISTS (SELECT 1 FROM \
+                 rounds WHERE round_id = $9 AND state = 'training' AND training_deadline_unix_ms > $10) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&row.round_id)
+            .bind(&row.node_id)
+            .bind(to_i64(row.num_examples))
+            .bind(row.norm)
+            .bind(&row.sha256)
+            .bind(&row.blob_path)
+            .bind(row.received_unix_ms)
+            .bind(i64::from(row.within_clip))
+            .bind(&row.round_id)
+            .bind(row.received_unix_ms)
+            .execute(&mut *tx)
+            .await?;
+            inserted.push(result.rows_affected() == 1);
+        }
         tx.commit().await?;
-        Ok(result.rows_affected() == 1)
+        Ok(inserted)
     }
 
     pub async fn has_update(&self, round_id: &str, node_id: &str) -> Result<bool> {
@@ -657,61 +669,6 @@ impl Store {
     }
 
     // ---- nodes ----
-
-    pub async fn upsert_node(&self, node: &NodeRow) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO nodes (node_id, first_seen_unix_ms, last_seen_unix_ms, lineage, \
-             installed_version, backend) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (node_id) DO UPDATE \
-             SET last_seen_unix_ms = excluded.last_seen_unix_ms, lineage = excluded.lineage, \
-             installed_version = excluded.installed_version, backend = excluded.backend",
-        )
-        .bind(&node.node_id)
-        .bind(node.last_seen_unix_ms)
-        .bind(node.last_seen_unix_ms)
-        .bind(&node.lineage)
-        .bind(to_i64(node.installed_version))
-        .bind(&node.backend)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
-    }
-
-    pub async fn touch_node(&self, node_id: &str, now: i64) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO nodes (node_id, first_seen_unix_ms, last_seen_unix_ms) VALUES ($1, $2, $3) \
-             ON CONFLICT (node_id) DO UPDATE SET last_seen_unix_ms = excluded.last_seen_unix_ms",
-        )
-        .bind(node_id)
-        .bind(now)
-        .bind(now)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
-    }
-
-    /// Records a poll: the node is online and runs `installed_version` of `lineage`.
-    pub async fn node_polled(
-        &self,
-        node_id: &str,
-        lineage: &str,
-        installed_version: u64,
-        now: i64,
-    ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO nodes (node_id, first_seen_unix_ms, last_seen_unix_ms, lineage, \
-             installed_version) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (node_id) DO UPDATE SET \
-             last_seen_unix_ms = excluded.last_seen_unix_ms, lineage = excluded.lineage, \
-             installed_version = excluded.installed_version",
-        )
-        .bind(node_id)
-        .bind(now)
-        .bind(now)
-        .bind(lineage)
-        .bind(to_i64(installed_version))
-        .execute(&self.writer)
-        .await?;
-        Ok(())
-    }
 
     /// Writes a batch of node presence reports in one transaction: each node's last-seen time,
     /// and the lineage, installed version and backend where reported.

@@ -13,7 +13,7 @@ use crate::error::CoordinatorError;
 use crate::ledger::{Budget, LedgerStatus};
 use crate::round::{NoiseMode, RoundRecord, RoundSpec, RoundState, Strategy};
 use crate::store::{
-    Backend, FrameRequestRow, MetricValueRow, NodeRow, QuarantineRow, ReleaseRow, Store, UpdateRow,
+    Backend, FrameRequestRow, MetricValueRow, QuarantineRow, ReleaseRow, Store, UpdateRow,
     VersionRow,
 };
 
@@ -120,6 +120,7 @@ conformance!(
     versions_round_trip_and_are_never_written_twice,
     a_round_moves_only_along_legal_transitions,
     updates_are_recorded_once_and_only_while_training,
+    updates_committed_in_a_group_are_each_judged_alone,
     publishing_is_atomic_and_happens_once,
     a_round_ended_before_its_draw_is_refunded_and_after_it_is_spent,
     delta_is_frozen_once_rounds_are_charged,
@@ -192,7 +193,7 @@ fn version(lineage: &str, version: u64, round_id: &str) -> VersionRow {
     }
 }
 
-fn update(round_id: &str, node_id: &str, at: i64) -> UpdateRow {
+pub(crate) fn update(round_id: &str, node_id: &str, at: i64) -> UpdateRow {
     UpdateRow {
         round_id: round_id.to_owned(),
         node_id: node_id.to_owned(),
@@ -214,7 +215,7 @@ async fn admit(store: &Store, record: &RoundRecord) {
 }
 
 /// Admits a round and brings it to `training` with `nodes` sampled, deadline at 10 000.
-async fn training_round(store: &Store, round_id: &str, lineage: &str, nodes: &[&str]) {
+pub(crate) async fn training_round(store: &Store, round_id: &str, lineage: &str, nodes: &[&str]) {
     admit(store, &round(round_id, lineage, 10)).await;
     assert!(ok(store
         .transition(round_id, RoundState::Pending, RoundState::Sampling, "", 11)
@@ -365,6 +366,29 @@ async fn updates_are_recorded_once_and_only_while_training(store: &Store) {
     assert!(!ok(store.insert_update(&update("r1", "node-2", 301)).await));
     // An update for a round that does not exist is not recorded either.
     assert!(!ok(store.insert_update(&update("nope", "node-0", 1)).await));
+}
+
+async fn updates_committed_in_a_group_are_each_judged_alone(store: &Store) {
+    training_round(store, "r1", "shelf", &["node-0", "node-1", "node-2"]).await;
+    let batch = [
+        update("r1", "node-0", 100),
+        // The same node twice in one group: the second is a retry.
+        update("r1", "node-0", 101),
+        // After the deadline.
+        update("r1", "node-1", 10_000),
+        update("r1", "node-2", 102),
+        update("nope", "node-0", 103),
+    ];
+    assert_eq!(
+        ok(store.insert_updates(&batch).await),
+        vec![true, false, false, true, false]
+    );
+    let stored: Vec<String> = ok(store.updates("r1").await)
+        .into_iter()
+        .map(|u| u.node_id)
+        .collect();
+    assert_eq!(stored, ["node-0", "node-2"]);
+    assert!(ok(store.insert_updates(&[]).await).is_empty());
 }
 
 async fn publishing_is_atomic_and_happens_once(store: &Store) {
@@ -586,18 +610,42 @@ async fn an_acknowledged_update_is_always_among_those_aggregated(store: &Store) 
 }
 
 async fn nodes_are_upserted_and_found_online(store: &Store) {
-    ok(store.touch_node("node-b", 100).await);
+    use crate::presence::{Pending, Reported};
+    let seen = |node: &str,
+                at: i64,
+                lineage: Option<&str>,
+                version: Option<u64>,
+                backend: Option<&str>| {
+        (
+            node.to_owned(),
+            Pending {
+                reported: Reported {
+                    lineage: lineage.map(str::to_owned),
+                    installed_version: version,
+                    backend: backend.map(str::to_owned),
+                },
+                seen_unix_ms: at,
+            },
+        )
+    };
+    // A bare "still there" for an unknown node, and a heartbeat's full report, in one batch.
     ok(store
-        .upsert_node(&NodeRow {
-            node_id: "node-a".to_owned(),
-            last_seen_unix_ms: 50,
-            lineage: "shelf".to_owned(),
-            installed_version: 3,
-            backend: "cpu".to_owned(),
-        })
+        .record_presence(&[
+            seen("node-b", 100, None, None, None),
+            seen("node-a", 50, Some("shelf"), Some(3), Some("cpu")),
+        ])
         .await);
-    ok(store.node_polled("node-b", "shelf", 4, 200).await);
-    ok(store.touch_node("node-a", 300).await);
+    // A poll's report (no backend: the one recorded stays) and a bare timestamp.
+    ok(store
+        .record_presence(&[
+            seen("node-b", 200, Some("shelf"), Some(4), None),
+            seen("node-a", 300, None, None, None),
+        ])
+        .await);
+    ok(store
+        .record_presence(&[seen("node-a", 300, Some("shelf"), Some(3), None)])
+        .await);
+    ok(store.record_presence(&[]).await);
     let nodes = ok(store.list_nodes().await);
     assert_eq!(nodes.len(), 2);
     assert_eq!(nodes[0].node_id, "node-a");
