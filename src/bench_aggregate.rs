@@ -321,12 +321,22 @@ fn read_exact_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::
 /// Peak resident set size of this process so far: `VmHWM` from `/proc/self/status` (Linux;
 /// 0 where that file does not exist).
 pub fn peak_rss_bytes() -> u64 {
+    proc_status_bytes("VmHWM:")
+}
+
+/// Resident set size of this process now: `VmRSS` (0 where `/proc` does not exist).
+pub fn rss_bytes() -> u64 {
+    proc_status_bytes("VmRSS:")
+}
+
+/// A `… kB` field of `/proc/self/status`, in bytes (0 when absent).
+fn proc_status_bytes(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
             status
                 .lines()
-                .find_map(|line| line.strip_prefix("VmHWM:"))
+                .find_map(|line| line.strip_prefix(field))
                 .and_then(|rest| rest.trim().strip_suffix("kB"))
                 .and_then(|kib| kib.trim().parse::<u64>().ok())
         })

@@ -207,7 +207,7 @@ pub async fn run(settings: LoadSettings, progress: impl Fn(&str)) -> anyhow::Res
         ));
         tokio::time::sleep(Duration::from_secs(settings.idle_secs)).await;
     }
-    let rss_bytes = rss_bytes();
+    let rss_bytes = crate::bench_aggregate::rss_bytes();
     let peak_rss_bytes = crate::bench_aggregate::peak_rss_bytes();
     let _ = stop_tx.send(true);
     for task in tasks {
@@ -499,17 +499,4 @@ fn key_set_version_of(bytes: &[u8]) -> Option<u64> {
         .ok()?
         .get("version")?
         .as_u64()
-}
-
-/// Resident set size of this process now (`VmRSS` from `/proc/self/status`; 0 elsewhere).
-pub fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmRSS:"))
-                .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
 }
