@@ -321,17 +321,27 @@ fn read_exact_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::
 /// Peak resident set size of this process so far: `VmHWM` from `/proc/self/status` (Linux;
 /// 0 where that file does not exist).
 pub fn peak_rss_bytes() -> u64 {
-    proc_status_bytes("VmHWM:")
+    proc_status_bytes("self", "VmHWM:")
 }
 
 /// Resident set size of this process now: `VmRSS` (0 where `/proc` does not exist).
 pub fn rss_bytes() -> u64 {
-    proc_status_bytes("VmRSS:")
+    proc_status_bytes("self", "VmRSS:")
 }
 
-/// A `… kB` field of `/proc/self/status`, in bytes (0 when absent).
-fn proc_status_bytes(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+/// Resident set size now and its peak (`VmRSS`, `VmHWM`) of another process, in bytes (0 where
+/// `/proc/PID/status` cannot be read).
+pub fn rss_of(pid: u32) -> (u64, u64) {
+    let pid = pid.to_string();
+    (
+        proc_status_bytes(&pid, "VmRSS:"),
+        proc_status_bytes(&pid, "VmHWM:"),
+    )
+}
+
+/// A `… kB` field of `/proc/PROCESS/status`, in bytes (0 when absent).
+fn proc_status_bytes(process: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{process}/status"))
         .ok()
         .and_then(|status| {
             status

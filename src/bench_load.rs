@@ -1,20 +1,23 @@
 //! `backroom bench load`: many lightweight store nodes in this process against a real
-//! coordinator (also in this process) over mutually authenticated TLS on loopback.
+//! coordinator over mutually authenticated TLS on loopback. The coordinator runs in this
+//! process, or (`--coordinator-process`) as a child `backroom coordinator` whose memory is then
+//! read on its own from `/proc/PID/status`.
 //!
-//! Each simulated node has its own client certificate (issued in memory by the coordinator's
-//! CA) and its own TLS connection, and speaks the node protocol as a store does: `Hello`,
-//! heartbeats at the interval the coordinator asks for, long polls for a task, and, when
-//! sampled, a chunked upload of a delta with its SHA-256. What it leaves out is the work a
-//! store does in between: it trains nothing (its delta is uniform noise scaled to about half
-//! the round's clip norm), and it takes each version it is offered as installed without
-//! downloading it. So the figures are
-//! the coordinator's own cost per round and per connected node: sampling, every accepted
-//! update made durable (file and database) before it is acknowledged, aggregation of a small
-//! network, signing and publishing, and the long polls of every node.
+//! Each simulated node has its own client certificate (issued by the coordinator's CA) and its
+//! own TLS connection, and speaks the node protocol as a store does: `Hello`, heartbeats at the
+//! interval the coordinator asks for, long polls for a task, metric syncs (one noised hourly
+//! release each, at `--metric-sync-secs`), and, when sampled, a chunked upload of a delta with
+//! its SHA-256. What it leaves out is the work a store does in between: it trains nothing (its
+//! delta is uniform noise scaled to about half the round's clip norm), and it takes each
+//! version it is offered as installed without downloading it. So the figures are the
+//! coordinator's own cost per round and per connected node: sampling, every accepted update
+//! made durable (file and database) before it is acknowledged, aggregation of a small network,
+//! signing and publishing, the long polls of every node, heartbeats and metric releases.
 //!
-//! The lineage's network is tiny (`[model]` conv_channels [2, 4, 4], hidden 8: 2,370
+//! The lineage's network is tiny (`[model]` conv_channels [2, 4, 4], hidden 8: 2,354
 //! parameters), as in Flower's simulations of many clients.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -45,6 +48,11 @@ pub struct LoadSettings {
     pub poll_wait_secs: u32,
     /// Seconds of heartbeats and polls after the rounds, before the memory is read.
     pub idle_secs: u64,
+    /// Seconds between one node's metric syncs (one noised hourly release each); 0: none.
+    pub metric_sync_secs: u64,
+    /// Run the coordinator as a child process (`backroom coordinator`), so its memory is read
+    /// apart from the simulated nodes' (and each process has its own file-descriptor limit).
+    pub coordinator_process: bool,
 }
 
 /// What a run measured.
@@ -59,10 +67,19 @@ pub struct LoadReport {
     /// Heartbeats and polls answered over the whole run.
     pub heartbeats: u64,
     pub polls: u64,
-    /// Resident memory of the process (coordinator and every simulated node) after the idle
-    /// period, and its peak, bytes.
+    /// Metric syncs answered, and noised releases the coordinator stored from them.
+    pub metric_syncs: u64,
+    pub metric_releases_accepted: u64,
+    /// Whether the coordinator ran as a child process.
+    pub coordinator_process: bool,
+    /// Resident memory of this process (every simulated node, and the coordinator unless it
+    /// ran as a child process) after the idle period, and its peak, bytes.
     pub rss_bytes: u64,
     pub peak_rss_bytes: u64,
+    /// The coordinator process's resident memory after the idle period, and its peak, bytes
+    /// (only when it ran as a child process).
+    pub coordinator_rss_bytes: Option<u64>,
+    pub coordinator_peak_rss_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -83,10 +100,14 @@ struct Counters {
     heartbeats: AtomicU64,
     polls: AtomicU64,
     uploads: AtomicU64,
+    metric_syncs: AtomicU64,
+    metric_releases_accepted: AtomicU64,
     errors: AtomicU64,
 }
 
 const LINEAGE: &str = "shelfnet";
+/// Seconds between one node's heartbeats (the coordinator's `heartbeat_interval_secs`).
+const HEARTBEAT_SECS: u32 = 10;
 const SERVER_NAME: &str = "localhost";
 
 /// The tiny network of the simulation.
@@ -100,28 +121,21 @@ pub fn tiny_network() -> ShelfNetConfig {
 pub async fn run(settings: LoadSettings, progress: impl Fn(&str)) -> anyhow::Result<LoadReport> {
     anyhow::ensure!(settings.nodes >= 1, "--nodes must be at least 1");
     let dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
-    let mut config = CoordinatorConfig::for_data_dir(dir.path().join("coordinator"));
-    config.model = tiny_network();
-    // No noise in these rounds: a non-private lineage (an experiment, not a deployment).
-    config.privacy_budget = Budget {
-        epsilon_max: None,
-        delta: 1e-5,
-    };
-    config.heartbeat_interval_secs = 10;
-    config.sampling_timeout = Duration::from_secs(120);
-    let pki_dir = config.pki_dir();
-    let coordinator = Coordinator::start(config).await?;
+    let data_dir = dir.path().join("coordinator");
+    let pki_dir = CoordinatorConfig::for_data_dir(&data_dir).pki_dir();
     let parameters: usize = backroom_models::parameter_layout(&tiny_network())
         .iter()
         .map(backroom_models::TensorSpec::numel)
         .sum();
-    let url = format!("https://{}", coordinator.local_addr());
+    let server = if settings.coordinator_process {
+        progress("starting the coordinator as a child process");
+        Server::start_child(dir.path(), &data_dir).await?
+    } else {
+        Server::start_in_process(&data_dir).await?
+    };
+    let url = format!("https://{}", server.addr());
     // The nodes stop first, then the coordinator.
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (stop_coordinator_tx, mut stop_coordinator) = watch::channel(false);
-    let served = tokio::spawn(coordinator.serve(async move {
-        let _ = stop_coordinator.wait_for(|stop| *stop).await;
-    }));
 
     progress(&format!(
         "issuing {} node certificates and connecting over mTLS",
@@ -149,12 +163,14 @@ pub async fn run(settings: LoadSettings, progress: impl Fn(&str)) -> anyhow::Res
     let mut tasks = Vec::with_capacity(nodes);
     let mut installed = Vec::with_capacity(nodes);
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<anyhow::Result<()>>(nodes);
-    for identity in identities {
+    for (index, identity) in identities.enumerate() {
         let channel = connect(&url, &ca_pem, &identity).await?;
         let node = SimNode {
+            index,
             client: NodeServiceClient::new(channel),
             counters: Arc::clone(&counters),
             poll_wait_secs: settings.poll_wait_secs,
+            metric_sync: Duration::from_secs(settings.metric_sync_secs),
             installed: Arc::new(AtomicU64::new(0)),
         };
         installed.push(Arc::clone(&node.installed));
@@ -207,6 +223,7 @@ pub async fn run(settings: LoadSettings, progress: impl Fn(&str)) -> anyhow::Res
         ));
         tokio::time::sleep(Duration::from_secs(settings.idle_secs)).await;
     }
+    let coordinator_memory = server.child_rss();
     let rss_bytes = crate::bench_aggregate::rss_bytes();
     let peak_rss_bytes = crate::bench_aggregate::peak_rss_bytes();
     let _ = stop_tx.send(true);
@@ -214,12 +231,7 @@ pub async fn run(settings: LoadSettings, progress: impl Fn(&str)) -> anyhow::Res
         let _ = task.await;
     }
     drop(admin);
-    let _ = stop_coordinator_tx.send(true);
-    match tokio::time::timeout(Duration::from_secs(30), served).await {
-        Ok(Ok(result)) => result?,
-        Ok(Err(error)) => anyhow::bail!("coordinator task failed: {error}"),
-        Err(_) => anyhow::bail!("the coordinator did not stop within 30 s"),
-    }
+    server.stop().await?;
     let errors = counters.errors.load(Ordering::Relaxed);
     anyhow::ensure!(
         errors == 0,
@@ -232,9 +244,179 @@ pub async fn run(settings: LoadSettings, progress: impl Fn(&str)) -> anyhow::Res
         rounds,
         heartbeats: counters.heartbeats.load(Ordering::Relaxed),
         polls: counters.polls.load(Ordering::Relaxed),
+        metric_syncs: counters.metric_syncs.load(Ordering::Relaxed),
+        metric_releases_accepted: counters.metric_releases_accepted.load(Ordering::Relaxed),
+        coordinator_process: settings.coordinator_process,
         rss_bytes,
         peak_rss_bytes,
+        coordinator_rss_bytes: coordinator_memory.map(|(rss, _)| rss),
+        coordinator_peak_rss_bytes: coordinator_memory.map(|(_, peak)| peak),
     })
+}
+
+/// The coordinator under load: a task of this process or a child process.
+enum Server {
+    InProcess {
+        addr: std::net::SocketAddr,
+        stop: watch::Sender<bool>,
+        served: tokio::task::JoinHandle<anyhow::Result<()>>,
+    },
+    Child {
+        addr: std::net::SocketAddr,
+        child: std::process::Child,
+        log: PathBuf,
+    },
+}
+
+impl Server {
+    fn config(data_dir: &Path) -> CoordinatorConfig {
+        let mut config = CoordinatorConfig::for_data_dir(data_dir);
+        config.model = tiny_network();
+        // No noise in these rounds: a non-private lineage (an experiment, not a deployment).
+        config.privacy_budget = Budget {
+            epsilon_max: None,
+            delta: 1e-5,
+        };
+        config.heartbeat_interval_secs = HEARTBEAT_SECS;
+        config.sampling_timeout = Duration::from_secs(120);
+        config
+    }
+
+    async fn start_in_process(data_dir: &Path) -> anyhow::Result<Self> {
+        let coordinator = Coordinator::start(Self::config(data_dir)).await?;
+        let addr = coordinator.local_addr();
+        let (stop, mut stopped) = watch::channel(false);
+        let served = tokio::spawn(coordinator.serve(async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }));
+        Ok(Self::InProcess { addr, stop, served })
+    }
+
+    /// `backroom coordinator --config` with the same settings as in process, its log in
+    /// `dir/coordinator.log`; returns once it accepts connections.
+    async fn start_child(dir: &Path, data_dir: &Path) -> anyhow::Result<Self> {
+        let config = Self::config(data_dir);
+        // A free port, released for the child to bind (a race only with other programs).
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .context("cannot find a free loopback port")?;
+        let toml = format!(
+            "listen = \"{addr}\"\ndata_dir = {data_dir:?}\nlineage = \"{LINEAGE}\"\n\
+             heartbeat_interval_secs = {HEARTBEAT_SECS}\nsampling_timeout_secs = {}\n\
+             [privacy]\nunlimited = true\ndelta = {}\n\
+             [model]\nconv_channels = {:?}\nhidden = {}\nkernel_size = {}\n",
+            config.sampling_timeout.as_secs(),
+            config.privacy_budget.delta,
+            config.model.conv_channels,
+            config.model.hidden,
+            config.model.kernel_size,
+            data_dir = data_dir
+                .to_str()
+                .context("the temporary directory's path is not UTF-8")?,
+        );
+        let config_path = dir.join("coordinator.toml");
+        std::fs::write(&config_path, toml).context("cannot write the coordinator's config")?;
+        let log = dir.join("coordinator.log");
+        let log_file = std::fs::File::create(&log).context("cannot create the coordinator log")?;
+        let exe = std::env::current_exe().context("cannot find this program's executable")?;
+        let mut child = std::process::Command::new(exe)
+            .arg("coordinator")
+            .arg("--config")
+            .arg(&config_path)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .context("cannot start `backroom coordinator`")?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(status) = child.try_wait().context("cannot watch the coordinator")? {
+                anyhow::bail!(
+                    "the coordinator exited ({status}) before it listened:\n{}",
+                    log_tail(&log)
+                );
+            }
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return Ok(Self::Child { addr, child, log });
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                anyhow::bail!(
+                    "the coordinator did not listen on {addr} within 120 s:\n{}",
+                    log_tail(&log)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        match self {
+            Self::InProcess { addr, .. } | Self::Child { addr, .. } => *addr,
+        }
+    }
+
+    /// The child coordinator's resident memory now and at its peak, bytes.
+    fn child_rss(&self) -> Option<(u64, u64)> {
+        match self {
+            Self::InProcess { .. } => None,
+            Self::Child { child, .. } => Some(crate::bench_aggregate::rss_of(child.id())),
+        }
+    }
+
+    /// Stops the coordinator as an operator would (SIGTERM for a child) and checks that it
+    /// stopped cleanly within 30 s.
+    async fn stop(self) -> anyhow::Result<()> {
+        match self {
+            Self::InProcess { stop, served, .. } => {
+                let _ = stop.send(true);
+                match tokio::time::timeout(Duration::from_secs(30), served).await {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(error)) => anyhow::bail!("coordinator task failed: {error}"),
+                    Err(_) => anyhow::bail!("the coordinator did not stop within 30 s"),
+                }
+            }
+            Self::Child { mut child, log, .. } => {
+                let signalled = std::process::Command::new("kill")
+                    .args(["-TERM", &child.id().to_string()])
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if !signalled {
+                    let _ = child.kill();
+                }
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    if let Some(status) =
+                        child.try_wait().context("cannot watch the coordinator")?
+                    {
+                        anyhow::ensure!(
+                            status.success(),
+                            "the coordinator exited {status} when stopped:\n{}",
+                            log_tail(&log)
+                        );
+                        return Ok(());
+                    }
+                    if Instant::now() > deadline {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        anyhow::bail!("the coordinator did not stop within 30 s of SIGTERM");
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+/// The last lines of a log, for an error message.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 /// Starts a round sampling every node and follows it to its end.
@@ -327,9 +509,13 @@ async fn connect(url: &str, ca_pem: &str, identity: &IssuedIdentity) -> anyhow::
 }
 
 struct SimNode {
+    /// The node's number (its certificate names it `sim-NNNNN`).
+    index: usize,
     client: NodeServiceClient<Channel>,
     counters: Arc<Counters>,
     poll_wait_secs: u32,
+    /// Time between metric syncs (zero: none).
+    metric_sync: Duration,
     /// The version the node reports (shared with its heartbeats).
     installed: Arc<AtomicU64>,
 }
@@ -396,6 +582,15 @@ impl SimNode {
                 };
             }
         });
+        let metric_sync = (!self.metric_sync.is_zero()).then(|| {
+            tokio::spawn(sync_metrics(
+                self.index,
+                self.client.clone(),
+                self.metric_sync,
+                Arc::clone(&self.counters),
+                stop.clone(),
+            ))
+        });
         let mut done: Option<String> = None;
         // Like a store: the key set comes with the first poll, then only when it changes.
         let mut key_set_version = 0;
@@ -452,6 +647,9 @@ impl SimNode {
             }
         }
         let _ = heartbeats.await;
+        if let Some(task) = metric_sync {
+            let _ = task.await;
+        }
     }
 
     /// A random delta scaled to 0.45–0.5 of the clip norm, uploaded as a store uploads its update.
@@ -487,6 +685,74 @@ impl SimNode {
             .upload_update(futures::stream::iter(chunks))
             .await
             .map(|_| ())
+    }
+}
+
+/// Every `every` (the first after a random part of it, so the nodes spread out), one noised
+/// hourly release of one camera, as a store's metric sync sends it: its own idempotency key, a
+/// noise scale that pays for the declared ρ. The values are random; the coordinator checks form
+/// and stores them.
+async fn sync_metrics(
+    index: usize,
+    mut client: NodeServiceClient<Channel>,
+    every: Duration,
+    counters: Arc<Counters>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let first = every.mul_f64(rand::rng().random_range(0.0..1.0));
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + first, every);
+    // Hourly windows before the run started, going back one hour per sync.
+    let hour = 3_600i64;
+    let start = time::OffsetDateTime::now_utc().unix_timestamp() / hour * hour;
+    for window in 0u64.. {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = ticks.tick() => {}
+        }
+        let window_start_unix = start - hour * (window as i64 + 1);
+        let batch = {
+            let mut rng = rand::rng();
+            // Gaussian mechanism: ρ = Σ (sensitivity / scale)² / 2 = 3 · (1/4)² / 2 ≈ 0.094.
+            let metric = |name: &str, value: f64| pb::NoisedMetric {
+                name: name.into(),
+                value: Some(value),
+                suppressed: false,
+                noise_scale: 4.0,
+                sensitivity: 1.0,
+            };
+            pb::MetricBatch {
+                idempotency_key: format!("sim-{index:05}-cam0-{window_start_unix}"),
+                window_start_unix,
+                window_secs: hour as u32,
+                camera_id: 0,
+                slots_per_frame: 8,
+                seconds_per_frame: 1,
+                rho: 0.1,
+                metrics: vec![
+                    metric("frames", rng.random_range(3_000.0..3_600.0)),
+                    metric("out_of_stock_events", rng.random_range(0.0..20.0)),
+                    metric("out_of_stock_minutes", rng.random_range(0.0..200.0)),
+                ],
+            }
+        };
+        let sent = client
+            .sync_metrics(pb::SyncMetricsRequest {
+                batches: vec![batch],
+            })
+            .await;
+        match sent {
+            Ok(response) => {
+                counters.metric_syncs.fetch_add(1, Ordering::Relaxed);
+                counters
+                    .metric_releases_accepted
+                    .fetch_add(u64::from(response.into_inner().accepted), Ordering::Relaxed);
+            }
+            Err(_) if *stop.borrow() => return,
+            Err(status) => {
+                tracing::warn!(%status, "simulated metric sync failed");
+                counters.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 }
 

@@ -12,14 +12,43 @@ use backroom_models::{ARCHITECTURE_ID, ShelfNetConfig};
 use ed25519_dalek::VerifyingKey;
 use ed25519_dalek::pkcs8::DecodePublicKey;
 
-/// Files of one version in a coordinator's data directory.
-pub fn version_files(coordinator_dir: &Path, lineage: &str, version: u64) -> [PathBuf; 3] {
+/// The manifest and signature files of one version in a coordinator's data directory.
+pub fn version_files(coordinator_dir: &Path, lineage: &str, version: u64) -> [PathBuf; 2] {
     let dir = coordinator_dir.join("models").join(lineage);
     [
         dir.join(format!("v{version}.manifest.json")),
         dir.join(format!("v{version}.manifest.sig")),
-        dir.join(format!("v{version}.safetensors")),
     ]
+}
+
+/// Where a version's weights are in a coordinator's data directory: the local blob store's
+/// blob named by the manifest's `weights_sha256` (or, for a version published before the blob
+/// store, `models/<lineage>/v<N>.safetensors`).
+pub fn weights_file(
+    coordinator_dir: &Path,
+    lineage: &str,
+    version: u64,
+    manifest: &[u8],
+) -> anyhow::Result<PathBuf> {
+    let legacy = coordinator_dir
+        .join("models")
+        .join(lineage)
+        .join(format!("v{version}.safetensors"));
+    if legacy.exists() {
+        return Ok(legacy);
+    }
+    let parsed = backroom_models::manifest::Manifest::from_bytes(manifest)
+        .map_err(|e| anyhow::anyhow!("{lineage} v{version}: unreadable manifest: {e}"))?;
+    let blobs = coordinator_dir.join("blobs");
+    let path = backroom_coordinator::blobs::local_blob_path(&blobs, &parsed.weights_sha256);
+    anyhow::ensure!(
+        path.exists(),
+        "the weights of {lineage} v{version} (SHA-256 {}) are not in {} (a coordinator with an \
+         s3:// blob_store keeps them in its bucket)",
+        parsed.weights_sha256,
+        blobs.display()
+    );
+    Ok(path)
 }
 
 /// The coordinator's model root public key (what nodes are enrolled with).
@@ -45,7 +74,7 @@ pub fn coordinator_release(
     lineage: &str,
     version: u64,
 ) -> anyhow::Result<(OwnedParts, Vec<u8>)> {
-    let [manifest_path, sig_path, weights_path] = version_files(coordinator_dir, lineage, version);
+    let [manifest_path, sig_path] = version_files(coordinator_dir, lineage, version);
     let pki = coordinator_dir.join("pki");
     let parts = OwnedParts {
         manifest: read(&manifest_path)?,
@@ -53,6 +82,7 @@ pub fn coordinator_release(
         key_set: read(&pki.join("model-keyset.json"))?,
         key_set_signature: read(&pki.join("model-keyset.sig"))?,
     };
+    let weights_path = weights_file(coordinator_dir, lineage, version, &parts.manifest)?;
     Ok((parts, read(&weights_path)?))
 }
 

@@ -139,12 +139,13 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Load simulation: a coordinator and NODES lightweight store nodes in this process, each
-    /// node with its own certificate and mutually authenticated TLS connection on loopback.
-    /// The nodes say hello, heartbeat, long-poll and, when sampled, upload a random delta
-    /// (no training; offered versions are taken as installed without a download) for a tiny
-    /// network; every round samples all of them.
-    /// Prints each round's time from start to published version and the process's memory.
+    /// Load simulation: a coordinator and NODES lightweight store nodes, each node with its own
+    /// certificate and mutually authenticated TLS connection on loopback (the coordinator in
+    /// this process, or a child process with --coordinator-process).
+    /// The nodes say hello, heartbeat, long-poll, sync noised metric releases and, when
+    /// sampled, upload a random delta (no training; offered versions are taken as installed
+    /// without a download) for a tiny network; every round samples all of them.
+    /// Prints each round's time from start to published version and memory per process.
     Load {
         /// Simulated store nodes.
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -159,6 +160,14 @@ enum BenchCommand {
         /// is read.
         #[arg(long, default_value_t = 0)]
         idle_secs: u64,
+        /// Seconds between one node's metric syncs (each one noised hourly release); 0: none.
+        #[arg(long, default_value_t = 60)]
+        metric_sync_secs: u64,
+        /// Run the coordinator as a child process (`backroom coordinator`), so its memory is
+        /// measured apart from the nodes' and each side has its own file-descriptor limit
+        /// (needed for about 10,000 nodes and more).
+        #[arg(long)]
+        coordinator_process: bool,
         /// Print the measurements as JSON.
         #[arg(long)]
         json: bool,
@@ -511,6 +520,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// The memory figures of `bench load`, per process.
+fn memory_line(report: &backroom::bench_load::LoadReport) -> String {
+    let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+    match (
+        report.coordinator_rss_bytes,
+        report.coordinator_peak_rss_bytes,
+    ) {
+        (Some(rss), Some(peak)) => format!(
+            "coordinator process RSS {:.1} MiB (peak {:.1} MiB), nodes' process RSS {:.1} MiB \
+             (peak {:.1} MiB)",
+            mib(rss),
+            mib(peak),
+            mib(report.rss_bytes),
+            mib(report.peak_rss_bytes)
+        ),
+        _ => format!(
+            "RSS of coordinator and nodes in one process {:.1} MiB (peak {:.1} MiB)",
+            mib(report.rss_bytes),
+            mib(report.peak_rss_bytes)
+        ),
+    }
+}
+
 /// `backroom redact`: the node's redactor on one file (on a blocking thread).
 async fn redact(input: PathBuf, output: PathBuf, json: bool) -> anyhow::Result<ExitCode> {
     use backroom_store_node::redact::{Redactor, redact_file};
@@ -546,6 +578,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             rounds,
             poll_wait_secs,
             idle_secs,
+            metric_sync_secs,
+            coordinator_process,
             json,
         }) => {
             let settings = backroom::bench_load::LoadSettings {
@@ -553,6 +587,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 rounds,
                 poll_wait_secs,
                 idle_secs,
+                metric_sync_secs,
+                coordinator_process,
             };
             let report = backroom::bench_load::run(settings, |line| {
                 if !json {
@@ -568,7 +604,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 println!(
                     "{} nodes over mTLS ({} parameters per update): connected in {:.1} s; \
                      {} round(s), mean {:.3} s from start to published (each: {}); \
-                     {} heartbeats, {} polls; RSS {:.1} MiB (peak {:.1} MiB)",
+                     {} heartbeats, {} polls, {} metric syncs ({} releases stored); {}",
                     report.nodes,
                     report.parameters,
                     report.connect_secs,
@@ -580,8 +616,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                         .join(", "),
                     report.heartbeats,
                     report.polls,
-                    report.rss_bytes as f64 / (1 << 20) as f64,
-                    report.peak_rss_bytes as f64 / (1 << 20) as f64,
+                    report.metric_syncs,
+                    report.metric_releases_accepted,
+                    memory_line(&report),
                 );
             }
             Ok(ExitCode::SUCCESS)

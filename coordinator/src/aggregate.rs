@@ -224,26 +224,24 @@ pub fn accumulate_weighted_le(sum: &mut [f64], bytes: &[u8], weight: f64) -> boo
 /// L2 norm in f64 (shared with the node, which clips with the same arithmetic).
 pub use backroom_models::params::l2_norm;
 
-/// Reads a stored update blob (little-endian f32) and checks it against the SHA-256 recorded
-/// when it was accepted, hashing the bytes as read (no re-encoding).
-pub fn read_update_blob(
-    path: &std::path::Path,
+/// Decodes a stored update blob (little-endian f32) after checking it against the SHA-256
+/// recorded when it was accepted, hashing the bytes as read (no re-encoding). `name` is the
+/// blob's reference, for messages.
+pub fn decode_update_blob(
+    bytes: &[u8],
+    name: &str,
     expected: usize,
     expected_sha256: &str,
 ) -> Result<Vec<f32>> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| CoordinatorError::io(format!("cannot read update {}", path.display()), e))?;
-    let digest = backroom_models::manifest::sha256_hex(&bytes);
+    let digest = backroom_models::manifest::sha256_hex(bytes);
     if digest != expected_sha256 {
         return Err(CoordinatorError::Internal(format!(
-            "stored update {} does not match its recorded SHA-256",
-            path.display()
+            "stored update {name} does not match its recorded SHA-256"
         )));
     }
     if bytes.len() != expected * 4 {
         return Err(CoordinatorError::Internal(format!(
-            "update {} has {} bytes, expected {}",
-            path.display(),
+            "update {name} has {} bytes, expected {}",
             bytes.len(),
             expected * 4
         )));

@@ -234,23 +234,21 @@ fn noise_is_present_when_sigma_is_positive_and_absent_at_zero() {
 }
 
 #[test]
-fn a_stored_update_is_read_only_when_it_matches_its_recorded_hash_and_size() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("u.f32");
+fn a_stored_update_is_decoded_only_when_it_matches_its_recorded_hash_and_size() {
     let values = [0.5f32, -1.25, 3.0];
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    std::fs::write(&path, &bytes).expect("write");
     let sha = backroom_models::manifest::sha256_hex(&bytes);
-    assert_eq!(read_update_blob(&path, 3, &sha).expect("read"), values);
-    // One flipped bit on disk: refused, however plausible the values look.
+    assert_eq!(
+        decode_update_blob(&bytes, "u", 3, &sha).expect("decode"),
+        values
+    );
+    // One flipped bit at rest: refused, however plausible the values look.
     let mut tampered = bytes.clone();
     tampered[5] ^= 1;
-    std::fs::write(&path, &tampered).expect("write");
-    let error = read_update_blob(&path, 3, &sha).expect_err("tampered blob read");
+    let error = decode_update_blob(&tampered, "u", 3, &sha).expect_err("tampered blob read");
     assert!(error.to_string().contains("recorded SHA-256"), "{error}");
     // Right hash, wrong length for the model.
-    std::fs::write(&path, &bytes).expect("write");
-    assert!(read_update_blob(&path, 4, &sha).is_err());
+    assert!(decode_update_blob(&bytes, "u", 4, &sha).is_err());
 }
 
 #[test]

@@ -17,6 +17,8 @@ struct RawConfig {
     listen: Option<String>,
     data_dir: Option<PathBuf>,
     database_url: Option<String>,
+    blob_store: Option<String>,
+    blob_store_options: Option<std::collections::BTreeMap<String, String>>,
     server_names: Option<Vec<String>>,
     lineage: Option<String>,
     init_seed: Option<u64>,
@@ -60,6 +62,11 @@ pub struct CoordinatorConfig {
     /// `sqlite://PATH` or `postgres://USER@HOST:PORT/DATABASE`; defaults to
     /// `<data_dir>/coordinator.db` (embedded SQLite).
     pub database_url: String,
+    /// Where weights and update blobs go: `None` is `<data_dir>/blobs`; else a directory,
+    /// `file:///DIR` or `s3://BUCKET/PREFIX` ([`crate::blobs`]).
+    pub blob_store: Option<String>,
+    /// S3 settings beyond the `AWS_*` environment (`endpoint`, `region`, `allow_http`, …).
+    pub blob_store_options: Vec<(String, String)>,
     /// Extra DNS names / IPs for the server certificate.
     pub server_names: Vec<String>,
     /// The model lineage this coordinator trains (created at first start).
@@ -105,6 +112,8 @@ impl CoordinatorConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             database_url: default_database_url(&data_dir),
+            blob_store: None,
+            blob_store_options: Vec::new(),
             data_dir,
             server_names: Vec::new(),
             lineage: "shelfnet".into(),
@@ -149,6 +158,32 @@ impl CoordinatorConfig {
                 Ok(_) => config.database_url = url,
                 Err(e) => problems.push(e.to_string()),
             }
+        }
+        if let Some(store) = raw.blob_store {
+            let known = ["s3://", "file://"];
+            if store.contains("://") && !known.iter().any(|k| store.starts_with(k)) {
+                problems.push(format!(
+                    "blob_store {store:?}: use a directory, file:///DIR or s3://BUCKET/PREFIX"
+                ));
+            }
+            // A relative directory is taken from the configuration file's directory.
+            config.blob_store = Some(
+                if store.contains("://") || Path::new(&store).is_absolute() {
+                    store
+                } else {
+                    base_dir.join(store).display().to_string()
+                },
+            );
+        }
+        if let Some(options) = raw.blob_store_options {
+            if !config
+                .blob_store
+                .as_deref()
+                .is_some_and(|s| s.starts_with("s3://"))
+            {
+                problems.push("blob_store_options need an s3:// blob_store".to_owned());
+            }
+            config.blob_store_options = options.into_iter().collect();
         }
         if let Some(names) = raw.server_names {
             config.server_names = names;
@@ -293,6 +328,40 @@ mod config_tests {
             Path::new("/"),
         );
         assert_eq!(held.map(|c| c.publish_rounds_to_stable).ok(), Some(false));
+    }
+
+    #[test]
+    fn the_blob_store_is_a_directory_or_a_bucket() {
+        let parse = |text: &str| CoordinatorConfig::from_toml_str(text, Path::new("/etc/backroom"));
+        let default = parse("data_dir = \"d\"\n").map_err(|e| e.to_string());
+        assert_eq!(default.map(|c| c.blob_store), Ok(None));
+        let relative = parse("data_dir = \"d\"\nblob_store = \"shared/blobs\"\n");
+        assert_eq!(
+            relative.ok().and_then(|c| c.blob_store),
+            Some("/etc/backroom/shared/blobs".to_owned())
+        );
+        let bucket = parse(
+            "data_dir = \"d\"\nblob_store = \"s3://models/backroom\"\n\
+             [blob_store_options]\nendpoint = \"http://minio:9000\"\nallow_http = \"true\"\n",
+        )
+        .map_err(|e| e.to_string());
+        let bucket = bucket.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(bucket.blob_store.as_deref(), Some("s3://models/backroom"));
+        assert_eq!(
+            bucket.blob_store_options,
+            [
+                ("allow_http".to_owned(), "true".to_owned()),
+                ("endpoint".to_owned(), "http://minio:9000".to_owned())
+            ]
+        );
+        let bad = parse(
+            "data_dir = \"d\"\nblob_store = \"gs://x\"\n[blob_store_options]\nregion = \"eu\"\n",
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(bad.contains("gs://x"), "{bad}");
+        assert!(bad.contains("blob_store_options need an s3://"), "{bad}");
     }
 
     /// A configuration given by a relative path (`--config deploy/examples/coordinator.toml`)

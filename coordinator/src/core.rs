@@ -12,8 +12,9 @@ use tracing::{info, warn};
 
 use crate::error::{CoordinatorError, Result};
 use crate::group_commit::UpdateCommits;
+use crate::poll_view::{PollView, PollViews};
 use crate::presence::{Presence, Reported};
-use crate::registry::{Registry, create_dir_durably, now_unix_ms, write_durably};
+use crate::registry::{Registry, now_unix_ms};
 use crate::round::{RoundRecord, RoundSpec, RoundState};
 use crate::store::{QuarantineRow, RoundProgress, Store, UpdateRow};
 
@@ -29,9 +30,6 @@ pub struct Settings {
     pub sampling_timeout: Duration,
     pub overselect: f32,
     pub online_window: Duration,
-    pub updates_dir: PathBuf,
-    /// Updates refused for their content, kept for forensics (`quarantine/<round>/`).
-    pub quarantine_dir: PathBuf,
     /// How often expired frame requests are closed.
     pub frame_request_sweep: Duration,
     /// Sealed frame exports, each kept until its request expires.
@@ -81,6 +79,10 @@ pub struct Core {
     update_commits: Arc<UpdateCommits>,
     /// The last training round's task (the same for every sampled store).
     task_cache: std::sync::Mutex<Option<TrainTask>>,
+    /// What long polls answer, read once per poll generation ([`crate::poll_view`]).
+    poll_views: PollViews,
+    /// The training round last read for an upload, with the poll generation it was read in.
+    upload_round: std::sync::Mutex<Option<(u64, Arc<RoundRecord>)>>,
 }
 
 impl Core {
@@ -94,6 +96,8 @@ impl Core {
             presence: Presence::new(settings.online_window),
             update_commits: UpdateCommits::new(store.clone()),
             task_cache: std::sync::Mutex::new(None),
+            poll_views: PollViews::default(),
+            upload_round: std::sync::Mutex::new(None),
             store,
             registry,
             settings,
@@ -502,21 +506,21 @@ impl Core {
         self.record_poll(node_id, Some((lineage, installed_version)))
             .await?;
         loop {
-            changes.borrow_and_update();
+            let generation = *changes.borrow_and_update();
             self.record_poll(node_id, None).await?;
-            let task = self.task_for(node_id).await?;
-            let latest = self
-                .store
-                .latest_version(lineage)
-                .await?
-                .map_or(0, |v| v.version);
-            let offered = self
-                .store
-                .channels(lineage)
-                .await?
-                .offered(lineage, node_id)
-                .unwrap_or(0);
-            let exports = self.frame_exports_for(node_id).await?;
+            let view = self.poll_view(generation, lineage).await?;
+            let now_ms = now_unix_ms();
+            let task = match view.pending_round(&self.poll_views, node_id, now_ms) {
+                Some(round) => Some(self.task_of(&round.round_id).await?),
+                None => None,
+            };
+            let latest = view.latest;
+            let offered = view.channels.offered(lineage, node_id).unwrap_or(0);
+            let exports: Vec<_> = view
+                .exports_for(node_id, now_ms)
+                .into_iter()
+                .map(|row| self.export_task(row))
+                .collect();
             let now = tokio::time::Instant::now();
             if task.is_some()
                 || offered > installed_version
@@ -535,18 +539,39 @@ impl Core {
         }
     }
 
-    async fn task_for(&self, node_id: &str) -> Result<Option<TrainTask>> {
-        let Some(round_id) = self
-            .store
-            .pending_tasks_for(node_id, now_unix_ms())
-            .await?
-            .into_iter()
-            .next()
-        else {
-            return Ok(None);
-        };
-        // The same task goes to every sampled store and never changes once the round trains:
-        // read the round (with its participants) once, not once per poll.
+    /// Generation `generation`'s view of what polls of `lineage` answer: read from the
+    /// database by the first poll that asks, shared with the others.
+    async fn poll_view(&self, generation: u64, lineage: &str) -> Result<Arc<PollView>> {
+        let cell = self.poll_views.cell(generation, lineage);
+        let view = cell
+            .get_or_try_init(|| async {
+                let now_ms = now_unix_ms();
+                let rounds = self.store.training_rounds_for_polls().await?;
+                let latest = self
+                    .store
+                    .latest_version(lineage)
+                    .await?
+                    .map_or(0, |v| v.version);
+                let channels = self.store.channels(lineage).await?;
+                let mut exports: std::collections::HashMap<String, Vec<_>> =
+                    std::collections::HashMap::new();
+                for row in self.store.all_approved_frame_requests(now_ms).await? {
+                    exports.entry(row.store_id.clone()).or_default().push(row);
+                }
+                self.poll_views.forget_finished(&rounds);
+                Ok::<_, CoordinatorError>(Arc::new(PollView {
+                    latest,
+                    channels,
+                    rounds,
+                    exports,
+                }))
+            })
+            .await?;
+        Ok(Arc::clone(view))
+    }
+
+    /// The task of a training round (the same for every sampled store, so read once per round).
+    async fn task_of(&self, round_id: &str) -> Result<TrainTask> {
         if let Some(task) = self
             .task_cache
             .lock()
@@ -554,9 +579,9 @@ impl Core {
             .as_ref()
             .filter(|task| task.round_id == round_id)
         {
-            return Ok(Some(task.clone()));
+            return Ok(task.clone());
         }
-        let round = self.round(&round_id).await?;
+        let round = self.round(round_id).await?;
         let task = TrainTask {
             round_id: round.round_id,
             lineage: round.lineage,
@@ -572,26 +597,61 @@ impl Core {
             proximal_mu: round.spec.proximal_mu,
         };
         *self.task_cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.clone());
-        Ok(Some(task))
+        Ok(task)
     }
 
     // ---- updates ----
+
+    /// The round uploads are checked against, if it was read training in the current poll
+    /// generation (every change of a round's state bumps it), so a thousand uploads do not read
+    /// a round of a thousand participants a thousand times.
+    fn cached_upload_round(&self, round_id: &str) -> Option<Arc<RoundRecord>> {
+        let generation = *self.poll_changes.borrow();
+        self.upload_round
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .filter(|(g, round)| *g == generation && round.round_id == round_id)
+            .map(|(_, round)| Arc::clone(round))
+    }
 
     /// Checks an upload's header before any data is read. Returns the round.
     pub async fn check_upload_header(
         &self,
         node_id: &str,
         header: &UpdateHeader,
-    ) -> Result<RoundRecord> {
-        let round = self.round(&header.round_id).await?;
-        // First, so a re-sent update is told it already arrived even if its arrival closed
-        // the round.
-        if self.store.has_update(&round.round_id, node_id).await? {
-            return Err(CoordinatorError::AlreadyExists(format!(
+    ) -> Result<Arc<RoundRecord>> {
+        let already = || {
+            CoordinatorError::AlreadyExists(format!(
                 "node {node_id} already sent its update for round {}",
-                round.round_id
-            )));
-        }
+                header.round_id
+            ))
+        };
+        let round = match self.cached_upload_round(&header.round_id) {
+            // Training as of the current poll generation: the state check below holds. An
+            // update this process accepted is refused here; one it did not see (another
+            // replica's) is refused when its row is not inserted.
+            Some(cached) => {
+                if self.poll_views.was_uploaded(&header.round_id, node_id) {
+                    return Err(already());
+                }
+                cached
+            }
+            None => {
+                let generation = *self.poll_changes.borrow();
+                let round = Arc::new(self.round(&header.round_id).await?);
+                // First, so a re-sent update is told it already arrived even if its arrival
+                // closed the round.
+                if self.store.has_update(&round.round_id, node_id).await? {
+                    return Err(already());
+                }
+                if round.state == RoundState::Training {
+                    *self.upload_round.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some((generation, Arc::clone(&round)));
+                }
+                round
+            }
+        };
         if round.state != RoundState::Training {
             return Err(CoordinatorError::FailedPrecondition(format!(
                 "round {} is {}, not accepting updates",
@@ -599,7 +659,11 @@ impl Core {
                 round.state.as_str()
             )));
         }
-        if !round.sampled_nodes.iter().any(|n| n == node_id) {
+        if round
+            .sampled_nodes
+            .binary_search_by(|n| n.as_str().cmp(node_id))
+            .is_err()
+        {
             return Err(CoordinatorError::FailedPrecondition(format!(
                 "node {node_id} is not sampled in round {}",
                 round.round_id
@@ -645,19 +709,21 @@ impl Core {
         within_clip: bool,
     ) -> Result<u32> {
         Self::check_update_norm(round, delta.len(), norm)?;
-        let dir = self.settings.updates_dir.join(&round.round_id);
-        let node = node_id.to_owned();
-        let (path, digest) = tokio::task::spawn_blocking(move || -> Result<(PathBuf, String)> {
-            create_dir_durably(&dir)?;
-            let bytes: Vec<u8> = delta.iter().flat_map(|v| v.to_le_bytes()).collect();
-            let digest = backroom_models::manifest::sha256_hex(&bytes);
-            // Named by content, so two concurrent uploads of one node never share a file.
-            let path = dir.join(format!("{node}-{}.f32", &digest[..16]));
-            write_durably(&path, &bytes)?;
-            Ok((path, digest))
-        })
-        .await
-        .map_err(|e| CoordinatorError::Internal(format!("update write task failed: {e}")))??;
+        let blobs = self.registry.blobs().clone();
+        // Encoding, hashing and a local store's file write off the runtime; durable (and
+        // content-addressed, so a retry of the same bytes finds them there) before the row.
+        let (reference, digest) =
+            tokio::task::spawn_blocking(move || -> Result<(String, String)> {
+                let bytes: Vec<u8> = delta.iter().flat_map(|v| v.to_le_bytes()).collect();
+                let reference = blobs.put_blocking(bytes)?;
+                let digest = reference
+                    .strip_prefix(crate::blobs::REFERENCE_PREFIX)
+                    .unwrap_or_default()
+                    .to_owned();
+                Ok((reference, digest))
+            })
+            .await
+            .map_err(|e| CoordinatorError::Internal(format!("update write task failed: {e}")))??;
         let inserted = self
             .update_commits
             .insert(UpdateRow {
@@ -667,25 +733,25 @@ impl Core {
                 within_clip,
                 norm,
                 sha256: digest,
-                blob_path: path.display().to_string(),
+                blob_path: reference,
                 received_unix_ms: now_unix_ms(),
             })
             .await?;
         if !inserted {
+            // The blob stays either way: blobs are shared by content, so another row may name
+            // the same bytes.
             if !self.store.has_update(&round.round_id, node_id).await? {
-                let _ = tokio::fs::remove_file(&path).await;
                 return Err(CoordinatorError::DeadlineExceeded(format!(
                     "round {} stopped accepting updates before this one was complete",
                     round.round_id
                 )));
             }
-            // The file is left: a retry of the same bytes writes the same name as the update
-            // already recorded, whose blob this is.
             return Err(CoordinatorError::AlreadyExists(format!(
                 "node {node_id} already sent its update for round {}",
                 round.round_id
             )));
         }
+        self.poll_views.mark_uploaded(&round.round_id, node_id);
         self.notify_round_progress();
         let accepted = self.round_progress(&round.round_id).await?.accepted;
         info!(round_id = %round.round_id, node_id, norm, accepted, "update accepted");
@@ -737,19 +803,17 @@ impl Core {
             .count_quarantined_blobs(round_id, node_id)
             .await?
             < QUARANTINE_BLOBS_PER_NODE_AND_ROUND;
-        let dir = self.settings.quarantine_dir.join(round_id);
-        let node = node_id.to_owned();
         let received_bytes = received.len() as u64;
+        let blobs = self.registry.blobs().clone();
+        // Hashing (and a local store's file write) off the runtime.
         let (digest, blob_path) =
             tokio::task::spawn_blocking(move || -> Result<(String, Option<String>)> {
                 let digest = backroom_models::manifest::sha256_hex(&received);
                 if !keep {
                     return Ok((digest, None));
                 }
-                create_dir_durably(&dir)?;
-                let path = dir.join(format!("{node}-{}.bin", &digest[..16]));
-                write_durably(&path, &received)?;
-                Ok((digest, Some(path.display().to_string())))
+                let reference = blobs.put_blocking(received)?;
+                Ok((digest, Some(reference)))
             })
             .await
             .map_err(|e| CoordinatorError::Internal(format!("quarantine task failed: {e}")))??;

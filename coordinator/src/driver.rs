@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 use tracing::{error, info, warn};
 
-use crate::aggregate::{DpFedAvg, l2_norm, read_update_blob};
+use crate::aggregate::{DpFedAvg, decode_update_blob, l2_norm};
 use crate::core::Core;
 use crate::error::{CoordinatorError, Result};
 use crate::ledger::charged_events;
@@ -239,8 +239,8 @@ async fn aggregate(core: &Arc<Core>, round: &RoundRecord) -> Result<()> {
         let mut kept = Vec::new();
         let mut counted_bits = Vec::with_capacity(updates.len());
         for update in &updates {
-            let delta =
-                read_update_blob(std::path::Path::new(&update.blob_path), n, &update.sha256)?;
+            let bytes = registry.blobs().get_blocking(&update.blob_path)?;
+            let delta = decode_update_blob(&bytes, &update.blob_path, n, &update.sha256)?;
             // Never trust a stored norm either: re-check before the delta is summed.
             let norm = l2_norm(&delta);
             if norm.is_nan() || norm > spec.max_upload_norm(n) {

@@ -136,24 +136,17 @@ impl Core {
             .ok_or_else(|| CoordinatorError::NotFound(format!("no frame request {request_id:?}")))
     }
 
-    /// The exports `store_id` owes (for its long poll).
-    pub async fn frame_exports_for(&self, store_id: &str) -> Result<Vec<pb::FrameExportTask>> {
-        let rows = self
-            .store
-            .approved_frame_requests(store_id, now_unix_ms())
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| pb::FrameExportTask {
-                request_id: r.request_id,
-                camera_id: r.camera_id,
-                from_unix_ms: r.from_unix_ms,
-                to_unix_ms: r.to_unix_ms,
-                recipient_public_key: r.recipient_key,
-                expires_unix_ms: r.expires_unix_ms,
-                max_bytes: self.settings.max_export_bytes,
-            })
-            .collect())
+    /// The export task a store is sent (with its long poll) for an approved request.
+    pub fn export_task(&self, r: &FrameRequestRow) -> pb::FrameExportTask {
+        pb::FrameExportTask {
+            request_id: r.request_id.clone(),
+            camera_id: r.camera_id,
+            from_unix_ms: r.from_unix_ms,
+            to_unix_ms: r.to_unix_ms,
+            recipient_public_key: r.recipient_key.clone(),
+            expires_unix_ms: r.expires_unix_ms,
+            max_bytes: self.settings.max_export_bytes,
+        }
     }
 
     /// Checks an export's header against an approved request of this store.

@@ -6,6 +6,7 @@
 pub mod admin_service;
 pub mod aggregate;
 pub mod auth;
+pub mod blobs;
 pub mod budget;
 pub mod config;
 pub mod core;
@@ -17,6 +18,7 @@ pub mod identity;
 pub mod ledger;
 pub mod metrics;
 pub mod node_service;
+pub mod poll_view;
 pub mod presence;
 pub mod privacy;
 pub mod privacy_service;
@@ -91,8 +93,16 @@ impl Coordinator {
                 store::redact_url(&config.database_url)
             )
         })?;
+        let blobs = blobs::BlobStore::open(
+            config.blob_store.as_deref(),
+            &config.data_dir.join("blobs"),
+            &config.blob_store_options,
+        )
+        .context("cannot open the blob store")?;
+        tracing::info!(location = blobs.location(), "blob store");
         let registry = Registry::new(
             store.clone(),
+            blobs,
             config.data_dir.join("models"),
             paths.clone(),
             config.model_expiry_secs,
@@ -119,8 +129,6 @@ impl Coordinator {
             sampling_timeout: config.sampling_timeout,
             overselect: config.overselect,
             online_window: config.online_window,
-            updates_dir: config.data_dir.join("updates"),
-            quarantine_dir: config.data_dir.join("quarantine"),
             frame_request_sweep: config.frame_request_sweep,
             exports_dir: config.data_dir.join("frame-exports"),
             max_export_bytes: config.max_export_bytes,

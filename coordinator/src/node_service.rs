@@ -141,12 +141,8 @@ impl NodeService for NodeApi {
                     wanted.version, wanted.lineage
                 ))
             })?;
-        let weights = tokio::fs::read(&row.weights_path).await.map_err(|e| {
-            Status::from(CoordinatorError::io(
-                format!("cannot read {}", row.weights_path),
-                e,
-            ))
-        })?;
+        // Checked against the recorded digest: weights changed at rest are never served.
+        let weights = self.core.registry.load_weights(&row).await?;
         // The current key set, whatever set was current when the version was signed: nodes
         // must learn of rotations and revocations.
         let registry = self.core.registry.clone();
@@ -154,8 +150,7 @@ impl NodeService for NodeApi {
             .await
             .map_err(|e| Status::internal(format!("key set task failed: {e}")))??;
         tracing::info!(node_id = %peer.name, lineage = %row.lineage, version = row.version, "serving model");
-        // The recorded digest (hashing here would block the runtime); the node checks the
-        // weights against the signed manifest in any case.
+        // The node checks the weights against the signed manifest in any case.
         let sha = hex::decode(&row.weights_sha256).unwrap_or_default();
         let mut chunks = Vec::with_capacity(weights.len() / MAX_CHUNK_BYTES + 3);
         chunks.push(Ok(ModelChunk {

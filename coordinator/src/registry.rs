@@ -1,4 +1,5 @@
-//! The model registry: versions as safetensors files plus signed manifests.
+//! The model registry: versions as safetensors blobs (in the [blob store](crate::blobs)) plus
+//! signed manifests.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use backroom_models::manifest::{
 };
 use backroom_models::{ARCHITECTURE_ID, ShelfNetConfig, TensorSpec};
 
+use crate::blobs::BlobStore;
 use crate::error::{CoordinatorError, Result};
 use crate::identity::PkiPaths;
 use crate::store::{Store, VersionRow};
@@ -20,6 +22,10 @@ pub struct Registry {
 
 struct Inner {
     store: Store,
+    /// Weights and the server optimiser's moments.
+    blobs: BlobStore,
+    /// Each version's manifest and signature, as files for tools reading the data directory
+    /// (the database holds both too).
     models_dir: PathBuf,
     /// Where the signing key and key set are re-read from for every publication.
     pki: PkiPaths,
@@ -34,6 +40,7 @@ impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registry")
             .field("models_dir", &self.inner.models_dir)
+            .field("blobs", &self.inner.blobs)
             .finish_non_exhaustive()
     }
 }
@@ -74,6 +81,7 @@ pub struct Provenance {
 impl Registry {
     pub fn new(
         store: Store,
+        blobs: BlobStore,
         models_dir: PathBuf,
         pki: PkiPaths,
         expiry_secs: u64,
@@ -83,6 +91,7 @@ impl Registry {
         Self {
             inner: Arc::new(Inner {
                 store,
+                blobs,
                 models_dir,
                 pki,
                 expiry_ms: i64::try_from(expiry_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
@@ -91,6 +100,11 @@ impl Registry {
                 key_set_cache: std::sync::Mutex::new(None),
             }),
         }
+    }
+
+    /// Where weights and update blobs are kept.
+    pub fn blobs(&self) -> &BlobStore {
+        &self.inner.blobs
     }
 
     pub fn num_parameters(&self) -> usize {
@@ -183,34 +197,50 @@ impl Registry {
         Ok(set)
     }
 
-    /// Reads a stored version's parameters after checking the file against its recorded hash.
-    /// Blocking: call from `spawn_blocking`.
-    pub fn load_params(&self, row: &VersionRow) -> Result<Vec<f32>> {
-        let bytes = std::fs::read(&row.weights_path).map_err(|e| {
-            CoordinatorError::io(format!("cannot read weights {}", row.weights_path), e)
-        })?;
-        let found = sha256_hex(&bytes);
+    /// Reads a stored version's weights after checking them against their recorded hash.
+    pub async fn load_weights(&self, row: &VersionRow) -> Result<Vec<u8>> {
+        let bytes = self.inner.blobs.get(&row.weights_path).await?;
+        Self::check_weights(row, &bytes)?;
+        Ok(bytes)
+    }
+
+    fn check_weights(row: &VersionRow, bytes: &[u8]) -> Result<()> {
+        let found = sha256_hex(bytes);
         if found != row.weights_sha256 {
             return Err(CoordinatorError::Internal(format!(
-                "weights file {} has SHA-256 {found}, registry says {}",
-                row.weights_path, row.weights_sha256
+                "weights {} of {} v{} have SHA-256 {found}, the registry says {}",
+                row.weights_path, row.lineage, row.version, row.weights_sha256
             )));
         }
+        Ok(())
+    }
+
+    /// Reads a stored version's parameters after checking the weights against their recorded
+    /// hash. Blocking: call from `spawn_blocking`.
+    pub fn load_params(&self, row: &VersionRow) -> Result<Vec<f32>> {
+        let bytes = self.inner.blobs.get_blocking(&row.weights_path)?;
+        Self::check_weights(row, &bytes)?;
         Ok(backroom_models::from_safetensors(
             &self.inner.layout,
             &bytes,
         )?)
     }
 
-    /// Where the server optimiser's moments after `version` of `lineage` are kept: two files
-    /// in the parameters' own safetensors layout, first and second moment.
-    fn moments_paths(&self, lineage: &str, version: u64) -> [PathBuf; 2] {
+    /// Where the server optimiser's moments after `version` of `lineage` are kept: two blobs
+    /// named by lineage and version, first and second moment, in the parameters' own
+    /// safetensors layout.
+    fn moments_names(lineage: &str, version: u64) -> [String; 2] {
+        ["m", "v"].map(|which| format!("moments/{lineage}/v{version}-{which}.safetensors"))
+    }
+
+    /// The files a coordinator kept them in before the blob store (read if present).
+    fn legacy_moments_paths(&self, lineage: &str, version: u64) -> [PathBuf; 2] {
         let dir = self.inner.models_dir.join(lineage);
         ["m", "v"].map(|which| dir.join(format!("v{version}.server-{which}.safetensors")))
     }
 
     /// The server optimiser's moments saved with `version`, or `None` when that version was not
-    /// made by FedAdam/FedYogi (the next such round starts from fresh moments). A file that is
+    /// made by FedAdam/FedYogi (the next such round starts from fresh moments). A blob that is
     /// present but unreadable, or only one of the two, is an error: a corrupted optimiser state
     /// must not silently restart or steer the weights. Blocking: call from `spawn_blocking`.
     pub fn load_moments(
@@ -218,30 +248,37 @@ impl Registry {
         lineage: &str,
         version: u64,
     ) -> Result<Option<crate::strategy::Moments>> {
-        let [first, second] = self.moments_paths(lineage, version);
-        let read = |path: &Path| -> Result<Option<Vec<f32>>> {
-            match std::fs::read(path) {
-                Ok(bytes) => backroom_models::from_safetensors(&self.inner.layout, &bytes)
-                    .map(Some)
-                    .map_err(|e| {
-                        CoordinatorError::Internal(format!(
-                            "server optimiser state {} is unreadable ({e}); remove both \
-                             v{version}.server-*.safetensors files to restart the moments",
-                            path.display()
-                        ))
-                    }),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(CoordinatorError::io(
-                    format!("cannot read {}", path.display()),
-                    e,
-                )),
-            }
+        let names = Self::moments_names(lineage, version);
+        let legacy = self.legacy_moments_paths(lineage, version);
+        let read = |name: &str, legacy: &Path| -> Result<Option<Vec<f32>>> {
+            let bytes = match self.inner.blobs.get_named_blocking(name)? {
+                Some(bytes) => bytes,
+                None => match std::fs::read(legacy) {
+                    Ok(bytes) => bytes,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => {
+                        return Err(CoordinatorError::io(
+                            format!("cannot read {}", legacy.display()),
+                            e,
+                        ));
+                    }
+                },
+            };
+            backroom_models::from_safetensors(&self.inner.layout, &bytes)
+                .map(Some)
+                .map_err(|e| {
+                    CoordinatorError::Internal(format!(
+                        "server optimiser state {name} in {} is unreadable ({e}); remove both \
+                         moment blobs of v{version} to restart the moments",
+                        self.inner.blobs.location()
+                    ))
+                })
         };
-        match (read(&first)?, read(&second)?) {
+        match (read(&names[0], &legacy[0])?, read(&names[1], &legacy[1])?) {
             (Some(first), Some(second)) => Ok(Some(crate::strategy::Moments { first, second })),
             (None, None) => Ok(None),
             _ => Err(CoordinatorError::Internal(format!(
-                "only one of the server optimiser's two moment files exists for {lineage} \
+                "only one of the server optimiser's two moment blobs exists for {lineage} \
                  v{version}; remove it to restart the moments"
             ))),
         }
@@ -255,11 +292,10 @@ impl Registry {
         version: u64,
         moments: &crate::strategy::Moments,
     ) -> Result<()> {
-        create_dir_durably(&self.inner.models_dir.join(lineage))?;
-        let [first, second] = self.moments_paths(lineage, version);
-        for (path, values) in [(first, &moments.first), (second, &moments.second)] {
+        let names = Self::moments_names(lineage, version);
+        for (name, values) in names.iter().zip([&moments.first, &moments.second]) {
             let bytes = backroom_models::to_safetensors(&self.inner.layout, values)?;
-            write_durably(&path, &bytes)?;
+            self.inner.blobs.put_named_blocking(name, bytes)?;
         }
         Ok(())
     }
@@ -280,8 +316,9 @@ impl Registry {
         let weights = backroom_models::to_safetensors(&self.inner.layout, params)?;
         let dir = self.inner.models_dir.join(lineage);
         create_dir_durably(&dir)?;
-        let path = dir.join(format!("v{version}.safetensors"));
-        write_durably(&path, &weights)?;
+        let weights_sha256 = sha256_hex(&weights);
+        let weights_size = weights.len() as u64;
+        let reference = self.inner.blobs.put_blocking(weights)?;
 
         let now = now_unix_ms();
         let architecture_config = serde_json::to_value(&self.inner.model_config)
@@ -295,8 +332,8 @@ impl Registry {
             architecture: ARCHITECTURE_ID.to_owned(),
             architecture_config,
             num_parameters: params.len() as u64,
-            weights_sha256: sha256_hex(&weights),
-            weights_size: weights.len() as u64,
+            weights_sha256,
+            weights_size,
             dp: provenance.dp.clone(),
             epsilon_spent: provenance.epsilon_spent,
             delta: provenance.delta,
@@ -317,7 +354,7 @@ impl Registry {
             parent_version: provenance.parent_version,
             round_id: provenance.round_id.clone(),
             weights_sha256: manifest.weights_sha256,
-            weights_path: path.display().to_string(),
+            weights_path: reference,
             manifest: manifest_bytes,
             signature: signature.to_vec(),
             created_unix_ms: now,

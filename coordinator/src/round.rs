@@ -424,6 +424,7 @@ pub struct RoundRecord {
     pub updates_refused: u32,
     pub created_unix_ms: i64,
     pub updated_unix_ms: i64,
+    /// In byte order.
     pub sampled_nodes: Vec<String>,
     pub updates_accepted: u32,
     /// Poisson sampling rate q, fixed when the round was admitted (the accountant's q).

@@ -129,6 +129,17 @@ impl<'q> BindOptionalF64 for sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArg
 /// Key of the PostgreSQL advisory lock that write transactions take (see [`Store::begin_write`]).
 const POSTGRES_WRITE_LOCK: i64 = 0x6261_636b_726f_6f6d; // "backroom"
 
+/// A training round as the long polls see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PollRound {
+    pub round_id: String,
+    pub created_unix_ms: i64,
+    pub training_deadline_unix_ms: i64,
+    pub sampled: std::collections::HashSet<String>,
+    /// Nodes whose update for the round is recorded.
+    pub uploaded: std::collections::HashSet<String>,
+}
+
 /// See [`Store::round_progress`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RoundProgress {
@@ -382,11 +393,13 @@ impl Store {
             .bind(&round_id)
             .fetch_one(&self.pool)
             .await?;
-        let sampled_nodes: Vec<String> = joined
+        let mut sampled_nodes: Vec<String> = joined
             .as_deref()
             .filter(|j| !j.is_empty())
             .map(|j| j.split(',').map(str::to_owned).collect())
             .unwrap_or_default();
+        // In byte order whatever the database's collation (uploads look nodes up by bisection).
+        sampled_nodes.sort_unstable();
         let extras = sqlx::query(
             "SELECT (SELECT COUNT(*) FROM round_updates WHERE round_id = $1) AS accepted, \
              (SELECT epsilon_after FROM privacy_ledger WHERE round_id = $2 LIMIT 1) AS epsilon_after, \
@@ -590,6 +603,49 @@ impl Store {
         .bind(now)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    /// Every training round with its participants and the nodes that have uploaded in it, for
+    /// the long polls' shared view ([`crate::poll_view`]); each list is read as one comma-joined
+    /// value, so a round of thousands of stores is one row.
+    pub async fn training_rounds_for_polls(&self) -> Result<Vec<PollRound>> {
+        let sql = match self.backend {
+            Backend::Sqlite => {
+                "SELECT r.round_id, r.created_unix_ms, r.training_deadline_unix_ms, \
+                 (SELECT group_concat(node_id, ',') FROM round_participants p \
+                  WHERE p.round_id = r.round_id) AS sampled, \
+                 (SELECT group_concat(node_id, ',') FROM round_updates u \
+                  WHERE u.round_id = r.round_id) AS uploaded \
+                 FROM rounds r WHERE r.state = 'training' ORDER BY r.created_unix_ms"
+            }
+            Backend::Postgres => {
+                "SELECT r.round_id, r.created_unix_ms, r.training_deadline_unix_ms, \
+                 (SELECT string_agg(node_id, ',') FROM round_participants p \
+                  WHERE p.round_id = r.round_id) AS sampled, \
+                 (SELECT string_agg(node_id, ',') FROM round_updates u \
+                  WHERE u.round_id = r.round_id) AS uploaded \
+                 FROM rounds r WHERE r.state = 'training' ORDER BY r.created_unix_ms"
+            }
+        };
+        let rows = sqlx::query(sql).fetch_all(&self.pool).await?;
+        let split = |joined: Option<String>| -> std::collections::HashSet<String> {
+            joined
+                .as_deref()
+                .filter(|j| !j.is_empty())
+                .map(|j| j.split(',').map(str::to_owned).collect())
+                .unwrap_or_default()
+        };
+        rows.iter()
+            .map(|row| {
+                Ok(PollRound {
+                    round_id: row.try_get("round_id")?,
+                    created_unix_ms: row.try_get("created_unix_ms")?,
+                    training_deadline_unix_ms: row.try_get("training_deadline_unix_ms")?,
+                    sampled: split(row.try_get("sampled")?),
+                    uploaded: split(row.try_get("uploaded")?),
+                })
+            })
+            .collect()
     }
 
     // ---- updates ----

@@ -300,6 +300,14 @@ async fn a_round_moves_only_along_legal_transitions(store: &Store) {
     assert_eq!(ok(store.pending_tasks_for("node-a", 100).await), ["r1"]);
     assert!(ok(store.pending_tasks_for("node-a", 5_000).await).is_empty());
     assert!(ok(store.pending_tasks_for("node-z", 100).await).is_empty());
+    let for_polls = ok(store.training_rounds_for_polls().await);
+    assert_eq!(for_polls.len(), 1);
+    assert_eq!(for_polls[0].round_id, "r1");
+    assert_eq!(for_polls[0].training_deadline_unix_ms, 5_000);
+    let mut sampled: Vec<&str> = for_polls[0].sampled.iter().map(String::as_str).collect();
+    sampled.sort_unstable();
+    assert_eq!(sampled, ["node-a", "node-b"]);
+    assert!(for_polls[0].uploaded.is_empty());
 
     assert!(ok(store
         .transition(
@@ -352,6 +360,14 @@ async fn updates_are_recorded_once_and_only_while_training(store: &Store) {
     assert_eq!(updates[0].norm, 0.75);
     assert_eq!(updates[0].blob_path, "updates/r1/node-0.bin");
     assert!(ok(store.pending_tasks_for("node-0", 300).await).is_empty());
+    let for_polls = ok(store.training_rounds_for_polls().await);
+    let r1 = for_polls
+        .iter()
+        .find(|r| r.round_id == "r1")
+        .unwrap_or_else(|| panic!("r1 is training"));
+    let mut uploaded: Vec<&str> = r1.uploaded.iter().map(String::as_str).collect();
+    uploaded.sort_unstable();
+    assert_eq!(uploaded, ["node-0", "node-1"]);
 
     ok(store.count_refused("r1").await);
     ok(store.count_refused("r1").await);
@@ -830,6 +846,8 @@ async fn frame_requests_follow_their_states_with_a_trail(store: &Store) {
     assert_eq!(approved.len(), 1);
     assert_eq!(approved[0].decided_by, "privacy-officer");
     assert!(ok(store.approved_frame_requests("store-b", 400).await).is_empty());
+    assert_eq!(ok(store.all_approved_frame_requests(400).await), approved);
+    assert!(ok(store.all_approved_frame_requests(5_000).await).is_empty());
     // The wrong store cannot deliver it.
     assert!(
         store

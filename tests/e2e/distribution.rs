@@ -34,8 +34,15 @@ fn now_ms() -> i64 {
 fn release_from_v1(sandbox: &Sandbox, version: u64, shift: f32) -> (Manifest, Vec<u8>) {
     // Read as an attacker would, without verification (v1's signer may be revoked by now).
     let layout = backroom_models::parameter_layout(&ShelfNetConfig::new());
-    let [v1_manifest, _, v1_weights] =
+    let [v1_manifest, _] =
         backroom::evaluate::version_files(&sandbox.coordinator_dir, "shelfnet", 1);
+    let v1_weights = backroom::evaluate::weights_file(
+        &sandbox.coordinator_dir,
+        "shelfnet",
+        1,
+        &read(&v1_manifest),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
     let params: Vec<f32> = backroom_models::from_safetensors(&layout, &read(&v1_weights))
         .unwrap_or_else(|e| panic!("{e}"))
         .iter()
@@ -204,9 +211,17 @@ async fn refused_with_old_model_serving(threat: Threat, dir: &std::path::Path) -
             "SHA-256"
         }
         Threat::Rollback => {
-            let [m1, s1, w1] =
+            let [m1, s1] =
                 backroom::evaluate::version_files(&sandbox.coordinator_dir, "shelfnet", 1);
-            let (manifest, signature, weights) = (read(&m1), read(&s1), read(&w1));
+            let (manifest, signature) = (read(&m1), read(&s1));
+            let w1 = backroom::evaluate::weights_file(
+                &sandbox.coordinator_dir,
+                "shelfnet",
+                1,
+                &manifest,
+            )
+            .unwrap_or_else(|e| panic!("{e:#}"));
+            let weights = read(&w1);
             plant(&mut sandbox, 2, &manifest, &signature, &weights, true).await;
             "rollback refused"
         }

@@ -13,6 +13,7 @@ mod postgres;
 mod privacy;
 mod redaction;
 mod refusals;
+mod s3;
 mod store_privacy;
 mod strategies;
 mod support;

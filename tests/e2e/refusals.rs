@@ -244,20 +244,39 @@ async fn a_node_refuses_a_model_altered_by_one_byte_and_keeps_its_old_one() {
         .unwrap_or_else(|e| panic!("{e}"));
     }
 
-    // Weights altered by one byte.
-    let weights = sandbox
-        .coordinator_dir
-        .join("models/shelfnet/v2.safetensors");
-    let original = read(&weights);
-    let mut tampered = original.clone();
+    // Weights altered by one byte. The coordinator checks weights against the digest it
+    // recorded before serving them, so the altered bytes are recorded with their own digest
+    // (storage and database both changed, the signing key not): the node's check must refuse.
+    let pool = coordinator_db(&sandbox).await;
+    let (reference, recorded_sha): (String, String) =
+        sqlx::query_as("SELECT weights_path, weights_sha256 FROM model_versions WHERE version = 2")
+            .fetch_one(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    let blob = backroom_coordinator::blobs::local_blob_path(
+        &sandbox.coordinator_dir.join("blobs"),
+        reference.trim_start_matches("sha256:"),
+    );
+    let mut tampered = read(&blob);
     let last = tampered.len() - 1;
     tampered[last] ^= 0x01;
-    std::fs::write(&weights, &tampered).unwrap_or_else(|e| panic!("{e}"));
+    let altered = sandbox.coordinator_dir.join("altered-v2.safetensors");
+    std::fs::write(&altered, &tampered).unwrap_or_else(|e| panic!("{e}"));
+    sqlx::query("UPDATE model_versions SET weights_path = ?, weights_sha256 = ? WHERE version = 2")
+        .bind(altered.display().to_string())
+        .bind(hex::encode(Sha256::digest(&tampered)))
+        .execute(&pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     expect_refusal_keeping_v1(&mut sandbox, "weights").await;
-    std::fs::write(&weights, &original).unwrap_or_else(|e| panic!("{e}"));
+    sqlx::query("UPDATE model_versions SET weights_path = ?, weights_sha256 = ? WHERE version = 2")
+        .bind(&reference)
+        .bind(&recorded_sha)
+        .execute(&pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
 
     // Manifest and signature altered by one byte (the coordinator serves them from its database).
-    let pool = coordinator_db(&sandbox).await;
     for column in ["manifest", "signature"] {
         let original = flip_version_column(&pool, column, 2).await;
         expect_refusal_keeping_v1(&mut sandbox, column).await;
@@ -551,13 +570,13 @@ async fn bad_updates_are_refused_with_clear_statuses_and_the_round_continues() {
         assert_eq!(q.sha256, hex::encode(sha(sent)), "{}", q.reason);
         assert_eq!(!q.blob_path.is_empty(), kept, "{}", q.reason);
         if kept {
-            assert_eq!(
-                read(std::path::Path::new(&q.blob_path)),
-                sent,
-                "{}",
-                q.reason
+            // Kept in the blob store under its content's digest.
+            assert_eq!(q.blob_path, format!("sha256:{}", q.sha256), "{}", q.reason);
+            let blob = backroom_coordinator::blobs::local_blob_path(
+                &sandbox.coordinator_dir.join("blobs"),
+                &q.sha256,
             );
-            assert!(q.blob_path.contains("quarantine"), "{}", q.blob_path);
+            assert_eq!(read(&blob), sent, "{}", q.reason);
         }
     }
     let all = sandbox

@@ -73,9 +73,9 @@ async fn fedadam_carries_its_moments_and_the_median_is_exact() {
         for which in ["m", "v"] {
             let path = sandbox
                 .coordinator_dir
-                .join("models")
+                .join("blobs/moments")
                 .join(&sandbox.lineage)
-                .join(format!("v{version}.server-{which}.safetensors"));
+                .join(format!("v{version}-{which}.safetensors"));
             assert!(path.is_file(), "{} is missing", path.display());
         }
         wait_installed(&sandbox, version).await;

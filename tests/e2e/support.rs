@@ -55,26 +55,50 @@ pub fn round_updates(sandbox: &Sandbox, round_id: &str) -> Vec<(PathBuf, Vec<f32
     updates_in(&sandbox.coordinator_dir, round_id)
 }
 
-/// The stored update blobs of a round in a coordinator data directory.
+/// The stored update blobs of a round in a coordinator data directory (embedded database, local
+/// blob store), in node order: where each is and its values.
 pub fn updates_in(coordinator_dir: &Path, round_id: &str) -> Vec<(PathBuf, Vec<f32>)> {
-    let dir = coordinator_dir.join("updates").join(round_id);
-    let mut out = Vec::new();
-    let mut entries: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "f32"))
-        .collect();
-    entries.sort();
-    for path in entries {
-        let bytes = std::fs::read(&path).unwrap_or_default();
-        let values = bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        out.push((path, values));
-    }
-    out
+    let db = coordinator_dir.join("coordinator.db");
+    let round = round_id.to_owned();
+    // Called from async tests: the database is read on a thread of its own.
+    let rows: Vec<(String, String)> = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        runtime.block_on(async {
+            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", db.display()));
+            let rows = sqlx::query_as(
+                "SELECT node_id, blob_path FROM round_updates WHERE round_id = ? ORDER BY node_id",
+            )
+            .bind(round)
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+            pool.close().await;
+            rows
+        })
+    })
+    .join()
+    .unwrap_or_else(|_| panic!("the database thread panicked"));
+    let blobs = coordinator_dir.join("blobs");
+    rows.into_iter()
+        .map(|(_, reference)| {
+            let path = match reference.strip_prefix("sha256:") {
+                Some(hex) => backroom_coordinator::blobs::local_blob_path(&blobs, hex),
+                None => PathBuf::from(reference),
+            };
+            let bytes = std::fs::read(&path)
+                .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+            let values = bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            (path, values)
+        })
+        .collect()
 }
 
 pub fn params_of(sandbox: &Sandbox, version: u64) -> Vec<f32> {

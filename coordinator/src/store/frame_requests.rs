@@ -211,6 +211,19 @@ impl Store {
         rows.iter().map(request_from_row).collect()
     }
 
+    /// Every approved, unexpired request of every store, oldest first (for the long polls'
+    /// shared view).
+    pub async fn all_approved_frame_requests(&self, now: i64) -> Result<Vec<FrameRequestRow>> {
+        let rows = sqlx::query(
+            "SELECT * FROM frame_requests WHERE state = 'approved' AND expires_unix_ms > $1 \
+             ORDER BY created_unix_ms",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(request_from_row).collect()
+    }
+
     /// Records a received export: `approved` → `delivered`, only while unexpired.
     pub async fn mark_frames_delivered(
         &self,
