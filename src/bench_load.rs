@@ -263,9 +263,22 @@ enum Server {
     },
     Child {
         addr: std::net::SocketAddr,
-        child: std::process::Child,
+        child: KillOnDrop,
         log: PathBuf,
     },
+}
+
+/// A child process killed if it is still running when dropped (a run that fails half-way
+/// leaves no coordinator behind).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 impl Server {
@@ -341,7 +354,11 @@ impl Server {
                 );
             }
             if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return Ok(Self::Child { addr, child, log });
+                return Ok(Self::Child {
+                    addr,
+                    child: KillOnDrop(child),
+                    log,
+                });
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
@@ -364,7 +381,7 @@ impl Server {
     fn child_rss(&self) -> Option<(u64, u64)> {
         match self {
             Self::InProcess { .. } => None,
-            Self::Child { child, .. } => Some(crate::bench_aggregate::rss_of(child.id())),
+            Self::Child { child, .. } => Some(crate::bench_aggregate::rss_of(child.0.id())),
         }
     }
 
@@ -382,16 +399,16 @@ impl Server {
             }
             Self::Child { mut child, log, .. } => {
                 let signalled = std::process::Command::new("kill")
-                    .args(["-TERM", &child.id().to_string()])
+                    .args(["-TERM", &child.0.id().to_string()])
                     .status()
                     .is_ok_and(|s| s.success());
                 if !signalled {
-                    let _ = child.kill();
+                    let _ = child.0.kill();
                 }
                 let deadline = Instant::now() + Duration::from_secs(30);
                 loop {
                     if let Some(status) =
-                        child.try_wait().context("cannot watch the coordinator")?
+                        child.0.try_wait().context("cannot watch the coordinator")?
                     {
                         anyhow::ensure!(
                             status.success(),
@@ -401,8 +418,8 @@ impl Server {
                         return Ok(());
                     }
                     if Instant::now() > deadline {
-                        let _ = child.kill();
-                        let _ = child.wait();
+                        let _ = child.0.kill();
+                        let _ = child.0.wait();
                         anyhow::bail!("the coordinator did not stop within 30 s of SIGTERM");
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;

@@ -44,6 +44,8 @@ struct Inner {
     location: String,
     /// The runtime the store was opened on, for the blocking calls.
     runtime: tokio::runtime::Handle,
+    /// Local directories whose own entry is known durable (synced in their parent once).
+    durable_dirs: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
 }
 
 impl std::fmt::Debug for BlobStore {
@@ -179,6 +181,7 @@ impl BlobStore {
                 local,
                 location,
                 runtime,
+                durable_dirs: std::sync::Mutex::default(),
             }),
         })
     }
@@ -294,7 +297,8 @@ impl BlobStore {
             let path = fs
                 .path_to_filesystem(key)
                 .map_err(|e| blob_error(format!("cannot locate {key}"), e))?;
-            tokio::task::spawn_blocking(move || sync_file_and_dir(&path))
+            let this = self.clone();
+            tokio::task::spawn_blocking(move || this.sync_file_and_dir(&path))
                 .await
                 .map_err(|e| CoordinatorError::Internal(format!("blob sync task failed: {e}")))??;
         }
@@ -315,19 +319,39 @@ impl BlobStore {
     }
 }
 
-/// fsync of a file and of its directories (so the rename that put it there survives a crash).
-fn sync_file_and_dir(path: &Path) -> Result<()> {
-    let file = std::fs::File::open(path)
-        .map_err(|e| CoordinatorError::io(format!("cannot open {}", path.display()), e))?;
-    file.sync_all()
-        .map_err(|e| CoordinatorError::io(format!("cannot sync {}", path.display()), e))?;
-    // The blob's directory, and the one above it (`sha256/ab/` may be new).
-    for dir in path.ancestors().skip(1).take(2) {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| CoordinatorError::io(format!("cannot sync {}", dir.display()), e))?;
+impl BlobStore {
+    /// fsync of a local blob and of its directory (so the rename that put it there survives a
+    /// crash), and, the first time this process puts a blob there, of the directory above (the
+    /// blob's directory may be new).
+    fn sync_file_and_dir(&self, path: &Path) -> Result<()> {
+        let sync = |path: &Path| {
+            std::fs::File::open(path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| CoordinatorError::io(format!("cannot sync {}", path.display()), e))
+        };
+        sync(path)?;
+        let Some(dir) = path.parent() else {
+            return Ok(());
+        };
+        sync(dir)?;
+        let known = self
+            .inner
+            .durable_dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(dir);
+        if !known {
+            if let Some(parent) = dir.parent() {
+                sync(parent)?;
+            }
+            self.inner
+                .durable_dirs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(dir.to_owned());
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]

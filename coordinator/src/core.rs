@@ -40,6 +40,9 @@ pub struct Settings {
     pub publish_rounds_to_stable: bool,
 }
 
+/// A round read once for the polls and uploads of one poll generation.
+type RoundCell = Arc<tokio::sync::OnceCell<Arc<RoundRecord>>>;
+
 /// What a poll found for a node.
 #[derive(Debug)]
 pub struct Polled {
@@ -77,12 +80,10 @@ pub struct Core {
     presence: Presence,
     /// Accepted updates' rows, committed in groups ([`crate::group_commit`]).
     update_commits: Arc<UpdateCommits>,
-    /// The last training round's task (the same for every sampled store).
-    task_cache: std::sync::Mutex<Option<TrainTask>>,
     /// What long polls answer, read once per poll generation ([`crate::poll_view`]).
     poll_views: PollViews,
-    /// The training round last read for an upload, with the poll generation it was read in.
-    upload_round: std::sync::Mutex<Option<(u64, Arc<RoundRecord>)>>,
+    /// The round last read for polls and uploads, with the poll generation it was read in.
+    generation_round: std::sync::Mutex<Option<(u64, String, RoundCell)>>,
 }
 
 impl Core {
@@ -95,9 +96,8 @@ impl Core {
         Self {
             presence: Presence::new(settings.online_window),
             update_commits: UpdateCommits::new(store.clone()),
-            task_cache: std::sync::Mutex::new(None),
             poll_views: PollViews::default(),
-            upload_round: std::sync::Mutex::new(None),
+            generation_round: std::sync::Mutex::new(None),
             store,
             registry,
             settings,
@@ -570,21 +570,13 @@ impl Core {
         Ok(Arc::clone(view))
     }
 
-    /// The task of a training round (the same for every sampled store, so read once per round).
+    /// The task of a training round (the same for every sampled store; the round is read once
+    /// per poll generation however many polls ask at once).
     async fn task_of(&self, round_id: &str) -> Result<TrainTask> {
-        if let Some(task) = self
-            .task_cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .filter(|task| task.round_id == round_id)
-        {
-            return Ok(task.clone());
-        }
-        let round = self.round(round_id).await?;
-        let task = TrainTask {
-            round_id: round.round_id,
-            lineage: round.lineage,
+        let round = self.round_for_generation(round_id).await?;
+        Ok(TrainTask {
+            round_id: round.round_id.clone(),
+            lineage: round.lineage.clone(),
             base_version: round.base_version,
             local_steps: round.spec.local_steps,
             batch_size: round.spec.batch_size,
@@ -595,24 +587,37 @@ impl Core {
             noise_stddev: round.spec.node_noise_stddev(),
             report_within_clip: round.spec.adaptive_clipping.is_some(),
             proximal_mu: round.spec.proximal_mu,
-        };
-        *self.task_cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.clone());
-        Ok(task)
+        })
     }
 
     // ---- updates ----
 
-    /// The round uploads are checked against, if it was read training in the current poll
-    /// generation (every change of a round's state bumps it), so a thousand uploads do not read
-    /// a round of a thousand participants a thousand times.
-    fn cached_upload_round(&self, round_id: &str) -> Option<Arc<RoundRecord>> {
+    /// A round as read once per poll generation (every change of a round's state bumps it) by
+    /// the first poll or upload that asks, shared with the others: ten thousand polls or
+    /// uploads arriving together read a round of ten thousand participants once, not ten
+    /// thousand times.
+    async fn round_for_generation(&self, round_id: &str) -> Result<Arc<RoundRecord>> {
         let generation = *self.poll_changes.borrow();
-        self.upload_round
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .filter(|(g, round)| *g == generation && round.round_id == round_id)
-            .map(|(_, round)| Arc::clone(round))
+        let cell = {
+            let mut slot = self
+                .generation_round
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            match slot.as_ref() {
+                Some((g, id, cell)) if *g == generation && id == round_id => Arc::clone(cell),
+                _ => {
+                    let cell = RoundCell::default();
+                    *slot = Some((generation, round_id.to_owned(), Arc::clone(&cell)));
+                    cell
+                }
+            }
+        };
+        let round = cell
+            .get_or_try_init(|| async {
+                Ok::<_, CoordinatorError>(Arc::new(self.round(round_id).await?))
+            })
+            .await?;
+        Ok(Arc::clone(round))
     }
 
     /// Checks an upload's header before any data is read. Returns the round.
@@ -621,37 +626,22 @@ impl Core {
         node_id: &str,
         header: &UpdateHeader,
     ) -> Result<Arc<RoundRecord>> {
-        let already = || {
-            CoordinatorError::AlreadyExists(format!(
+        let round = self.round_for_generation(&header.round_id).await?;
+        // First, so a re-sent update is told it already arrived even if its arrival closed
+        // the round. While the round trains, an update this process accepted is refused here
+        // and one it did not see (before a restart, or another replica's) when its row is not
+        // inserted.
+        let already = if round.state == RoundState::Training {
+            self.poll_views.was_uploaded(&round.round_id, node_id)
+        } else {
+            self.store.has_update(&round.round_id, node_id).await?
+        };
+        if already {
+            return Err(CoordinatorError::AlreadyExists(format!(
                 "node {node_id} already sent its update for round {}",
-                header.round_id
-            ))
-        };
-        let round = match self.cached_upload_round(&header.round_id) {
-            // Training as of the current poll generation: the state check below holds. An
-            // update this process accepted is refused here; one it did not see (another
-            // replica's) is refused when its row is not inserted.
-            Some(cached) => {
-                if self.poll_views.was_uploaded(&header.round_id, node_id) {
-                    return Err(already());
-                }
-                cached
-            }
-            None => {
-                let generation = *self.poll_changes.borrow();
-                let round = Arc::new(self.round(&header.round_id).await?);
-                // First, so a re-sent update is told it already arrived even if its arrival
-                // closed the round.
-                if self.store.has_update(&round.round_id, node_id).await? {
-                    return Err(already());
-                }
-                if round.state == RoundState::Training {
-                    *self.upload_round.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some((generation, Arc::clone(&round)));
-                }
-                round
-            }
-        };
+                round.round_id
+            )));
+        }
         if round.state != RoundState::Training {
             return Err(CoordinatorError::FailedPrecondition(format!(
                 "round {} is {}, not accepting updates",
