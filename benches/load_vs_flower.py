@@ -83,7 +83,8 @@ def flower_rounds(clients: int, rounds: int) -> list[float]:
 
 def backroom_rounds(binary: str, clients: int, rounds: int) -> list[float]:
     out = subprocess.run(
-        [binary, "bench", "load", "--nodes", str(clients), "--rounds", str(rounds), "--json"],
+        [binary, "bench", "load", "--nodes", str(clients), "--rounds", str(rounds),
+         "--metric-sync-secs", "0", "--json"],
         check=True,
         capture_output=True,
         text=True,

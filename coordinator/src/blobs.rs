@@ -197,18 +197,34 @@ impl BlobStore {
     }
 
     /// Stores `bytes` under their SHA-256 (once: the same bytes again are not rewritten) and
-    /// returns the reference to record. Durable when it returns.
+    /// returns the reference to record. Durable when it returns. Hashes on a blocking thread.
     pub async fn put(&self, bytes: Vec<u8>) -> Result<String> {
-        let hex = backroom_models::manifest::sha256_hex(&bytes);
-        let key = content_key(&hex);
+        let (bytes, hex) = tokio::task::spawn_blocking(move || {
+            let hex = backroom_models::manifest::sha256_hex(&bytes);
+            (bytes, hex)
+        })
+        .await
+        .map_err(|e| CoordinatorError::Internal(format!("blob hashing task failed: {e}")))?;
+        self.put_hashed(bytes, &hex).await
+    }
+
+    /// [`BlobStore::put`] of bytes whose SHA-256 (lowercase hex) the caller computed.
+    pub async fn put_hashed(&self, bytes: Vec<u8>, hex: &str) -> Result<String> {
+        let reference = format!("{REFERENCE_PREFIX}{hex}");
+        if digest_of(&reference).is_none() {
+            return Err(CoordinatorError::Internal(format!(
+                "{hex:?} is not a SHA-256 digest"
+            )));
+        }
+        let key = content_key(hex);
         match self.inner.store.head(&key).await {
             // The key is the content's digest: what is there is these bytes (reads check it).
-            Ok(_) => return Ok(format!("{REFERENCE_PREFIX}{hex}")),
+            Ok(_) => return Ok(reference),
             Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(blob_error(format!("cannot look up {key}"), e)),
         }
         self.put_key(&key, bytes).await?;
-        Ok(format!("{REFERENCE_PREFIX}{hex}"))
+        Ok(reference)
     }
 
     /// Reads the blob `reference` names and checks it against its digest. A file path (a row
@@ -268,8 +284,12 @@ impl BlobStore {
 
     /// [`BlobStore::put`] from a blocking thread (`spawn_blocking`); never call the blocking
     /// forms on the runtime's own threads.
+    ///
+    /// It holds its thread while the store's own I/O runs on others: for calls that are few at
+    /// a time (a publication, an aggregation), not for work done per request.
     pub fn put_blocking(&self, bytes: Vec<u8>) -> Result<String> {
-        self.inner.runtime.block_on(self.put(bytes))
+        let hex = backroom_models::manifest::sha256_hex(&bytes);
+        self.inner.runtime.block_on(self.put_hashed(bytes, &hex))
     }
 
     /// [`BlobStore::get`] from a blocking thread (`spawn_blocking`).

@@ -699,21 +699,18 @@ impl Core {
         within_clip: bool,
     ) -> Result<u32> {
         Self::check_update_norm(round, delta.len(), norm)?;
-        let blobs = self.registry.blobs().clone();
-        // Encoding, hashing and a local store's file write off the runtime; durable (and
-        // content-addressed, so a retry of the same bytes finds them there) before the row.
-        let (reference, digest) =
-            tokio::task::spawn_blocking(move || -> Result<(String, String)> {
-                let bytes: Vec<u8> = delta.iter().flat_map(|v| v.to_le_bytes()).collect();
-                let reference = blobs.put_blocking(bytes)?;
-                let digest = reference
-                    .strip_prefix(crate::blobs::REFERENCE_PREFIX)
-                    .unwrap_or_default()
-                    .to_owned();
-                Ok((reference, digest))
-            })
-            .await
-            .map_err(|e| CoordinatorError::Internal(format!("update write task failed: {e}")))??;
+        // Encoding and hashing off the runtime, then stored (durable, and content-addressed, so
+        // a retry of the same bytes finds them there) before the row. Not one blocking call:
+        // a thousand uploads holding blocking threads while the store's own file work waits
+        // for one would exhaust the pool.
+        let (bytes, digest) = tokio::task::spawn_blocking(move || {
+            let bytes: Vec<u8> = delta.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let digest = backroom_models::manifest::sha256_hex(&bytes);
+            (bytes, digest)
+        })
+        .await
+        .map_err(|e| CoordinatorError::Internal(format!("update encoding task failed: {e}")))?;
+        let reference = self.registry.blobs().put_hashed(bytes, &digest).await?;
         let inserted = self
             .update_commits
             .insert(UpdateRow {
@@ -794,19 +791,17 @@ impl Core {
             .await?
             < QUARANTINE_BLOBS_PER_NODE_AND_ROUND;
         let received_bytes = received.len() as u64;
-        let blobs = self.registry.blobs().clone();
-        // Hashing (and a local store's file write) off the runtime.
-        let (digest, blob_path) =
-            tokio::task::spawn_blocking(move || -> Result<(String, Option<String>)> {
-                let digest = backroom_models::manifest::sha256_hex(&received);
-                if !keep {
-                    return Ok((digest, None));
-                }
-                let reference = blobs.put_blocking(received)?;
-                Ok((digest, Some(reference)))
-            })
-            .await
-            .map_err(|e| CoordinatorError::Internal(format!("quarantine task failed: {e}")))??;
+        let (received, digest) = tokio::task::spawn_blocking(move || {
+            let digest = backroom_models::manifest::sha256_hex(&received);
+            (received, digest)
+        })
+        .await
+        .map_err(|e| CoordinatorError::Internal(format!("quarantine hashing task failed: {e}")))?;
+        let blob_path = if keep {
+            Some(self.registry.blobs().put_hashed(received, &digest).await?)
+        } else {
+            None
+        };
         self.store
             .insert_quarantined(&QuarantineRow {
                 round_id: round_id.to_owned(),

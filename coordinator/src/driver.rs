@@ -140,7 +140,10 @@ async fn sample(core: &Core, round: &RoundRecord) -> Result<()> {
                 .start_training(&round.round_id, &online, expected_clients, deadline, now)
                 .await?
             {
-                info!(round_id = %round.round_id, sampled = ?online, "round sampled");
+                // The count at info (a chain's round may sample thousands of stores); the names
+                // at debug and in the round's record (`backroom round get`).
+                info!(round_id = %round.round_id, sampled = online.len(), "round sampled");
+                tracing::debug!(round_id = %round.round_id, nodes = ?online, "sampled nodes");
                 core.notify();
             }
             return Ok(());
