@@ -30,6 +30,7 @@ struct RawConfig {
     online_window_secs: Option<u64>,
     max_export_bytes: Option<u64>,
     publish_rounds_to: Option<String>,
+    round_lease_secs: Option<u64>,
     privacy: Option<RawPrivacy>,
     model: Option<RawModel>,
 }
@@ -87,6 +88,9 @@ pub struct CoordinatorConfig {
     /// `true` (`publish_rounds_to = "stable"`, the default): a round's new version goes to every
     /// store at once. `false` (`"none"`): it waits for `backroom models promote`.
     pub publish_rounds_to_stable: bool,
+    /// How long a replica's lease on a round lasts unless renewed: after a replica dies, another
+    /// sharing the database resumes its rounds within about this long.
+    pub round_lease: Duration,
     /// The network of the lineage's first version (`[model]`; default: the standard shelf net,
     /// [`ShelfNetConfig::new`]). Fixed for a lineage once published: a coordinator whose
     /// configuration disagrees with the lineage's versions refuses to start.
@@ -128,6 +132,7 @@ impl CoordinatorConfig {
             max_export_bytes: 256 << 20,
             frame_request_sweep: Duration::from_secs(10),
             publish_rounds_to_stable: true,
+            round_lease: Duration::from_secs(10),
             model: ShelfNetConfig::new(),
         }
     }
@@ -158,6 +163,12 @@ impl CoordinatorConfig {
                 Ok(_) => config.database_url = url,
                 Err(e) => problems.push(e.to_string()),
             }
+        }
+        if let Some(secs) = raw.round_lease_secs {
+            if !(1..=3600).contains(&secs) {
+                problems.push(format!("round_lease_secs must be in 1..=3600, got {secs}"));
+            }
+            config.round_lease = Duration::from_secs(secs);
         }
         if let Some(store) = raw.blob_store {
             let known = ["s3://", "file://"];

@@ -38,7 +38,14 @@ pub struct Settings {
     pub max_export_bytes: u64,
     /// Whether a round's version becomes stable at once (else it waits for a promote).
     pub publish_rounds_to_stable: bool,
+    /// This process's name among replicas sharing the database (holder of round leases).
+    pub replica_id: String,
+    /// How long a round lease lasts unless renewed (renewed every third of it).
+    pub round_lease: Duration,
 }
+
+/// How often a replica follows the change feed.
+pub const FEED_EVERY: Duration = Duration::from_millis(200);
 
 /// A round read once for the polls and uploads of one poll generation.
 type RoundCell = Arc<tokio::sync::OnceCell<Arc<RoundRecord>>>;
@@ -84,6 +91,12 @@ pub struct Core {
     poll_views: PollViews,
     /// The round last read for polls and uploads, with the poll generation it was read in.
     generation_round: std::sync::Mutex<Option<(u64, String, RoundCell)>>,
+    /// Rounds a driver of this process runs (at most one driver per round and process).
+    driving: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// A change this process made that other replicas have not been told of yet.
+    feed_dirty: std::sync::atomic::AtomicBool,
+    /// The change feed's generation this process has acted on.
+    feed_seen: std::sync::atomic::AtomicI64,
 }
 
 impl Core {
@@ -98,6 +111,9 @@ impl Core {
             update_commits: UpdateCommits::new(store.clone()),
             poll_views: PollViews::default(),
             generation_round: std::sync::Mutex::new(None),
+            driving: std::sync::Mutex::default(),
+            feed_dirty: std::sync::atomic::AtomicBool::new(false),
+            feed_seen: std::sync::atomic::AtomicI64::new(0),
             store,
             registry,
             settings,
@@ -107,10 +123,74 @@ impl Core {
         }
     }
 
-    /// Wakes every long poll, round watcher and round driver.
+    /// Wakes every long poll, round watcher and round driver, here and (through the change
+    /// feed, within [`FEED_EVERY`]) in the other replicas sharing the database.
     pub fn notify(&self) {
+        self.notify_local();
+        self.feed_dirty
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn notify_local(&self) {
         self.changes.send_modify(|generation| *generation += 1);
         self.poll_changes.send_modify(|generation| *generation += 1);
+    }
+
+    /// Follows the change feed until shutdown: tells the other replicas of this process's
+    /// changes, and wakes this process's polls and watchers for theirs.
+    pub async fn run_change_feed(self: Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        match self.store.change_feed().await {
+            Ok(generation) => self.feed_seen.store(generation, Ordering::Release),
+            Err(error) => warn!(%error, "cannot read the change feed"),
+        }
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => return,
+                () = tokio::time::sleep(FEED_EVERY) => {}
+            }
+            let seen = self.feed_seen.load(Ordering::Acquire);
+            let read = if self.feed_dirty.swap(false, Ordering::AcqRel) {
+                match self.store.bump_change_feed().await {
+                    // Our own change is one; any more were another replica's.
+                    Ok(generation) => Ok((generation, generation > seen + 1)),
+                    Err(error) => {
+                        self.feed_dirty.store(true, Ordering::Release);
+                        Err(error)
+                    }
+                }
+            } else {
+                self.store
+                    .change_feed()
+                    .await
+                    .map(|generation| (generation, generation > seen))
+            };
+            match read {
+                Ok((generation, others_changed)) => {
+                    self.feed_seen.store(generation, Ordering::Release);
+                    if others_changed {
+                        self.notify_local();
+                    }
+                }
+                Err(error) => warn!(%error, "cannot follow the change feed"),
+            }
+        }
+    }
+
+    /// Marks `round_id` as driven by this process; false if it already is.
+    pub fn start_driving(&self, round_id: &str) -> bool {
+        self.driving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(round_id.to_owned())
+    }
+
+    pub fn stop_driving(&self, round_id: &str) {
+        self.driving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(round_id);
     }
 
     /// Wakes round watchers and drivers but not long polls: for an update accepted or refused,

@@ -19,15 +19,107 @@ use crate::registry::{Provenance, now_unix_ms};
 use crate::round::{RoundRecord, RoundState, Strategy};
 use crate::strategy;
 
-/// Runs the round's driver in the background.
-pub fn spawn(core: Arc<Core>, round_id: String) {
+/// Runs the round's driver in the background, if no driver of this process runs it yet. The
+/// driver first takes the round's lease: with several replicas on one database, only the
+/// holder drives it (see [`drive_leased`]).
+pub fn spawn(core: Arc<Core>, round_id: String) -> bool {
+    if !core.start_driving(&round_id) {
+        return false;
+    }
     tokio::spawn(async move {
-        if let Err(error) = drive(&core, &round_id).await {
+        let outcome = drive_leased(&core, &round_id).await;
+        core.stop_driving(&round_id);
+        if let Err(error) = outcome {
             error!(round_id, %error, "round failed");
             fail_round(&core, &round_id, &error.to_string()).await;
             core.notify();
         }
     });
+    true
+}
+
+/// Drives the round while holding its lease, renewed every third of its length. A round whose
+/// lease another live replica holds is left to it; a lease lost (this process stalled past its
+/// expiry and another replica took the round over) stops this driver at once. Every step is a
+/// conditional transition read back from the database, so the replica that takes over resumes
+/// from the last durable state and no step happens twice.
+async fn drive_leased(core: &Arc<Core>, round_id: &str) -> Result<()> {
+    let owner = core.settings.replica_id.clone();
+    let ttl = core.settings.round_lease;
+    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+    let now = now_unix_ms();
+    if !core
+        .store
+        .acquire_round_lease(round_id, &owner, now, now + ttl_ms)
+        .await?
+    {
+        tracing::debug!(round_id, "round driven by another replica");
+        return Ok(());
+    }
+    info!(round_id, replica = %owner, "driving the round (lease taken)");
+    // Whoever waits on the round (polls, watchers, here and in other replicas) looks again: a
+    // replica taking a round over may be the first to tell of its last transition.
+    core.notify();
+    let (lost_tx, mut lost) = tokio::sync::watch::channel(false);
+    let renewal = {
+        let core = Arc::clone(core);
+        let round_id = round_id.to_owned();
+        let owner = owner.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                let now = now_unix_ms();
+                match core
+                    .store
+                    .acquire_round_lease(&round_id, &owner, now, now + ttl_ms)
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let _ = lost_tx.send(true);
+                        return;
+                    }
+                    // Kept trying: the lease holds until it expires.
+                    Err(error) => warn!(round_id, %error, "cannot renew the round's lease"),
+                }
+            }
+        })
+    };
+    let outcome = tokio::select! {
+        outcome = drive(core, round_id) => outcome,
+        _ = lost.wait_for(|lost| *lost) => {
+            warn!(round_id, "another replica took the round's lease over; this one stopped driving it");
+            Ok(())
+        }
+    };
+    renewal.abort();
+    // A finished round needs no lease; an unfinished one (shutdown) is free for another replica
+    // at once instead of after its expiry.
+    if let Err(error) = core.store.release_round_lease(round_id, &owner).await {
+        warn!(round_id, %error, "cannot release the round's lease; it expires by itself");
+    }
+    outcome
+}
+
+/// Until shutdown: starts a driver for every unfinished round that no replica holds the lease
+/// of (its holder died, or stopped), every half lease.
+pub async fn run_lease_sweeper(core: Arc<Core>) {
+    let every = (core.settings.round_lease / 2).max(Duration::from_millis(200));
+    loop {
+        if core.wait_shutdown(every).await {
+            return;
+        }
+        match core.store.unleased_unfinished_rounds(now_unix_ms()).await {
+            Ok(rounds) => {
+                for round_id in rounds {
+                    if spawn(Arc::clone(&core), round_id.clone()) {
+                        info!(round_id, "found a round no replica drives");
+                    }
+                }
+            }
+            Err(error) => warn!(%error, "cannot look for rounds without a driver"),
+        }
+    }
 }
 
 /// Moves a round whose driver hit an error to `failed` (settling its ledger entry), retrying a

@@ -133,6 +133,8 @@ impl Coordinator {
             exports_dir: config.data_dir.join("frame-exports"),
             max_export_bytes: config.max_export_bytes,
             publish_rounds_to_stable: config.publish_rounds_to_stable,
+            replica_id: format!("{}-{:08x}", std::process::id(), rand::random::<u32>()),
+            round_lease: config.round_lease,
         };
         let core = Arc::new(Core::new(store, registry, settings, shutdown_rx));
 
@@ -198,6 +200,8 @@ impl Coordinator {
             Arc::clone(&core).run_frame_request_sweeper(core.settings.frame_request_sweep),
         );
         let presence = tokio::spawn(Arc::clone(&core).run_presence_flusher());
+        let feed = tokio::spawn(Arc::clone(&core).run_change_feed());
+        let leases = tokio::spawn(driver::run_lease_sweeper(Arc::clone(&core)));
         tracing::info!(%local_addr, "coordinator listening (TLS 1.3, client certificates required)");
         let signal = async move {
             shutdown.await;
@@ -212,6 +216,8 @@ impl Coordinator {
             .await
             .context("gRPC server failed")?;
         sweeper.abort();
+        feed.abort();
+        leases.abort();
         // Its last flush, after the shutdown signal.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), presence).await;
         Ok(())

@@ -36,11 +36,14 @@ pub struct PollView {
 
 type Cell = Arc<OnceCell<Arc<PollView>>>;
 
+/// Oldest view a poll is answered from.
+pub const MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The current view (read at most once per generation and lineage) and the updates accepted
 /// since.
 #[derive(Debug, Default)]
 pub struct PollViews {
-    current: Mutex<Option<(u64, String, Cell)>>,
+    current: Mutex<Option<(u64, String, std::time::Instant, Cell)>>,
     uploaded_since: Mutex<HashSet<(String, String)>>,
 }
 
@@ -48,15 +51,20 @@ impl PollViews {
     /// The cell holding generation `generation`'s view of `lineage`: the shared one if another
     /// poll asked first, else a new, empty one that replaces older generations.
     pub fn cell(&self, generation: u64, lineage: &str) -> Cell {
+        let now = std::time::Instant::now();
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         match current.as_ref() {
-            Some((g, l, cell)) if *g == generation && l == lineage => Arc::clone(cell),
+            Some((g, l, read, cell))
+                if *g == generation && l == lineage && now.duration_since(*read) < MAX_AGE =>
+            {
+                Arc::clone(cell)
+            }
             // A poll that read an older generation than the cached one gets a view of its own
             // (as new as the cached one or newer), leaving the newer one cached.
-            Some((g, _, _)) if *g > generation => Arc::new(OnceCell::new()),
+            Some((g, _, _, _)) if *g > generation => Arc::new(OnceCell::new()),
             _ => {
                 let cell: Cell = Arc::new(OnceCell::new());
-                *current = Some((generation, lineage.to_owned(), Arc::clone(&cell)));
+                *current = Some((generation, lineage.to_owned(), now, Arc::clone(&cell)));
                 cell
             }
         }
@@ -180,5 +188,9 @@ mod tests {
         assert!(Arc::ptr_eq(&views.cell(4, "shelfnet"), &newer));
         let other = views.cell(4, "other");
         assert!(!Arc::ptr_eq(&other, &newer));
+        // Too old to share: read again.
+        let first = views.cell(5, "shelfnet");
+        std::thread::sleep(MAX_AGE + std::time::Duration::from_millis(10));
+        assert!(!Arc::ptr_eq(&first, &views.cell(5, "shelfnet")));
     }
 }

@@ -19,6 +19,7 @@ use crate::round::{RoundRecord, RoundSpec, RoundState};
 
 mod channels;
 mod frame_requests;
+mod leases;
 mod metrics;
 mod quarantine;
 

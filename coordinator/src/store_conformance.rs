@@ -131,6 +131,7 @@ conformance!(
     metric_releases_are_idempotent_and_filtered_by_window,
     frame_requests_follow_their_states_with_a_trail,
     quarantined_updates_are_kept_apart_from_accepted_ones,
+    a_round_lease_has_one_holder_until_it_expires,
 );
 
 fn ok<T, E: std::fmt::Display>(result: Result<T, E>) -> T {
@@ -936,4 +937,48 @@ async fn quarantined_updates_are_kept_apart_from_accepted_ones(store: &Store) {
     assert_eq!(updates[0].node_id, "node-0");
     assert!(!ok(store.has_update("r1", "node-1").await));
     assert!(ok(store.insert_update(&update("r1", "node-1", 104)).await));
+}
+
+async fn a_round_lease_has_one_holder_until_it_expires(store: &Store) {
+    training_round(store, "r1", "shelf", &["node-a"]).await;
+    // Nobody drives r1 yet.
+    assert_eq!(ok(store.unleased_unfinished_rounds(100).await), ["r1"]);
+    assert!(ok(store
+        .acquire_round_lease("r1", "replica-a", 100, 1_100)
+        .await));
+    assert!(ok(store.unleased_unfinished_rounds(100).await).is_empty());
+    // Another replica cannot take a live lease; the holder renews it.
+    assert!(!ok(store
+        .acquire_round_lease("r1", "replica-b", 500, 1_500)
+        .await));
+    assert!(ok(store
+        .acquire_round_lease("r1", "replica-a", 600, 1_600)
+        .await));
+    assert_eq!(
+        ok(store.round_lease("r1").await),
+        Some(("replica-a".to_owned(), 1_600))
+    );
+    // Expired: free for the taking, and then the old holder cannot renew it.
+    assert_eq!(ok(store.unleased_unfinished_rounds(1_600).await), ["r1"]);
+    assert!(ok(store
+        .acquire_round_lease("r1", "replica-b", 1_600, 2_600)
+        .await));
+    assert!(!ok(store
+        .acquire_round_lease("r1", "replica-a", 1_700, 2_700)
+        .await));
+    // Only the holder releases it.
+    ok(store.release_round_lease("r1", "replica-a").await);
+    assert!(ok(store.round_lease("r1").await).is_some());
+    ok(store.release_round_lease("r1", "replica-b").await);
+    assert_eq!(ok(store.round_lease("r1").await), None);
+    // A finished round needs no driver.
+    assert!(ok(store
+        .transition("r1", RoundState::Training, RoundState::Cancelled, "", 2_000)
+        .await));
+    assert!(ok(store.unleased_unfinished_rounds(3_000).await).is_empty());
+
+    let before = ok(store.change_feed().await);
+    assert_eq!(ok(store.bump_change_feed().await), before + 1);
+    assert_eq!(ok(store.bump_change_feed().await), before + 2);
+    assert_eq!(ok(store.change_feed().await), before + 2);
 }

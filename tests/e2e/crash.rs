@@ -7,73 +7,16 @@
 //! what was counted).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use backroom_proto::v1 as pb;
 use rand::{Rng, SeedableRng};
 
+use crate::support::{Process, free_port, run, write};
+
 const ROUNDS: usize = 20;
 const STORES: usize = 3;
-
-/// A child process killed (SIGKILL) and reaped when dropped.
-struct Process(Child);
-
-impl Process {
-    fn spawn(args: &[&str], config: &Path, log: &Path) -> Self {
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap_or_else(|e| panic!("{}: {e}", log.display()));
-        let child = Command::new(env!("CARGO_BIN_EXE_backroom"))
-            .args(args)
-            .arg("--config")
-            .arg(config)
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start backroom {args:?}: {e}"));
-        Process(child)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn run(args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_backroom"))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        out.status.success(),
-        "backroom {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-    listener.local_addr().map_or(0, |a| a.port())
-}
-
-fn write(path: &Path, text: &str) {
-    std::fs::write(path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-}
 
 fn is_final(state: i32) -> bool {
     [
@@ -210,7 +153,7 @@ async fn a_sigkilled_coordinator_loses_no_acknowledged_update_over_twenty_rounds
         &format!(
             "listen = \"127.0.0.1:{port}\"\ndata_dir = \"coordinator\"\nlineage = \"shelfnet\"\n\
              heartbeat_interval_secs = 1\nsampling_timeout_secs = 60\nonline_window_secs = 30\n\
-             publish_rounds_to = \"stable\"\n[privacy]\nunlimited = true\ndelta = 1e-5\n"
+             publish_rounds_to = \"stable\"\nround_lease_secs = 2\n[privacy]\nunlimited = true\ndelta = 1e-5\n"
         ),
     );
     let mut nodes = Vec::new();

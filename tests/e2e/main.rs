@@ -13,6 +13,7 @@ mod postgres;
 mod privacy;
 mod redaction;
 mod refusals;
+mod replicas;
 mod s3;
 mod store_privacy;
 mod strategies;

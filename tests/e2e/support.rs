@@ -1,6 +1,8 @@
 //! Shared helpers for the end-to-end tests.
 
+use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use backroom::sandbox::{Sandbox, SandboxOptions};
@@ -212,4 +214,62 @@ pub fn assert_noised_release(batch: &pb::MetricBatch) -> Vec<(String, f64)> {
         batch.rho
     );
     values
+}
+
+/// A `backroom` child process (`args --config CONFIG`, stderr appended to `log`), killed
+/// (SIGKILL) and reaped when dropped.
+pub struct Process(pub Child);
+
+impl Process {
+    pub fn spawn(args: &[&str], config: &Path, log: &Path) -> Self {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+        let child = Command::new(env!("CARGO_BIN_EXE_backroom"))
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start backroom {args:?}: {e}"));
+        Process(child)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn run(args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_backroom"))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "backroom {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    listener.local_addr().map_or(0, |a| a.port())
+}
+
+pub fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }
