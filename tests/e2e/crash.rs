@@ -4,7 +4,9 @@
 //! Afterwards every update a node saw acknowledged is in the coordinator's database, every
 //! round has ended, no round published twice, versions are contiguous, and each published
 //! version is exactly base + the mean of its round's stored updates (so what was acknowledged is
-//! what was counted).
+//! what was counted). The coordinator's `round_lease_secs` is 2: a restarted coordinator resumes
+//! the rounds of the killed one once their leases (held by a process that no longer exists)
+//! expire.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
