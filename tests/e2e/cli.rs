@@ -232,6 +232,60 @@ fn a_bad_configuration_lists_every_problem_and_exits_64() {
     assert!(stderr.contains("unknown_key"), "{stderr}");
 }
 
+/// `backroom config check`: the shipped examples pass, with a summary each; a bad file's every
+/// problem is reported alongside, and the exit code is 64.
+#[test]
+fn config_check_validates_every_file_and_reports_every_problem() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let coordinator = root.join("deploy/examples/coordinator.toml");
+    let node = root.join("deploy/examples/node.toml");
+    let output = backroom()
+        .args(["config", "check", "--coordinator"])
+        .arg(&coordinator)
+        .arg("--node")
+        .arg(&node)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("coordinator.toml: ok (coordinator: listen 127.0.0.1:7443"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("node.toml: ok (node: coordinator https://"),
+        "{stdout}"
+    );
+
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "data_dir = \"d\"\nround_lease_secs = 0\nblob_store = \"gs://x\"\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let output = backroom()
+        .args(["config", "check", "--coordinator"])
+        .arg(&coordinator)
+        .arg("--coordinator")
+        .arg(&bad)
+        .arg("--node")
+        .arg(dir.path().join("missing.toml"))
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stdout}{stderr}");
+    assert!(stdout.contains("coordinator.toml: ok"), "{stdout}");
+    for needle in ["round_lease_secs", "gs://x", "missing.toml", "cannot read"] {
+        assert!(stderr.contains(needle), "{needle} not reported: {stderr}");
+    }
+}
+
 /// Whether this machine must run wgpu: the lavapipe software Vulkan driver is installed (as
 /// `.ci/run` does) or `BACKROOM_REQUIRE_WGPU=1`.
 fn wgpu_expected() -> bool {
