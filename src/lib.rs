@@ -6,6 +6,7 @@ pub mod bench_aggregate;
 pub mod bench_fl;
 pub mod bench_load;
 pub mod client;
+pub mod config_env;
 pub mod evaluate;
 pub mod frames;
 pub mod metrics_report;

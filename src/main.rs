@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
+use backroom::config_env::Daemon;
 use backroom::pilot::{self, PilotOptions, state_name};
 use backroom::{bench_fl, client, metrics_report};
 use backroom_coordinator::CoordinatorConfig;
@@ -671,7 +672,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Coordinator { config } => {
             let text = read_config(&config)?;
-            let parsed = CoordinatorConfig::from_toml_str(&text, base_dir(&config));
+            let parsed = with_env(Daemon::Coordinator, &text).and_then(|text| {
+                CoordinatorConfig::from_toml_str(&text, base_dir(&config))
+                    .map_err(|e| e.to_string())
+            });
             match parsed {
                 Ok(config) => {
                     backroom_coordinator::run(config, shutdown_signal()).await?;
@@ -689,7 +693,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }) => Ok(config_check(&coordinators, &nodes)),
         Command::Node { config } => {
             let text = read_config(&config)?;
-            match NodeConfig::from_toml_str(&text, base_dir(&config)) {
+            let parsed = with_env(Daemon::Node, &text).and_then(|text| {
+                NodeConfig::from_toml_str(&text, base_dir(&config)).map_err(|e| e.to_string())
+            });
+            match parsed {
                 Ok(config) => {
                     backroom_store_node::run(config, shutdown_signal()).await?;
                     Ok(ExitCode::SUCCESS)
@@ -1059,6 +1066,7 @@ fn config_check(coordinators: &[PathBuf], nodes: &[PathBuf]) -> ExitCode {
     for path in coordinators {
         let outcome = read_config(path)
             .map_err(|e| format!("{e:#}"))
+            .and_then(|text| with_env(Daemon::Coordinator, &text))
             .and_then(|text| {
                 CoordinatorConfig::from_toml_str(&text, base_dir(path)).map_err(|e| e.to_string())
             })
@@ -1081,6 +1089,7 @@ fn config_check(coordinators: &[PathBuf], nodes: &[PathBuf]) -> ExitCode {
     for path in nodes {
         let outcome = read_config(path)
             .map_err(|e| format!("{e:#}"))
+            .and_then(|text| with_env(Daemon::Node, &text))
             .and_then(|text| {
                 NodeConfig::from_toml_str(&text, base_dir(path)).map_err(|e| e.to_string())
             })
@@ -1100,6 +1109,16 @@ fn config_check(coordinators: &[PathBuf], nodes: &[PathBuf]) -> ExitCode {
     } else {
         ExitCode::from(EXIT_CONFIG)
     }
+}
+
+/// `text` with the daemon's environment overrides applied ([`backroom::config_env`]), each
+/// announced on stderr.
+fn with_env(daemon: Daemon, text: &str) -> Result<String, String> {
+    let (text, used) = backroom::config_env::apply(daemon, text, std::env::vars())?;
+    for name in used {
+        eprintln!("configuration: {name} overrides the file");
+    }
+    Ok(text)
 }
 
 fn read_config(path: &Path) -> anyhow::Result<String> {

@@ -284,6 +284,33 @@ fn config_check_validates_every_file_and_reports_every_problem() {
     for needle in ["round_lease_secs", "gs://x", "missing.toml", "cannot read"] {
         assert!(stderr.contains(needle), "{needle} not reported: {stderr}");
     }
+
+    // Environment overrides: applied, announced, and checked like the file's own keys.
+    let output = backroom()
+        .args(["config", "check", "--coordinator"])
+        .arg(&coordinator)
+        .env("BACKROOM_COORDINATOR_LISTEN", "0.0.0.0:9443")
+        .env("BACKROOM_COORDINATOR_PRIVACY__EPSILON_MAX", "8")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("listen 0.0.0.0:9443"), "{stdout}");
+    assert!(
+        stderr.contains("BACKROOM_COORDINATOR_LISTEN overrides the file"),
+        "{stderr}"
+    );
+    let output = backroom()
+        .args(["config", "check", "--node"])
+        .arg(&node)
+        .env("BACKROOM_NODE_LINEAGE_NAME", "x")
+        .env("BACKROOM_NODE_POLL_WAIT_SECS", "0")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("lineage_name"), "{stderr}");
 }
 
 /// Whether this machine must run wgpu: the lavapipe software Vulkan driver is installed (as
