@@ -7,52 +7,31 @@
 
 use backroom_coordinator::CoordinatorConfig;
 
-use crate::support::{params_of, run_round, shutdown, spec, start, test_options, wait_installed};
+use crate::support::{
+    params_of, postgres_admin, postgres_url, run_round, shutdown, spec, start, test_options,
+    wait_installed,
+};
 
 /// This process's schema (a test run of its own never meets another run's tables).
 fn schema() -> String {
     format!("e2e_pilot_{}", std::process::id())
 }
 
-fn server_url() -> Option<String> {
-    match std::env::var("DATABASE_URL") {
-        Ok(url) => Some(url),
-        Err(_) => {
-            assert!(
-                std::env::var_os("BACKROOM_REQUIRE_POSTGRES").is_none(),
-                "BACKROOM_REQUIRE_POSTGRES is set but DATABASE_URL is not"
-            );
-            None
-        }
-    }
-}
-
 /// Points the coordinator at this process's schema on the `DATABASE_URL` server.
 fn use_postgres(config: &mut CoordinatorConfig) {
-    let url = server_url().unwrap_or_else(|| panic!("DATABASE_URL vanished"));
+    let url = postgres_url().unwrap_or_else(|| panic!("DATABASE_URL vanished"));
     let separator = if url.contains('?') { '&' } else { '?' };
     config.database_url = format!("{url}{separator}options=-c%20search_path%3D{}", schema());
 }
 
-async fn admin(url: &str, statement: &str) {
-    let pool = sqlx::postgres::PgPool::connect(url)
-        .await
-        .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at DATABASE_URL: {e}"));
-    sqlx::query(statement)
-        .execute(&pool)
-        .await
-        .unwrap_or_else(|e| panic!("{statement}: {e}"));
-    pool.close().await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pilot_runs_its_rounds_on_postgresql_and_resumes_from_it() {
-    let Some(url) = server_url() else {
+    let Some(url) = postgres_url() else {
         eprintln!("skipped: coordinator on PostgreSQL (set DATABASE_URL=postgres://…)");
         return;
     };
-    admin(&url, &format!("DROP SCHEMA IF EXISTS {} CASCADE", schema())).await;
-    admin(&url, &format!("CREATE SCHEMA {}", schema())).await;
+    postgres_admin(&url, &format!("DROP SCHEMA IF EXISTS {} CASCADE", schema())).await;
+    postgres_admin(&url, &format!("CREATE SCHEMA {}", schema())).await;
 
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let mut options = test_options(dir.path(), 3);
@@ -110,5 +89,5 @@ async fn a_pilot_runs_its_rounds_on_postgresql_and_resumes_from_it() {
     );
 
     shutdown(sandbox).await;
-    admin(&url, &format!("DROP SCHEMA {} CASCADE", schema())).await;
+    postgres_admin(&url, &format!("DROP SCHEMA {} CASCADE", schema())).await;
 }

@@ -12,36 +12,12 @@ use std::time::Duration;
 
 use backroom_proto::v1 as pb;
 
-use crate::support::{Process, free_port, run, write};
+use crate::support::{Process, free_port, postgres_admin, postgres_url, run, write};
 
 const STORES: usize = 3;
 
-fn server_url() -> Option<String> {
-    match std::env::var("DATABASE_URL") {
-        Ok(url) => Some(url),
-        Err(_) => {
-            assert!(
-                std::env::var_os("BACKROOM_REQUIRE_POSTGRES").is_none(),
-                "BACKROOM_REQUIRE_POSTGRES is set but DATABASE_URL is not"
-            );
-            None
-        }
-    }
-}
-
 fn schema() -> String {
     format!("e2e_replicas_{}", std::process::id())
-}
-
-async fn pg(url: &str, statement: &str) {
-    let pool = sqlx::postgres::PgPool::connect(url)
-        .await
-        .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at DATABASE_URL: {e}"));
-    sqlx::query(statement)
-        .execute(&pool)
-        .await
-        .unwrap_or_else(|e| panic!("{statement}: {e}"));
-    pool.close().await;
 }
 
 fn spec() -> pb::RoundSpec {
@@ -118,12 +94,12 @@ async fn wait_installed(admin: &mut backroom::client::AdminClient, version: u64)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_takes_over_the_round_of_a_killed_one_and_publishes_it_once() {
-    let Some(url) = server_url() else {
+    let Some(url) = postgres_url() else {
         eprintln!("skipped: coordinator replicas on PostgreSQL (set DATABASE_URL=postgres://…)");
         return;
     };
-    pg(&url, &format!("DROP SCHEMA IF EXISTS {} CASCADE", schema())).await;
-    pg(&url, &format!("CREATE SCHEMA {}", schema())).await;
+    postgres_admin(&url, &format!("DROP SCHEMA IF EXISTS {} CASCADE", schema())).await;
+    postgres_admin(&url, &format!("CREATE SCHEMA {}", schema())).await;
     let separator = if url.contains('?') { '&' } else { '?' };
     let database_url = format!("{url}{separator}options=-c%20search_path%3D{}", schema());
 
@@ -303,5 +279,5 @@ async fn a_replica_takes_over_the_round_of_a_killed_one_and_publishes_it_once() 
     wait_installed(&mut admin_b, 3).await;
 
     drop(nodes);
-    pg(&url, &format!("DROP SCHEMA {} CASCADE", schema())).await;
+    postgres_admin(&url, &format!("DROP SCHEMA {} CASCADE", schema())).await;
 }

@@ -273,3 +273,30 @@ pub fn free_port() -> u16 {
 pub fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }
+
+/// The PostgreSQL server of `DATABASE_URL`, if set; without it, tests that need one skip, unless
+/// `BACKROOM_REQUIRE_POSTGRES` is set (CI), when this fails instead.
+pub fn postgres_url() -> Option<String> {
+    match std::env::var("DATABASE_URL") {
+        Ok(url) => Some(url),
+        Err(_) => {
+            assert!(
+                std::env::var_os("BACKROOM_REQUIRE_POSTGRES").is_none(),
+                "BACKROOM_REQUIRE_POSTGRES is set but DATABASE_URL is not"
+            );
+            None
+        }
+    }
+}
+
+/// Runs one administrative statement (a schema created or dropped) on the server at `url`.
+pub async fn postgres_admin(url: &str, statement: &str) {
+    let pool = sqlx::postgres::PgPool::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at DATABASE_URL: {e}"));
+    sqlx::query(statement)
+        .execute(&pool)
+        .await
+        .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    pool.close().await;
+}
