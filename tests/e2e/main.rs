@@ -3,6 +3,7 @@
 mod bench_fl;
 mod cli;
 mod crash;
+mod deploy;
 mod distribution;
 mod federation;
 mod frame_requests;
