@@ -1,10 +1,12 @@
 //! `backroom keys`: the model-signing key hierarchy in a coordinator's data directory. Works on
 //! files (no coordinator connection): run it where the data directory is, with the root key
-//! brought in from its offline place for `rotate` and `revoke`.
+//! brought in from its offline place for `rotate` and `revoke`. Each change is recorded in the
+//! coordinator's audit log (`key.rotate`, `key.revoke`; see `audit_cli::record`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use backroom_coordinator::identity::PkiPaths;
 use backroom_coordinator::signing_keys::{self, KeyChange};
 use clap::{Args, Subcommand};
@@ -49,6 +51,10 @@ pub struct DataDir {
     /// The coordinator's data directory (keys live in <data-dir>/pki).
     #[arg(long)]
     data_dir: PathBuf,
+    /// The coordinator's configuration, for its database when that is PostgreSQL: key changes
+    /// are recorded in the audit log there (default: <data-dir>/coordinator.db).
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -59,7 +65,7 @@ pub struct RootKey {
     root_key: Option<PathBuf>,
 }
 
-pub fn run(command: KeysCommand) -> anyhow::Result<ExitCode> {
+pub async fn run(command: KeysCommand) -> anyhow::Result<ExitCode> {
     let pki = |dir: &DataDir| PkiPaths::new(dir.data_dir.join("pki"));
     match command {
         KeysCommand::Show { dir, json } => {
@@ -111,6 +117,8 @@ pub fn run(command: KeysCommand) -> anyhow::Result<ExitCode> {
             let root_key = root.root_key.unwrap_or_else(|| paths.root_key());
             let change = signing_keys::rotate(&paths, &root_key, revoke_old)?;
             report(&change);
+            let subject = change.new_signing_key.clone().unwrap_or_default();
+            record(&dir, "key.rotate", &subject, &change).await?;
             if !change.revoked.is_empty() {
                 println!(
                     "versions signed by the revoked key no longer install (nor reload after a \
@@ -123,10 +131,31 @@ pub fn run(command: KeysCommand) -> anyhow::Result<ExitCode> {
         KeysCommand::Revoke { id, dir, root } => {
             let paths = pki(&dir);
             let root_key = root.root_key.unwrap_or_else(|| paths.root_key());
-            report(&signing_keys::revoke(&paths, &root_key, &id)?);
+            let change = signing_keys::revoke(&paths, &root_key, &id)?;
+            report(&change);
+            record(&dir, "key.revoke", &id, &change).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Records a key change in the coordinator's audit log (after it is on disk).
+async fn record(
+    dir: &DataDir,
+    action: &str,
+    subject: &str,
+    change: &KeyChange,
+) -> anyhow::Result<()> {
+    let details = backroom_coordinator::audit::hooks::key_change_details(change);
+    crate::audit_cli::record(
+        &dir.data_dir,
+        dir.config.as_deref(),
+        action,
+        subject,
+        details,
+    )
+    .await
+    .context("the key change is made but it is not in the audit log")
 }
 
 fn report(change: &KeyChange) {

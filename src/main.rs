@@ -14,6 +14,8 @@ use backroom_proto::v1 as pb;
 use backroom_store_node::config::NodeConfig;
 use clap::{Args, Parser, Subcommand};
 
+mod audit_cli;
+mod dashboard_proxy;
 mod frames_cli;
 mod keys_cli;
 mod models_cli;
@@ -78,14 +80,36 @@ enum Command {
     /// The model-signing key hierarchy (offline root, signing keys): show, rotate, revoke.
     #[command(subcommand)]
     Keys(keys_cli::KeysCommand),
-    /// Shelf metrics synced by the stores: noised releases of hourly windows.
+    /// The coordinator's audit log (hash-chained record of enrolments, key changes, rounds,
+    /// publications, rollouts, metric queries, frame requests): verify it, list it.
+    #[command(subcommand)]
+    Audit(audit_cli::AuditCommand),
+    /// Shelf metrics synced by the stores: noised releases of hourly windows, and their totals
+    /// by store, store group, hour of day or day. Only noised values exist on the coordinator;
+    /// an operations certificate sees stores as opaque tokens.
     Metrics {
         #[command(flatten)]
         connection: Connection,
-        /// Print JSON instead of a table.
+        /// Windows starting at or after this time (RFC 3339, e.g. 2026-12-01T00:00:00Z).
         #[arg(long)]
+        from: Option<String>,
+        /// Windows starting before this time (RFC 3339).
+        #[arg(long)]
+        to: Option<String>,
+        /// Print totals per group instead of one line per release.
+        #[arg(long, value_enum)]
+        group_by: Option<MetricGroupBy>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+        /// Same as `--format json`.
+        #[arg(long, conflicts_with = "format")]
         json: bool,
     },
+    /// The coordinator's dashboard (rounds, models, nodes, shelf-metric charts) in a browser:
+    /// serves it on a loopback port and forwards to the coordinator with a bundle's client
+    /// certificate (like `kubectl proxy`).
+    Dashboard(dashboard_proxy::DashboardArgs),
     /// A store node's metric privacy ledger: zCDP budget spent and left per UTC day (read-only).
     NodeBudget {
         /// The node's data directory (holds node.db).
@@ -370,23 +394,66 @@ async fn run_bench_fl(args: BenchFlArgs) -> anyhow::Result<ExitCode> {
 }
 
 #[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("role").required(true).multiple(false))]
 struct EnrollArgs {
     /// The coordinator's data directory (its CA lives in <data-dir>/pki).
     #[arg(long)]
     data_dir: PathBuf,
     /// Issue a store-node bundle for this store id.
-    #[arg(long, required_unless_present_any = ["admin", "privacy_officer"])]
+    #[arg(long, group = "role")]
     store: Option<String>,
-    /// Issue an admin bundle for this name (ML engineers, operations).
-    #[arg(long, conflicts_with = "store")]
+    /// Issue an admin bundle for this name (everything staff can do; sees store ids).
+    #[arg(long, group = "role")]
     admin: Option<String>,
+    /// Issue an ML-engineer bundle for this name (rounds, model rollouts, quarantine, frame
+    /// requests, metrics; sees store ids).
+    #[arg(long, group = "role")]
+    ml_engineer: Option<String>,
+    /// Issue an operations bundle for this name (reads aggregates only: noised shelf metrics,
+    /// round progress, model versions, node health, Prometheus; store ids shown as tokens).
+    #[arg(long, group = "role")]
+    operations: Option<String>,
     /// Issue a privacy-officer bundle for this name (approves or denies frame requests; cannot
     /// call anything else).
-    #[arg(long, conflicts_with_all = ["store", "admin"])]
+    #[arg(long, group = "role")]
     privacy_officer: Option<String>,
     /// Directory to write the bundle into (must not hold one already).
     #[arg(long)]
     out: PathBuf,
+    /// The coordinator's configuration, for its database when that is PostgreSQL: the
+    /// enrolment is recorded in the audit log there (default: <data-dir>/coordinator.db).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// How `backroom metrics` groups releases.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum MetricGroupBy {
+    Store,
+    /// The coordinator's `[store_groups]`.
+    Group,
+    /// UTC hour of day, over all days.
+    Hour,
+    /// UTC date.
+    Day,
+}
+
+impl MetricGroupBy {
+    fn as_str(self) -> &'static str {
+        match self {
+            MetricGroupBy::Store => "store",
+            MetricGroupBy::Group => "group",
+            MetricGroupBy::Hour => "hour",
+            MetricGroupBy::Day => "day",
+        }
+    }
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum OutputFormat {
+    Table,
+    Csv,
+    Json,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -710,20 +777,52 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Enroll(args) => enroll(args).await,
         Command::Round(command) => round(command).await,
         Command::Models(command) => models_cli::run(command).await,
-        Command::Keys(command) => keys_cli::run(command),
-        Command::Metrics { connection, json } => {
+        Command::Keys(command) => keys_cli::run(command).await,
+        Command::Audit(command) => audit_cli::run(command).await,
+        Command::Metrics {
+            connection,
+            from,
+            to,
+            group_by,
+            format,
+            json,
+        } => {
+            let seconds = |name: &str, text: Option<String>| -> anyhow::Result<i64> {
+                text.map_or(Ok(0), |t| {
+                    Ok(time_arg::parse_unix_ms(name, &t)?.div_euclid(1000))
+                })
+            };
+            let request = pb::QueryMetricsRequest {
+                from_unix: seconds("from", from)?,
+                to_unix: seconds("to", to)?,
+                group_by: group_by.map(|g| g.as_str().to_owned()).unwrap_or_default(),
+            };
             let mut admin = connect(&connection).await?;
             let response = admin
-                .query_metrics(pb::QueryMetricsRequest::default())
+                .query_metrics(request)
                 .await
                 .map_err(status)?
                 .into_inner();
-            if json {
-                let value = metrics_report::to_json(&response);
-                println!("{}", serde_json::to_string_pretty(&value)?);
-            } else {
-                print!("{}", metrics_report::render_table(&response));
+            let format = if json { OutputFormat::Json } else { format };
+            match (format, group_by) {
+                (OutputFormat::Json, _) => {
+                    let value = metrics_report::to_json(&response);
+                    println!("{}", serde_json::to_string_pretty(&value)?);
+                }
+                (OutputFormat::Csv, g) => {
+                    print!("{}", metrics_report::render_csv(&response, g.is_some())?);
+                }
+                (OutputFormat::Table, Some(g)) => {
+                    print!("{}", metrics_report::render_groups(&response, g.as_str()));
+                }
+                (OutputFormat::Table, None) => {
+                    print!("{}", metrics_report::render_table(&response));
+                }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dashboard(args) => {
+            dashboard_proxy::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::NodeBudget { data_dir, json } => {
@@ -798,22 +897,35 @@ async fn run_pilot(args: PilotArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn enroll(args: EnrollArgs) -> anyhow::Result<ExitCode> {
-    let (role, name) = match (args.store, args.admin, args.privacy_officer) {
-        (Some(store), None, None) => (Role::Node, store),
-        (None, Some(admin), None) => (Role::Admin, admin),
-        (None, None, Some(officer)) => (Role::PrivacyOfficer, officer),
-        _ => anyhow::bail!("pass exactly one of --store, --admin or --privacy-officer"),
-    };
+    let (role, name) = [
+        (Role::Node, args.store),
+        (Role::Admin, args.admin),
+        (Role::MlEngineer, args.ml_engineer),
+        (Role::Operations, args.operations),
+        (Role::PrivacyOfficer, args.privacy_officer),
+    ]
+    .into_iter()
+    .find_map(|(role, name)| Some((role, name?)))
+    .context("pass one of --store, --admin, --ml-engineer, --operations or --privacy-officer")?;
     let pki = args.data_dir.join("pki");
     let out = args.out.clone();
+    let issued = name.clone();
     let bundle = tokio::task::spawn_blocking(move || {
         let ca = CertificateAuthority::load_or_create(&pki, &[])?;
-        ca.issue_bundle(role, &name, &out)
+        ca.issue_bundle(role, &issued, &out)
     })
     .await
     .context("enrolment task failed")??;
-    let article = if role == Role::Admin { "an" } else { "a" };
-    println!("wrote {article} {role} bundle to {}", bundle.dir.display());
+    let details = backroom_coordinator::audit::hooks::enrolment_details(role, &name, &bundle);
+    let subject = format!("{role}/{name}");
+    audit_cli::record(&args.data_dir, args.config.as_deref(), "enrol", &subject, details)
+        .await
+        .context("the bundle was written but its enrolment is not in the audit log")?;
+    println!(
+        "wrote {} bundle to {}",
+        role.with_article(),
+        bundle.dir.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

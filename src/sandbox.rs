@@ -127,6 +127,13 @@ impl Sandbox {
             &options.data_dir.join("bundles/pilot-admin"),
         )
         .await?;
+        record_enrolment(
+            &coordinator_config,
+            Role::Admin,
+            "pilot-admin",
+            &admin_bundle,
+        )
+        .await?;
         let admin = client::admin(&coordinator_url, "localhost", &admin_bundle).await?;
         let mut sandbox = Self {
             options,
@@ -154,7 +161,10 @@ impl Sandbox {
         let bundle = if bundle.join("cert.pem").exists() {
             bundle
         } else {
-            issue_bundle(&self.coordinator_dir, Role::Node, &store_id, &bundle).await?
+            let bundle =
+                issue_bundle(&self.coordinator_dir, Role::Node, &store_id, &bundle).await?;
+            record_enrolment(&self.coordinator_config, Role::Node, &store_id, &bundle).await?;
+            bundle
         };
         let mut config = NodeConfig::new(
             self.coordinator_url.clone(),
@@ -357,6 +367,25 @@ impl Sandbox {
             Err(_) => Err(anyhow::anyhow!("coordinator did not stop within 30 s")),
         }
     }
+}
+
+/// The actor of the sandbox's own entries in the audit log (its enrolments).
+pub const SANDBOX_ACTOR: &str = "cli/pilot";
+
+/// Records an enrolment the sandbox made in its coordinator's audit log.
+async fn record_enrolment(
+    config: &CoordinatorConfig,
+    role: Role,
+    name: &str,
+    bundle: &Path,
+) -> anyhow::Result<()> {
+    use backroom_coordinator::audit;
+    let details = audit::hooks::enrolment_details(role, name, &BundlePaths::new(bundle));
+    let subject = format!("{role}/{name}");
+    audit::append_offline(config, SANDBOX_ACTOR, "enrol", &subject, &details)
+        .await
+        .with_context(|| format!("cannot record the enrolment of {subject} in the audit log"))?;
+    Ok(())
 }
 
 /// Issues a bundle from the coordinator's CA (blocking work off the runtime).

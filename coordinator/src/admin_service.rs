@@ -10,25 +10,46 @@ use futures::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::auth::require;
+use crate::auth::{Action, require_action, sees_store_ids};
 use crate::core::{Core, PrivacyState};
 use crate::frame_requests::request_to_proto;
-use crate::identity::Role;
+use crate::identity::Peer;
 use crate::round::{AdaptiveClipping, NoiseMode, RoundRecord, RoundSpec, RoundState, Strategy};
 use crate::store::{NodeRow, VersionRow};
+use crate::store_tokens::StoreTokens;
 
 #[derive(Debug, Clone)]
 pub struct AdminApi {
     core: Arc<Core>,
+    tokens: Arc<StoreTokens>,
 }
 
 /// Shortest interval between two progress messages of one round watch.
 const WATCH_PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 impl AdminApi {
-    pub fn new(core: Arc<Core>) -> Self {
-        Self { core }
+    pub fn new(core: Arc<Core>, tokens: Arc<StoreTokens>) -> Self {
+        Self { core, tokens }
     }
+}
+
+/// What `peer` may see of store ids: a function from id to id or opaque token.
+pub(crate) fn store_view(
+    tokens: &Arc<StoreTokens>,
+    peer: &Peer,
+) -> impl Fn(&str) -> String + Send + Sync + Clone + 'static {
+    let tokens = Arc::clone(tokens);
+    let sees = sees_store_ids(peer.role);
+    move |id: &str| tokens.shown(id, sees)
+}
+
+/// A round as `show` lets its caller see it (sampled stores as tokens for operations).
+pub(crate) fn shown_round(round: &RoundRecord, show: &impl Fn(&str) -> String) -> pb::Round {
+    let mut round = round_to_proto(round);
+    for node in &mut round.sampled_nodes {
+        *node = show(node);
+    }
+    round
 }
 
 type RoundStream = Pin<Box<dyn Stream<Item = Result<pb::Round, Status>> + Send>>;
@@ -40,11 +61,12 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::RequestFramesRequest>,
     ) -> Result<Response<pb::FrameRequest>, Status> {
-        let peer = require(&request, Role::Admin)?;
+        let peer = require_action(&request, Action::RequestFrames)?;
         let row = self
             .core
             .request_frames(&peer.name, request.get_ref())
             .await?;
+        crate::audit::hooks::frames_requested(&self.core, &peer, &row).await;
         Ok(Response::new(request_to_proto(&self.core, &row).await?))
     }
 
@@ -52,7 +74,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::ListFrameRequestsRequest>,
     ) -> Result<Response<pb::ListFrameRequestsResponse>, Status> {
-        require(&request, Role::Admin)?;
+        require_action(&request, Action::RequestFrames)?;
         Ok(Response::new(list_frame_requests(&self.core).await?))
     }
 
@@ -62,7 +84,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::GetFrameRequestRequest>,
     ) -> Result<Response<Self::DownloadFramesStream>, Status> {
-        let peer = require(&request, Role::Admin)?;
+        let peer = require_action(&request, Action::RequestFrames)?;
         let request_id = request.into_inner().request_id;
         let path = self
             .core
@@ -75,6 +97,7 @@ impl AdminService for AdminApi {
             ))
         })?;
         let row = self.core.frame_request(&request_id).await?;
+        crate::audit::hooks::frames_downloaded(&self.core, &peer, &row, sealed.len()).await?;
         tracing::info!(request_id, requester = %peer.name, bytes = sealed.len(), "serving a sealed frame export");
         // Hashing a large export: off the runtime.
         let chunks =
@@ -88,7 +111,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::StartRoundRequest>,
     ) -> Result<Response<pb::Round>, Status> {
-        let peer = require(&request, Role::Admin)?;
+        let peer = require_action(&request, Action::StartRound)?;
         let start = request.into_inner();
         let spec = start
             .spec
@@ -98,6 +121,7 @@ impl AdminService for AdminApi {
             .core
             .start_round(&start.lineage, spec, &peer.name)
             .await?;
+        crate::audit::hooks::round_started(&self.core, &peer, &round).await;
         Ok(Response::new(round_to_proto(&round)))
     }
 
@@ -105,23 +129,25 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::GetRoundRequest>,
     ) -> Result<Response<pb::Round>, Status> {
-        require(&request, Role::Admin)?;
+        let peer = require_action(&request, Action::ReadRounds)?;
+        let show = store_view(&self.tokens, &peer);
         let round = self.core.round(&request.into_inner().round_id).await?;
-        Ok(Response::new(round_to_proto(&round)))
+        Ok(Response::new(shown_round(&round, &show)))
     }
 
     async fn list_rounds(
         &self,
         request: Request<pb::ListRoundsRequest>,
     ) -> Result<Response<pb::ListRoundsResponse>, Status> {
-        require(&request, Role::Admin)?;
+        let peer = require_action(&request, Action::ReadRounds)?;
+        let show = store_view(&self.tokens, &peer);
         let rounds = self
             .core
             .store
             .list_rounds(&request.into_inner().lineage)
             .await?;
         Ok(Response::new(pb::ListRoundsResponse {
-            rounds: rounds.iter().map(round_to_proto).collect(),
+            rounds: rounds.iter().map(|r| shown_round(r, &show)).collect(),
         }))
     }
 
@@ -129,7 +155,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::ListQuarantineRequest>,
     ) -> Result<Response<pb::ListQuarantineResponse>, Status> {
-        require(&request, Role::Admin)?;
+        require_action(&request, Action::ReadQuarantine)?;
         let round_id = request.into_inner().round_id;
         if !round_id.is_empty() {
             // A clear NOT_FOUND for a mistyped id, rather than an empty list.
@@ -162,7 +188,8 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::GetRoundRequest>,
     ) -> Result<Response<Self::WatchRoundStream>, Status> {
-        require(&request, Role::Admin)?;
+        let peer = require_action(&request, Action::ReadRounds)?;
+        let show = store_view(&self.tokens, &peer);
         let round_id = request.into_inner().round_id;
         let first = self.core.round(&round_id).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
@@ -170,7 +197,7 @@ impl AdminService for AdminApi {
         tokio::spawn(async move {
             let mut changes = core.subscribe();
             let mut last = first;
-            if tx.send(Ok(round_to_proto(&last))).await.is_err() {
+            if tx.send(Ok(shown_round(&last, &show))).await.is_err() {
                 return;
             }
             // A round of a thousand stores changes a thousand times while training (each update
@@ -211,7 +238,7 @@ impl AdminService for AdminApi {
                             held = false;
                             continue;
                         }
-                        if tx.send(Ok(round_to_proto(&now))).await.is_err() {
+                        if tx.send(Ok(shown_round(&now, &show))).await.is_err() {
                             return;
                         }
                         last = now;
@@ -232,10 +259,11 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::GetRoundRequest>,
     ) -> Result<Response<pb::Round>, Status> {
-        let peer = require(&request, Role::Admin)?;
+        let peer = require_action(&request, Action::CancelRound)?;
         let round_id = request.into_inner().round_id;
         tracing::info!(round_id, by = %peer.name, "cancel requested");
         let round = self.core.cancel_round(&round_id).await?;
+        crate::audit::hooks::round_cancelled(&self.core, &peer, &round).await;
         Ok(Response::new(round_to_proto(&round)))
     }
 
@@ -243,7 +271,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::ListModelsRequest>,
     ) -> Result<Response<pb::ListModelsResponse>, Status> {
-        require(&request, Role::Admin)?;
+        require_action(&request, Action::ReadModels)?;
         let lineage = request.into_inner().lineage;
         let rows = self.core.store.list_versions(&lineage).await?;
         let mut authors = std::collections::HashMap::new();
@@ -274,7 +302,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::PromoteModelRequest>,
     ) -> Result<Response<pb::ModelChannels>, Status> {
-        let peer = require(&request, Role::Admin)?;
+        let peer = require_action(&request, Action::ChangeRollout)?;
         let promote = request.into_inner();
         let canary = match promote.channel.as_str() {
             "stable" => {
@@ -296,6 +324,14 @@ impl AdminService for AdminApi {
             .core
             .promote(&promote.lineage, promote.version, canary, &peer.name)
             .await?;
+        crate::audit::hooks::model_promoted(
+            &self.core,
+            &peer,
+            &promote.lineage,
+            promote.version,
+            canary,
+        )
+        .await;
         Ok(Response::new(channels_to_proto(
             &promote.lineage,
             &channels,
@@ -306,12 +342,13 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::RollbackModelRequest>,
     ) -> Result<Response<pb::ModelVersion>, Status> {
-        let peer = require(&request, Role::Admin)?;
+        let peer = require_action(&request, Action::ChangeRollout)?;
         let rollback = request.into_inner();
         let row = self
             .core
             .rollback(&rollback.lineage, rollback.to_version, &peer.name)
             .await?;
+        crate::audit::hooks::model_rolled_back(&self.core, &peer, rollback.to_version, &row).await;
         let mut model = version_to_proto(row);
         model.published_by = peer.name;
         Ok(Response::new(model))
@@ -321,7 +358,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::GetModelChannelsRequest>,
     ) -> Result<Response<pb::ModelChannels>, Status> {
-        require(&request, Role::Admin)?;
+        require_action(&request, Action::ReadModels)?;
         let lineage = request.into_inner().lineage;
         let channels = self.core.store.channels(&lineage).await?;
         Ok(Response::new(channels_to_proto(&lineage, &channels)))
@@ -331,12 +368,20 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::QueryMetricsRequest>,
     ) -> Result<Response<pb::QueryMetricsResponse>, Status> {
-        let peer = require(&request, Role::Admin)?;
+        let peer = require_action(&request, Action::ReadMetrics)?;
         let query = request.into_inner();
+        let show = store_view(&self.tokens, &peer);
         let response = self
             .core
-            .query_metrics(&peer.name, query.from_unix, query.to_unix)
+            .query_metrics_for(&peer.name, &query, &show, !sees_store_ids(peer.role))
             .await?;
+        crate::audit::hooks::metrics_queried(
+            &self.core,
+            &peer,
+            format!("{query:?}"),
+            response.rows.len(),
+        )
+        .await?;
         Ok(Response::new(response))
     }
 
@@ -344,10 +389,18 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
-        require(&request, Role::Admin)?;
+        let peer = require_action(&request, Action::ReadNodes)?;
+        let show = store_view(&self.tokens, &peer);
         let nodes = self.core.store.list_nodes().await?;
         Ok(Response::new(pb::ListNodesResponse {
-            nodes: nodes.into_iter().map(node_to_proto).collect(),
+            nodes: nodes
+                .into_iter()
+                .map(|n| {
+                    let mut node = node_to_proto(n);
+                    node.node_id = show(&node.node_id);
+                    node
+                })
+                .collect(),
         }))
     }
 
@@ -355,7 +408,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::GetPrivacyRequest>,
     ) -> Result<Response<pb::PrivacyReport>, Status> {
-        require(&request, Role::Admin)?;
+        require_action(&request, Action::ReadPrivacy)?;
         let lineage = request.into_inner().lineage;
         let report = self.core.privacy_state(&lineage).await?;
         Ok(Response::new(privacy_to_proto(report)))
@@ -409,7 +462,7 @@ pub fn spec_from_proto(spec: &pb::RoundSpec) -> Result<RoundSpec, Status> {
     })
 }
 
-fn state_to_proto(state: RoundState) -> pb::RoundState {
+pub(crate) fn state_to_proto(state: RoundState) -> pb::RoundState {
     match state {
         RoundState::Pending => pb::RoundState::Pending,
         RoundState::Sampling => pb::RoundState::Sampling,
@@ -462,7 +515,7 @@ pub fn round_to_proto(round: &RoundRecord) -> pb::Round {
     }
 }
 
-fn privacy_to_proto(report: PrivacyState) -> pb::PrivacyReport {
+pub(crate) fn privacy_to_proto(report: PrivacyState) -> pb::PrivacyReport {
     pb::PrivacyReport {
         lineage: report.lineage,
         epsilon_max: report.budget.epsilon_max,
@@ -487,7 +540,7 @@ fn privacy_to_proto(report: PrivacyState) -> pb::PrivacyReport {
     }
 }
 
-fn version_to_proto(row: VersionRow) -> pb::ModelVersion {
+pub(crate) fn version_to_proto(row: VersionRow) -> pb::ModelVersion {
     pb::ModelVersion {
         lineage: row.lineage,
         version: row.version,
@@ -501,7 +554,10 @@ fn version_to_proto(row: VersionRow) -> pb::ModelVersion {
     }
 }
 
-fn channels_to_proto(lineage: &str, channels: &crate::store::Channels) -> pb::ModelChannels {
+pub(crate) fn channels_to_proto(
+    lineage: &str,
+    channels: &crate::store::Channels,
+) -> pb::ModelChannels {
     let newest = [&channels.stable, &channels.canary]
         .into_iter()
         .flatten()
@@ -516,7 +572,7 @@ fn channels_to_proto(lineage: &str, channels: &crate::store::Channels) -> pb::Mo
     }
 }
 
-fn node_to_proto(row: NodeRow) -> pb::NodeInfo {
+pub(crate) fn node_to_proto(row: NodeRow) -> pb::NodeInfo {
     pb::NodeInfo {
         node_id: row.node_id,
         last_seen_unix_ms: row.last_seen_unix_ms,

@@ -33,6 +33,8 @@ struct RawConfig {
     round_lease_secs: Option<u64>,
     privacy: Option<RawPrivacy>,
     model: Option<RawModel>,
+    /// Store groups for metric queries: `north = ["store-1", "store-2"]`.
+    store_groups: Option<std::collections::BTreeMap<String, Vec<String>>>,
 }
 
 /// The lineage's network. Nodes only take shelf crops (3×64×64) and answer stocked/empty, so
@@ -91,6 +93,8 @@ pub struct CoordinatorConfig {
     /// How long a replica's lease on a round lasts unless renewed: after a replica dies, another
     /// sharing the database resumes its rounds within about this long.
     pub round_lease: Duration,
+    /// Store id → the group operations see it in (`[store_groups]`; metric queries by group).
+    pub store_groups: std::collections::BTreeMap<String, String>,
     /// The network of the lineage's first version (`[model]`; default: the standard shelf net,
     /// [`ShelfNetConfig::new`]). Fixed for a lineage once published: a coordinator whose
     /// configuration disagrees with the lineage's versions refuses to start.
@@ -133,6 +137,7 @@ impl CoordinatorConfig {
             frame_request_sweep: Duration::from_secs(10),
             publish_rounds_to_stable: true,
             round_lease: Duration::from_secs(10),
+            store_groups: std::collections::BTreeMap::new(),
             model: ShelfNetConfig::new(),
         }
     }
@@ -297,6 +302,21 @@ impl CoordinatorConfig {
                 problems.push(format!("model: {problem}"));
             }
             config.model = net;
+        }
+        for (group, stores) in raw.store_groups.unwrap_or_default() {
+            if crate::identity::validate_name(&group).is_err() {
+                problems.push(format!(
+                    "store_groups: group {group:?} must use a-z, 0-9, '-', '_', '.'"
+                ));
+            }
+            for store in stores {
+                if let Some(other) = config.store_groups.get(&store) {
+                    problems.push(format!(
+                        "store_groups: store {store:?} is in both {other:?} and {group:?}"
+                    ));
+                }
+                config.store_groups.insert(store, group.clone());
+            }
         }
         if problems.is_empty() {
             Ok(config)

@@ -42,6 +42,10 @@ pub struct Settings {
     pub replica_id: String,
     /// How long a round lease lasts unless renewed (renewed every third of it).
     pub round_lease: Duration,
+    /// The coordinator's data directory: the audit log's head file is kept there.
+    pub data_dir: PathBuf,
+    /// Store id → group, for metric queries by group.
+    pub store_groups: std::collections::BTreeMap<String, String>,
 }
 
 /// How often a replica follows the change feed.
@@ -97,6 +101,10 @@ pub struct Core {
     feed_dirty: std::sync::atomic::AtomicBool,
     /// The change feed's generation this process has acted on.
     feed_seen: std::sync::atomic::AtomicI64,
+    /// Prometheus counters and gauges ([`crate::telemetry`]).
+    pub telemetry: crate::telemetry::Telemetry,
+    /// Who did what ([`crate::audit`]); append through [`Core::audit`].
+    pub(crate) audit_log: crate::audit::AuditLog,
 }
 
 impl Core {
@@ -114,6 +122,8 @@ impl Core {
             driving: std::sync::Mutex::default(),
             feed_dirty: std::sync::atomic::AtomicBool::new(false),
             feed_seen: std::sync::atomic::AtomicI64::new(0),
+            telemetry: crate::telemetry::Telemetry::default(),
+            audit_log: crate::audit::AuditLog::new(store.clone(), settings.data_dir.clone()),
             store,
             registry,
             settings,
@@ -402,6 +412,7 @@ impl Core {
         };
         info!(round_id = %round.round_id, lineage, started_by, base_version = base.version, "round started");
         crate::driver::spawn(Arc::clone(self), round.round_id.clone());
+        self.telemetry.rounds_started.inc();
         self.notify();
         Ok(round)
     }

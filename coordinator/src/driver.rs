@@ -143,7 +143,10 @@ async fn fail_round(core: &Core, round_id: &str, reason: &str) {
             Err(error) => Err(error),
         };
         match outcome {
-            Ok(true) => return,
+            Ok(true) => {
+                crate::audit::hooks::round_failed(core, round_id, reason).await;
+                return;
+            }
             // Moved concurrently (e.g. cancelled): re-read.
             Ok(false) => continue,
             Err(error) => {
@@ -183,6 +186,9 @@ async fn move_to(core: &Core, round: &RoundRecord, to: RoundState, reason: &str)
         .await?
     {
         info!(round_id = %round.round_id, from = round.state.as_str(), to = to.as_str(), reason, "round moved");
+        if to == RoundState::Failed {
+            crate::audit::hooks::round_failed(core, &round.round_id, reason).await;
+        }
         // Only a round leaving training changes what a long poll answers (its task goes);
         // tasks appear with sampling (`start_training`) and versions with publication, which
         // wake the polls themselves.
@@ -467,6 +473,10 @@ async fn aggregate(core: &Arc<Core>, round: &RoundRecord) -> Result<()> {
         )
         .await?
     {
+        core.telemetry
+            .aggregation_seconds
+            .observe(started.elapsed().as_secs_f64());
+        crate::audit::hooks::round_published(core, &round.round_id, &row).await;
         info!(
             round_id = %round.round_id,
             version,

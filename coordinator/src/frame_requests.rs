@@ -202,6 +202,14 @@ impl Core {
             )
             .await?;
         info!(request_id = %header.request_id, store_id, frames = header.frames, bytes = header.total_bytes, "sealed frame export delivered");
+        crate::audit::hooks::frames_delivered(
+            self,
+            store_id,
+            &header.request_id,
+            header.frames,
+            header.total_bytes,
+        )
+        .await;
         self.notify();
         Ok(())
     }
@@ -262,6 +270,7 @@ impl Core {
                 }
             }
             self.store.forget_frame_export(&row.request_id, now).await?;
+            crate::audit::hooks::frames_expired(self, &row.request_id, &row.store_id).await;
             info!(request_id = %row.request_id, "frame request expired; its export is deleted");
             deleted += 1;
         }

@@ -38,6 +38,8 @@ pub enum IdentityError {
     Certificate(#[from] rcgen::Error),
     #[error("signing key in {path} is not valid: {reason}")]
     SigningKey { path: PathBuf, reason: String },
+    #[error("store-token key {path} cannot be used: {reason}")]
+    StoreTokenKey { path: PathBuf, reason: String },
     #[error("invalid identity name {0:?}: use 1 to 64 characters from a-z, 0-9, '-', '_' and '.'")]
     InvalidName(String),
     #[error("bundle directory {0} already holds a certificate; remove it first")]
@@ -49,19 +51,49 @@ pub enum IdentityError {
 pub enum Role {
     /// A store node: may call the node service only.
     Node,
-    /// An ML engineer or operator: may call the admin service only.
+    /// A platform administrator: every admin-service call and HTTP route; sees store ids.
     Admin,
+    /// An ML engineer: rounds, model versions and rollouts, quarantine, privacy reports, frame
+    /// requests, metrics; sees store ids (frame requests name a store).
+    MlEngineer,
+    /// Operations: reads aggregates only (noised shelf metrics, round progress, model versions,
+    /// node health, Prometheus); store ids appear as opaque tokens.
+    Operations,
     /// A privacy officer: may call the privacy service only (decisions on frame requests), so
     /// the person who asks for a store's frames is never the one who approves it.
     PrivacyOfficer,
 }
 
 impl Role {
-    fn as_str(self) -> &'static str {
+    /// Every role, in the order documentation lists them.
+    pub const ALL: [Role; 5] = [
+        Role::Admin,
+        Role::MlEngineer,
+        Role::Operations,
+        Role::PrivacyOfficer,
+        Role::Node,
+    ];
+
+    pub fn as_str(self) -> &'static str {
         match self {
             Role::Node => "node",
             Role::Admin => "admin",
+            Role::MlEngineer => "ml-engineer",
+            Role::Operations => "operations",
             Role::PrivacyOfficer => "privacy-officer",
+        }
+    }
+
+    /// The role named `name` (as in certificates: `ml-engineer`, `privacy-officer`, ...).
+    pub fn parse(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+
+    /// "an admin", "an ML engineer"... for messages.
+    pub fn with_article(self) -> String {
+        match self {
+            Role::Admin | Role::MlEngineer | Role::Operations => format!("an {self}"),
+            _ => format!("a {self}"),
         }
     }
 }
@@ -106,12 +138,7 @@ pub fn peer_from_der(der: &[u8]) -> Option<Peer> {
 fn parse_identity_uri(uri: &str) -> Option<Peer> {
     let rest = uri.strip_prefix(URI_PREFIX)?;
     let (role, name) = rest.split_once('/')?;
-    let role = match role {
-        "node" => Role::Node,
-        "admin" => Role::Admin,
-        "privacy-officer" => Role::PrivacyOfficer,
-        _ => return None,
-    };
+    let role = Role::parse(role)?;
     validate_name(name).ok()?;
     Some(Peer {
         role,

@@ -5,6 +5,7 @@
 
 pub mod admin_service;
 pub mod aggregate;
+pub mod audit;
 pub mod auth;
 pub mod blobs;
 pub mod budget;
@@ -14,6 +15,7 @@ pub mod driver;
 pub mod error;
 pub mod frame_requests;
 pub mod group_commit;
+pub mod http_api;
 pub mod identity;
 pub mod ledger;
 pub mod metrics;
@@ -27,9 +29,11 @@ pub mod rollout;
 pub mod round;
 pub mod signing_keys;
 pub mod store;
+pub mod store_tokens;
 #[cfg(test)]
 mod store_conformance;
 pub mod strategy;
+pub mod telemetry;
 pub mod tls;
 pub mod upload;
 pub mod wire_tap;
@@ -65,6 +69,7 @@ pub struct Coordinator {
     local_addr: SocketAddr,
     shutdown_tx: watch::Sender<bool>,
     wire_tap: Option<wire_tap::WireTap>,
+    tokens: Arc<store_tokens::StoreTokens>,
 }
 
 impl Coordinator {
@@ -84,6 +89,10 @@ impl Coordinator {
         .context("cannot load or create the certificate authority")?;
         let paths = ca.paths().clone();
         signing_keys::load_current(&paths).context("cannot load the model-signing keys")?;
+        let tokens = Arc::new(
+            store_tokens::StoreTokens::load_or_create(&paths.dir)
+                .context("cannot load or create the store-token key")?,
+        );
         let tls = tls::server_config(&paths.ca_cert(), &paths.server_cert(), &paths.server_key())
             .context("cannot build the TLS configuration")?;
 
@@ -108,7 +117,8 @@ impl Coordinator {
             config.model_expiry_secs,
             config.model.clone(),
         );
-        registry
+        let first_publication = store.latest_version(&config.lineage).await?.is_none();
+        let initial = registry
             .ensure_initial(&config.lineage, config.init_seed)
             .await
             .context("cannot publish the initial model version")?;
@@ -135,8 +145,17 @@ impl Coordinator {
             publish_rounds_to_stable: config.publish_rounds_to_stable,
             replica_id: format!("{}-{:08x}", std::process::id(), rand::random::<u32>()),
             round_lease: config.round_lease,
+            data_dir: config.data_dir.clone(),
+            store_groups: config.store_groups.clone(),
         };
         let core = Arc::new(Core::new(store, registry, settings, shutdown_rx));
+        core.audit_log
+            .check_head()
+            .await
+            .context("cannot check the audit log's head")?;
+        if first_publication {
+            audit::record_initial_version(&core, &initial).await;
+        }
 
         let listener = TcpListener::bind(config.listen)
             .await
@@ -154,6 +173,7 @@ impl Coordinator {
             local_addr,
             shutdown_tx,
             wire_tap: None,
+            tokens,
         })
     }
 
@@ -184,15 +204,19 @@ impl Coordinator {
             local_addr,
             shutdown_tx,
             wire_tap,
+            tokens,
         } = self;
         let incoming = tls::incoming(listener, tls, wire_tap);
         let node = NodeServiceServer::new(node_service::NodeApi::new(Arc::clone(&core)))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let node = InterceptedService::new(node, auth::node_only);
-        let admin = AdminServiceServer::new(admin_service::AdminApi::new(Arc::clone(&core)))
+        let admin = AdminServiceServer::new(admin_service::AdminApi::new(
+            Arc::clone(&core),
+            Arc::clone(&tokens),
+        ))
             .max_decoding_message_size(MAX_MESSAGE_BYTES);
-        let admin = InterceptedService::new(admin, auth::admin_only);
+        let admin = InterceptedService::new(admin, auth::staff_only);
         let privacy =
             PrivacyServiceServer::new(privacy_service::PrivacyApi::new(Arc::clone(&core)));
         let privacy = InterceptedService::new(privacy, auth::privacy_officer_only);
@@ -208,10 +232,15 @@ impl Coordinator {
             tracing::info!("coordinator shutting down");
             let _ = shutdown_tx.send(true);
         };
-        tonic::transport::Server::builder()
+        // gRPC services and the HTTP routes (JSON API, dashboard, Prometheus) on one listener.
+        // The HTTP router first: its fallback (a JSON 404) answers unknown paths.
+        let routes = tonic::service::Routes::from(http_api::router(Arc::clone(&core), tokens))
             .add_service(node)
             .add_service(admin)
-            .add_service(privacy)
+            .add_service(privacy);
+        tonic::transport::Server::builder()
+            .accept_http1(true)
+            .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, signal)
             .await
             .context("gRPC server failed")?;
@@ -220,6 +249,7 @@ impl Coordinator {
         leases.abort();
         // Its last flush, after the shutdown signal.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), presence).await;
+        core.audit_log.wait_idle().await;
         Ok(())
     }
 }

@@ -65,6 +65,33 @@ impl Core {
         Ok((accepted, duplicates))
     }
 
+    /// Noised releases with `from <= window_start < to` (0 = unbounded), their totals, and
+    /// totals per group when `group_by` names one ([`GroupBy`]). `show` maps a store id to what
+    /// the caller may see (the id, or an opaque token when `tokens`).
+    pub async fn query_metrics_for(
+        &self,
+        by: &str,
+        query: &pb::QueryMetricsRequest,
+        show: &(dyn Fn(&str) -> String + Send + Sync),
+        tokens: bool,
+    ) -> Result<pb::QueryMetricsResponse> {
+        let group_by = GroupBy::parse(&query.group_by)?;
+        // Groups are formed from real ids, before they are hidden.
+        let response = self
+            .query_metrics(by, query.from_unix, query.to_unix)
+            .await?;
+        let groups = group_by
+            .map(|g| group_rows(&response.rows, g, &self.settings.store_groups, show))
+            .unwrap_or_default();
+        let mut response = response;
+        for row in &mut response.rows {
+            row.store_id = show(&row.store_id);
+        }
+        response.groups = groups;
+        response.store_tokens = tokens;
+        Ok(response)
+    }
+
     /// Noised releases with `from <= window_start < to` (0 = unbounded) and their totals.
     pub async fn query_metrics(
         &self,
@@ -272,11 +299,85 @@ pub fn summarize(rows: Vec<pb::MetricRow>) -> pb::QueryMetricsResponse {
         .collect::<BTreeSet<_>>()
         .len();
     pb::QueryMetricsResponse {
+        groups: Vec::new(),
+        store_tokens: false,
         totals,
         occupancy: (observed > 0.0).then(|| occupancy(empty, observed)),
         stores: u32::try_from(stores).unwrap_or(u32::MAX),
         rows,
     }
+}
+
+/// How a metric query's rows are grouped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupBy {
+    Store,
+    /// The coordinator's `[store_groups]`; a store in none is in `ungrouped`.
+    Group,
+    /// UTC hour of day of the window's start, over all days (the daily profile).
+    Hour,
+    /// UTC date of the window's start.
+    Day,
+}
+
+impl GroupBy {
+    pub const NAMES: [&str; 4] = ["store", "group", "hour", "day"];
+
+    /// `None` for "" (no groups).
+    pub fn parse(text: &str) -> Result<Option<Self>> {
+        Ok(Some(match text {
+            "" => return Ok(None),
+            "store" => GroupBy::Store,
+            "group" => GroupBy::Group,
+            "hour" => GroupBy::Hour,
+            "day" => GroupBy::Day,
+            other => {
+                return Err(CoordinatorError::InvalidArgument(format!(
+                    "group_by {other:?}: use one of {}",
+                    Self::NAMES.join(", ")
+                )));
+            }
+        }))
+    }
+}
+
+/// Totals of each group of `rows`, in key order. Only post-processing of released values.
+pub fn group_rows(
+    rows: &[pb::MetricRow],
+    by: GroupBy,
+    groups: &std::collections::BTreeMap<String, String>,
+    show: &(dyn Fn(&str) -> String + Send + Sync),
+) -> Vec<pb::MetricGroup> {
+    let mut keyed: std::collections::BTreeMap<String, Vec<pb::MetricRow>> = Default::default();
+    for row in rows {
+        let key = match by {
+            GroupBy::Store => show(&row.store_id),
+            GroupBy::Group => groups
+                .get(&row.store_id)
+                .cloned()
+                .unwrap_or_else(|| "ungrouped".to_owned()),
+            GroupBy::Hour => format!("{:02}:00", row.window_start_unix.rem_euclid(86_400) / 3600),
+            GroupBy::Day => time::OffsetDateTime::from_unix_timestamp(row.window_start_unix)
+                .map(|t| t.date().to_string())
+                .unwrap_or_else(|_| "invalid-date".to_owned()),
+        };
+        keyed.entry(key).or_default().push(row.clone());
+    }
+    keyed
+        .into_iter()
+        .map(|(key, rows)| {
+            let occupancies: Vec<f64> = rows.iter().filter_map(|r| r.occupancy).collect();
+            let summary = summarize(rows);
+            pb::MetricGroup {
+                key,
+                totals: summary.totals,
+                occupancy: summary.occupancy,
+                occupancy_min: occupancies.iter().copied().reduce(f64::min),
+                occupancy_max: occupancies.iter().copied().reduce(f64::max),
+                stores: summary.stores,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -21,7 +21,9 @@ use crate::auth::require;
 use crate::core::Core;
 use crate::error::CoordinatorError;
 use crate::identity::Role;
+use crate::telemetry::{RefusalStage, refusal_class};
 use crate::upload::UpdateAssembler;
+use prost::Message as _;
 
 const MAX_POLL_WAIT_SECS: u32 = 60;
 
@@ -90,10 +92,15 @@ impl NodeService for NodeApi {
         let poll = request.into_inner();
         check_text("lineage", &poll.lineage)?;
         let wait = Duration::from_secs(u64::from(poll.wait_secs.min(MAX_POLL_WAIT_SECS)));
-        let polled = self
-            .core
-            .poll_task(&peer.name, &poll.lineage, poll.installed_version, wait)
-            .await?;
+        let polled = {
+            let waiting = self.core.telemetry.polls_waiting.clone();
+            waiting.inc();
+            // Decremented however the poll ends (answered, cancelled by a dropped connection).
+            let _waiting = scopeguard_dec(waiting);
+            self.core
+                .poll_task(&peer.name, &poll.lineage, poll.installed_version, wait)
+                .await?
+        };
         // A key set that cannot be read must not stop tasks from reaching nodes: the poll goes
         // out without it (downloads still refuse to serve a model without one).
         let registry = self.core.registry.clone();
@@ -162,6 +169,7 @@ impl NodeService for NodeApi {
                 key_set_signature: key_set.signature,
             })),
         }));
+        self.core.telemetry.sent("download_model", weights.len());
         for piece in weights.chunks(MAX_CHUNK_BYTES) {
             chunks.push(Ok(ModelChunk {
                 kind: Some(model_chunk::Kind::Data(piece.to_vec())),
@@ -189,8 +197,12 @@ impl NodeService for NodeApi {
         let round = match self.core.check_upload_header(&peer.name, &header).await {
             Ok(round) => round,
             Err(error) => {
+                let message = error.to_string();
                 self.core
-                    .refuse_update(&header.round_id, &peer.name, &error.to_string())
+                    .telemetry
+                    .update_refused(refusal_class(RefusalStage::Header, &message));
+                self.core
+                    .refuse_update(&header.round_id, &peer.name, &message)
                     .await;
                 return Err(error.into());
             }
@@ -208,9 +220,22 @@ impl NodeService for NodeApi {
         let (delta, norm) = match received {
             Ok(update) => update,
             Err(refused) => {
+                self.core
+                    .telemetry
+                    .received("upload_update", assembler.received_bytes());
                 let error = match refused {
-                    Refused::Transport(error) => error,
+                    Refused::Transport(error) => {
+                        self.core.telemetry.update_refused(refusal_class(
+                            RefusalStage::Transport,
+                            &error.to_string(),
+                        ));
+                        error
+                    }
                     Refused::Content(error, delta) => {
+                        self.core.telemetry.update_refused(refusal_class(
+                            RefusalStage::Content,
+                            &error.to_string(),
+                        ));
                         let bytes = match delta {
                             Some(delta) => delta.iter().flat_map(|v| v.to_le_bytes()).collect(),
                             None => assembler.into_received_bytes(),
@@ -232,6 +257,9 @@ impl NodeService for NodeApi {
                 return Err(error.into());
             }
         };
+        self.core
+            .telemetry
+            .received("upload_update", delta.len() * 4);
         let accepted = self
             .core
             .accept_update(
@@ -244,11 +272,17 @@ impl NodeService for NodeApi {
             )
             .await;
         match accepted {
-            Ok(updates_received) => Ok(Response::new(UploadUpdateResponse {
-                norm: norm as f32,
-                updates_received,
-            })),
+            Ok(updates_received) => {
+                self.core.telemetry.update_accepted();
+                Ok(Response::new(UploadUpdateResponse {
+                    norm: norm as f32,
+                    updates_received,
+                }))
+            }
             Err(error) => {
+                self.core
+                    .telemetry
+                    .update_refused(refusal_class(RefusalStage::Recording, &error.to_string()));
                 self.core
                     .refuse_update(&round.round_id, &peer.name, &error.to_string())
                     .await;
@@ -300,7 +334,11 @@ impl NodeService for NodeApi {
     ) -> Result<Response<SyncMetricsResponse>, Status> {
         let peer = require(&request, Role::Node)?;
         let sync = request.into_inner();
+        self.core
+            .telemetry
+            .received("sync_metrics", sync.encoded_len());
         let (accepted, duplicates) = self.core.sync_metrics(&peer.name, &sync.batches).await?;
+        self.core.telemetry.metric_releases(accepted, duplicates);
         tracing::debug!(node_id = %peer.name, accepted, duplicates, "metric batches synced");
         Ok(Response::new(SyncMetricsResponse {
             accepted,
@@ -431,4 +469,17 @@ async fn receive_update(
             None => return Err(content("upload ended without a trailer".into())),
         }
     }
+}
+
+/// Decrements a gauge when dropped.
+struct GaugeDec(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for GaugeDec {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+fn scopeguard_dec(gauge: prometheus_client::metrics::gauge::Gauge) -> GaugeDec {
+    GaugeDec(gauge)
 }

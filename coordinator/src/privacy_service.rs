@@ -53,6 +53,14 @@ impl PrivacyService for PrivacyApi {
                 decision.note.trim(),
             )
             .await?;
+        crate::audit::hooks::frames_decided(
+            &self.core,
+            &peer,
+            &row,
+            decision.approve,
+            decision.note.trim(),
+        )
+        .await;
         Ok(Response::new(request_to_proto(&self.core, &row).await?))
     }
 }

@@ -772,6 +772,18 @@ impl Store {
         Ok(())
     }
 
+    /// (lineage, state, rounds) for every lineage and state present (telemetry).
+    pub async fn round_state_counts(&self) -> Result<Vec<(String, String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT lineage, state, COUNT(*) AS n FROM rounds GROUP BY lineage, state ORDER BY lineage, state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("lineage")?, r.try_get("state")?, r.try_get("n")?)))
+            .collect()
+    }
+
     pub async fn list_nodes(&self) -> Result<Vec<NodeRow>> {
         let rows = sqlx::query("SELECT * FROM nodes ORDER BY node_id")
             .fetch_all(&self.pool)

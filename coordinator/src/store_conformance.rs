@@ -9,6 +9,11 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::audit::conformance::{
+    audit_log_appends_a_chain_that_verifies_and_refuses_updates, audit_log_checks_its_head_file,
+    audit_log_reports_an_edited_entry, audit_log_reports_deleted_entries,
+    audit_log_reports_reordered_and_renumbered_entries,
+};
 use crate::error::CoordinatorError;
 use crate::ledger::{Budget, LedgerStatus};
 use crate::round::{NoiseMode, RoundRecord, RoundSpec, RoundState, Strategy};
@@ -132,6 +137,11 @@ conformance!(
     frame_requests_follow_their_states_with_a_trail,
     quarantined_updates_are_kept_apart_from_accepted_ones,
     a_round_lease_has_one_holder_until_it_expires,
+    audit_log_appends_a_chain_that_verifies_and_refuses_updates,
+    audit_log_reports_an_edited_entry,
+    audit_log_reports_deleted_entries,
+    audit_log_reports_reordered_and_renumbered_entries,
+    audit_log_checks_its_head_file,
 );
 
 fn ok<T, E: std::fmt::Display>(result: Result<T, E>) -> T {

@@ -62,7 +62,8 @@ pub fn server_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(|e| TlsSetupError::Config(e.to_string()))?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    // gRPC needs HTTP/2; the HTTP routes (API, dashboard, Prometheus) also take HTTP/1.1.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
 

@@ -253,6 +253,9 @@ pub struct NodeConfig {
     pub local_store: LocalStoreSettings,
     pub poll_wait_secs: u32,
     pub max_model_bytes: u64,
+    /// Where Prometheus scrapes `GET /metrics` (plain HTTP, counters only; see
+    /// [`crate::telemetry`]). Off when `None`.
+    pub telemetry_listen: Option<std::net::SocketAddr>,
 }
 
 impl NodeConfig {
@@ -277,6 +280,7 @@ impl NodeConfig {
             local_store: LocalStoreSettings::default(),
             poll_wait_secs: DEFAULT_POLL_WAIT_SECS,
             max_model_bytes: DEFAULT_MAX_MODEL_BYTES,
+            telemetry_listen: None,
         }
     }
 

@@ -26,6 +26,7 @@ pub mod model_stream;
 pub mod redact;
 pub mod release;
 mod session;
+pub mod telemetry;
 pub mod trainer;
 pub mod transport;
 pub mod updater;
@@ -138,8 +139,23 @@ pub async fn run_with_model(
         shutdown.await;
         let _ = forward.send(true);
     });
+    let telemetry = match config.telemetry_listen {
+        Some(addr) => {
+            let listener = telemetry::bind(addr).await?;
+            let (status, stop) = (status.subscribe(), stop_receiver.clone());
+            Some(tokio::spawn(async move {
+                if let Err(error) = telemetry::serve(listener, status, stop).await {
+                    warn!("telemetry stopped: {error:#}");
+                }
+            }))
+        }
+        None => None,
+    };
     let result = run_node(config, Shutdown::new(stop_receiver), stop, status, model).await;
     forwarder.abort();
+    if let Some(telemetry) = telemetry {
+        telemetry.abort();
+    }
     if let Err(error) = &result {
         error!("store node stopped with an error: {error:#}");
     }

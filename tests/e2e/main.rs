@@ -1,8 +1,10 @@
 //! End-to-end tests: a real coordinator and real store nodes over mTLS on loopback.
 
+mod audit;
 mod bench_fl;
 mod cli;
 mod crash;
+mod dashboard;
 mod deploy;
 mod distribution;
 mod federation;
@@ -14,6 +16,7 @@ mod postgres;
 mod privacy;
 mod redaction;
 mod refusals;
+mod roles;
 mod replicas;
 mod s3;
 mod store_privacy;

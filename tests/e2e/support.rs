@@ -300,3 +300,27 @@ pub async fn postgres_admin(url: &str, statement: &str) {
         .unwrap_or_else(|e| panic!("{statement}: {e}"));
     pool.close().await;
 }
+
+/// `GET path` over a client-certificate channel (the coordinator's HTTP routes share its gRPC
+/// port): the status and the body as text.
+pub async fn http_get(
+    channel: &tonic::transport::Channel,
+    path: &str,
+) -> (axum::http::StatusCode, String) {
+    use tower::ServiceExt;
+    let request = axum::http::Request::builder()
+        .method("GET")
+        .uri(path)
+        .body(tonic::body::Body::empty())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let response = channel
+        .clone()
+        .oneshot(request)
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    let status = response.status();
+    let body = axum::body::to_bytes(axum::body::Body::new(response.into_body()), 64 << 20)
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: body: {e}"));
+    (status, String::from_utf8_lossy(&body).into_owned())
+}

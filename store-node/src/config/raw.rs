@@ -30,6 +30,8 @@ pub struct RawNodeConfig {
     pub metric_window_secs: Option<i64>,
     pub poll_wait_secs: Option<i64>,
     pub max_model_bytes: Option<i64>,
+    /// `host:port` for Prometheus `GET /metrics` (plain HTTP; off when absent).
+    pub telemetry_listen: Option<String>,
     pub data: Option<RawDataConfig>,
     pub camera: Option<RawCameraConfig>,
     pub metrics: Option<RawMetricsConfig>,
@@ -151,6 +153,16 @@ impl RawNodeConfig {
             p,
         );
 
+        let telemetry_listen = match self.telemetry_listen.as_deref() {
+            None => None,
+            Some(text) => match text.parse::<std::net::SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(e) => {
+                    p.push(format!("telemetry_listen {text:?} is not an address: {e}"));
+                    None
+                }
+            },
+        };
         let data = validate_data(self.data, p);
         let camera = validate_camera(self.camera.unwrap_or_default(), base_dir, p);
         let metrics = validate_metrics(self.metrics.unwrap_or_default(), p);
@@ -178,6 +190,7 @@ impl RawNodeConfig {
                 local_store,
                 poll_wait_secs: u32::try_from(poll_wait_secs).unwrap_or(0),
                 max_model_bytes: u64::try_from(max_model_bytes).unwrap_or(0),
+                telemetry_listen,
             }),
             _ => Err(ConfigError { problems }),
         }
