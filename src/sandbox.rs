@@ -43,6 +43,9 @@ pub struct SandboxOptions {
     pub tap_connections: bool,
     /// Applied to the coordinator's configuration before it starts.
     pub coordinator: fn(&mut CoordinatorConfig),
+    /// Give each node a Prometheus `telemetry_listen` on a free loopback port (its
+    /// `SandboxNode::config` says which).
+    pub node_telemetry: bool,
 }
 
 impl SandboxOptions {
@@ -64,6 +67,7 @@ impl SandboxOptions {
             privacy_budget: DEFAULT_BUDGET,
             tap_connections: false,
             coordinator: |_| {},
+            node_telemetry: false,
         }
     }
 }
@@ -182,6 +186,12 @@ impl Sandbox {
         config.metrics = self.options.metrics.clone();
         config.local_store = self.options.local_store.clone();
         config.poll_wait_secs = self.options.poll_wait_secs;
+        if self.options.node_telemetry {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            config.telemetry_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+        }
         let (status_tx, status) = watch::channel(NodeStatus::default());
         let (model_tx, model) = watch::channel(None);
         let (shutdown, rx) = watch::channel(false);

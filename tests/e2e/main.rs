@@ -22,4 +22,5 @@ mod s3;
 mod store_privacy;
 mod strategies;
 mod support;
+mod telemetry;
 mod wire_scan;
