@@ -26,13 +26,13 @@ fn text(bytes: &[u8]) -> String {
 }
 
 /// `audit verify`: (exit code, stdout).
-fn verify(data_dir: &Path) -> (i32, String) {
+pub fn verify(data_dir: &Path) -> (i32, String) {
     let out = audit(&["verify"], data_dir);
     (out.status.code().unwrap_or(-1), text(&out.stdout))
 }
 
 /// `audit list --json`.
-fn entries(data_dir: &Path) -> Vec<serde_json::Value> {
+pub fn entries(data_dir: &Path) -> Vec<serde_json::Value> {
     let out = audit(&["list", "--json"], data_dir);
     assert!(out.status.success(), "{}", text(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)))

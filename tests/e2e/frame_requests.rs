@@ -219,7 +219,7 @@ async fn frames_leave_a_store_only_approved_sealed_to_the_requester_and_until_ex
             .await
             .map(|_| ()),
         tonic::Code::PermissionDenied,
-        "admin certificate",
+        "cannot call the admin service",
     );
     // Longer than the node's long poll (5 s here), so it has asked for work meanwhile.
     tokio::time::sleep(Duration::from_secs(6)).await;
@@ -346,6 +346,26 @@ async fn frames_leave_a_store_only_approved_sealed_to_the_requester_and_until_ex
         "not pending",
     );
     drop(store);
+    let coordinator_dir = sandbox.coordinator_dir.clone();
     shutdown(sandbox).await;
     assert!(Path::new(&node_dir).is_dir());
+
+    // Every step is in the audit log too, by whoever took it, and the log verifies.
+    let (code, verdict) = crate::audit::verify(&coordinator_dir);
+    assert_eq!(code, 0, "{verdict}");
+    let log = crate::audit::entries(&coordinator_dir);
+    for (action, actor) in [
+        ("frames.request", "admin/pilot-admin"),
+        ("frames.approve", "privacy-officer/olivia"),
+        ("frames.deliver", "node/store-1"),
+        ("frames.download", "admin/pilot-admin"),
+        ("frames.expire", "coordinator"),
+    ] {
+        assert!(
+            log.iter().any(|e| e["action"] == action
+                && e["actor"] == actor
+                && e["subject"] == id.as_str()),
+            "no {action} of {id} by {actor} in {log:#?}"
+        );
+    }
 }
