@@ -499,20 +499,32 @@ enum RoundCommand {
         /// strategy.
         #[arg(long, default_value_t = 0.0)]
         proximal_mu: f32,
+        /// Stores wanted per round: the sampling rate is q = target / online stores (capped at
+        /// 1), and each online store joins with probability q.
         #[arg(long, default_value_t = 3)]
         target_clients: u32,
+        /// Fewest valid updates the round aggregates; it waits for this many stores to be
+        /// online (up to the coordinator's sampling_timeout_secs) and fails with fewer updates.
         #[arg(long, default_value_t = 2)]
         min_clients: u32,
+        /// Seconds the sampled stores have to send their updates.
         #[arg(long, default_value_t = 600)]
         deadline_secs: u32,
+        /// Local SGD steps each store runs on its own data.
         #[arg(long, default_value_t = 60)]
         local_steps: u32,
+        /// Examples per local step.
         #[arg(long, default_value_t = 32)]
         batch_size: u32,
+        /// Learning rate of the stores' local SGD.
         #[arg(long, default_value_t = 0.01)]
         learning_rate: f32,
+        /// Clip norm C: each store's weight change is scaled to L2 norm at most C before it
+        /// leaves the store (the sensitivity of the sum).
         #[arg(long, default_value_t = 5.0)]
         clip_norm: f32,
+        /// Noise multiplier z: Gaussian noise of standard deviation z·C on the sum; decides
+        /// the round's ε with the sampling rate.
         #[arg(long, default_value_t = 0.01)]
         noise_multiplier: f32,
         /// Where the noise is added: "central" (by the coordinator) or "distributed" (each node
@@ -855,13 +867,16 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 .into_inner()
                 .nodes;
             println!(
-                "{:<16} {:>15} {:>9}  backend",
-                "node", "last seen (ms)", "version"
+                "{:<16} {:<25} {:>9}  backend",
+                "node", "last seen (UTC)", "version"
             );
             for n in nodes {
                 println!(
-                    "{:<16} {:>15} {:>9}  {}",
-                    n.node_id, n.last_seen_unix_ms, n.installed_version, n.backend
+                    "{:<16} {:<25} {:>9}  {}",
+                    n.node_id,
+                    time_arg::show_unix_ms(n.last_seen_unix_ms),
+                    n.installed_version,
+                    n.backend
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -918,9 +933,15 @@ async fn enroll(args: EnrollArgs) -> anyhow::Result<ExitCode> {
     .context("enrolment task failed")??;
     let details = backroom_coordinator::audit::hooks::enrolment_details(role, &name, &bundle);
     let subject = format!("{role}/{name}");
-    audit_cli::record(&args.data_dir, args.config.as_deref(), "enrol", &subject, details)
-        .await
-        .context("the bundle was written but its enrolment is not in the audit log")?;
+    audit_cli::record(
+        &args.data_dir,
+        args.config.as_deref(),
+        "enrol",
+        &subject,
+        details,
+    )
+    .await
+    .context("the bundle was written but its enrolment is not in the audit log")?;
     println!(
         "wrote {} bundle to {}",
         role.with_article(),
@@ -990,7 +1011,8 @@ async fn round(command: RoundCommand) -> anyhow::Result<ExitCode> {
             if detach {
                 return Ok(ExitCode::SUCCESS);
             }
-            watch(&mut admin, round.round_id).await
+            let round_id = round.round_id.clone();
+            watch(&mut admin, round_id, Some(round)).await
         }
         RoundCommand::Get {
             connection,
@@ -1026,7 +1048,7 @@ async fn round(command: RoundCommand) -> anyhow::Result<ExitCode> {
             round_id,
         } => {
             let mut admin = connect(&connection).await?;
-            watch(&mut admin, round_id).await
+            watch(&mut admin, round_id, None).await
         }
         RoundCommand::Cancel {
             connection,
@@ -1095,15 +1117,22 @@ async fn round(command: RoundCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn watch(admin: &mut client::AdminClient, round_id: String) -> anyhow::Result<ExitCode> {
+/// Follows a round, printing each change; `printed` is a state already shown (not repeated).
+async fn watch(
+    admin: &mut client::AdminClient,
+    round_id: String,
+    printed: Option<pb::Round>,
+) -> anyhow::Result<ExitCode> {
     let mut stream = admin
         .watch_round(pb::GetRoundRequest { round_id })
         .await
         .map_err(status)?
         .into_inner();
-    let mut last = None;
+    let mut last = printed;
     while let Some(round) = stream.message().await.map_err(status)? {
-        print_round(&round);
+        if last.as_ref() != Some(&round) {
+            print_round(&round);
+        }
         last = Some(round);
     }
     Ok(match last {

@@ -377,6 +377,14 @@ async fn metrics(
             !sees_store_ids(peer.role),
         )
         .await?;
+    // Every metric query is in the audit log, over HTTP as over gRPC.
+    crate::audit::hooks::metrics_queried(
+        &state.core,
+        peer,
+        format!("{request:?} (HTTP)"),
+        response.rows.len(),
+    )
+    .await?;
     Ok(Json(metrics_json(&response)))
 }
 

@@ -29,9 +29,9 @@ pub mod rollout;
 pub mod round;
 pub mod signing_keys;
 pub mod store;
-pub mod store_tokens;
 #[cfg(test)]
 mod store_conformance;
+pub mod store_tokens;
 pub mod strategy;
 pub mod telemetry;
 pub mod tls;
@@ -215,7 +215,7 @@ impl Coordinator {
             Arc::clone(&core),
             Arc::clone(&tokens),
         ))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let admin = InterceptedService::new(admin, auth::staff_only);
         let privacy =
             PrivacyServiceServer::new(privacy_service::PrivacyApi::new(Arc::clone(&core)));
