@@ -85,9 +85,9 @@ mod tests {
 
     #[test]
     fn tokens_are_stable_distinct_and_keyed() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = StoreTokens::load_or_create(dir.path()).unwrap();
-        let again = StoreTokens::load_or_create(dir.path()).unwrap();
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let a = StoreTokens::load_or_create(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let again = StoreTokens::load_or_create(dir.path()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(a.token("store-1"), again.token("store-1"));
         assert_ne!(a.token("store-1"), a.token("store-2"));
         assert!(a.token("store-1").starts_with("s-") && a.token("store-1").len() == 14);
@@ -95,7 +95,7 @@ mod tests {
         let other = StoreTokens::new([7; 32]);
         assert_ne!(a.token("store-1"), other.token("store-1"));
         assert_eq!(a.shown("store-1", true), "store-1");
-        std::fs::write(dir.path().join(KEY_FILE), b"short").unwrap();
+        std::fs::write(dir.path().join(KEY_FILE), b"short").unwrap_or_else(|e| panic!("{e}"));
         assert!(StoreTokens::load_or_create(dir.path()).is_err());
     }
 }

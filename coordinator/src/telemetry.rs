@@ -279,7 +279,7 @@ mod tests {
         t.received("upload_update", 1000);
         t.aggregation_seconds.observe(0.5);
         let mut out = String::new();
-        encode(&mut out, &t.registry.lock().unwrap()).unwrap();
+        encode(&mut out, &t.registry.lock().expect("registry")).unwrap_or_else(|e| panic!("{e}"));
         assert!(
             out.contains("backroom_updates_total{outcome=\"refused\",reason=\"clip_norm\"} 1"),
             "{out}"

@@ -182,7 +182,7 @@ mod tests {
             windows_synced: 3,
             ..NodeStatus::default()
         };
-        let text = render(&status).unwrap();
+        let text = render(&status).unwrap_or_else(|e| panic!("{e}"));
         assert!(
             text.contains("backroom_node_frames_processed_total 120"),
             "{text}"
