@@ -80,6 +80,12 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
     let code = match command {
         AuditCommand::Verify { .. } => {
             let head_path = config.data_dir.join(audit::HEAD_FILE);
+            // Appends wait while the log is walked (a coordinator on this machine may be
+            // running).
+            let lock_path = config.data_dir.join(audit::LOCK_FILE);
+            let _lock = tokio::task::spawn_blocking(move || audit::lock_file(&lock_path))
+                .await
+                .context("audit lock task failed")??;
             match audit::verify(&pool, backend, &head_path).await? {
                 Ok(verified) => {
                     let head = verified

@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use axum::body::Body;
@@ -54,7 +55,17 @@ pub async fn run(args: DashboardArgs) -> anyhow::Result<()> {
         "dashboard of {} on http://{local}/ (Ctrl-C to stop)",
         c.coordinator
     );
-    let app = axum::Router::new().fallback(forward).with_state(channel);
+    // Only requests addressed to this port by a loopback name: a page on another site that
+    // rebinds its own name to 127.0.0.1 (DNS rebinding) sends its own Host and is refused.
+    let hosts = Arc::new(vec![
+        local.to_string(),
+        format!("localhost:{}", local.port()),
+        format!("127.0.0.1:{}", local.port()),
+        format!("[::1]:{}", local.port()),
+    ]);
+    let app = axum::Router::new()
+        .fallback(forward)
+        .with_state(Proxy { channel, hosts });
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
@@ -63,7 +74,30 @@ pub async fn run(args: DashboardArgs) -> anyhow::Result<()> {
         .context("dashboard server failed")
 }
 
-async fn forward(State(channel): State<Channel>, request: Request) -> Response {
+#[derive(Clone)]
+struct Proxy {
+    channel: Channel,
+    /// `Host` values accepted.
+    hosts: Arc<Vec<String>>,
+}
+
+async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    if !proxy.hosts.iter().any(|h| h == host) {
+        return (
+            StatusCode::FORBIDDEN,
+            format!(
+                "Host {host:?} refused: open the dashboard at http://{}/",
+                proxy.hosts[0]
+            ),
+        )
+            .into_response();
+    }
+    let channel = proxy.channel;
     if request.method() != Method::GET {
         return (
             StatusCode::METHOD_NOT_ALLOWED,

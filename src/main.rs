@@ -927,6 +927,8 @@ async fn enroll(args: EnrollArgs) -> anyhow::Result<ExitCode> {
     let issued = name.clone();
     let bundle = tokio::task::spawn_blocking(move || {
         let ca = CertificateAuthority::load_or_create(&pki, &[])?;
+        // Created with the CA, so it can be shipped with it to every replica (tokens must agree).
+        backroom_coordinator::store_tokens::StoreTokens::load_or_create(&pki)?;
         ca.issue_bundle(role, &issued, &out)
     })
     .await

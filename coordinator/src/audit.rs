@@ -542,7 +542,9 @@ pub async fn queue_offline(
 }
 
 /// Takes the exclusive lock on `path` (created if missing), released when the file is dropped.
-fn lock_file(path: &Path) -> Result<std::fs::File> {
+/// `backroom audit verify` holds `<data_dir>/audit.lock` for its walk, so a running coordinator
+/// on the same machine cannot append between its reading of the head and of the log.
+pub fn lock_file(path: &Path) -> Result<std::fs::File> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
             .map_err(|e| CoordinatorError::io(format!("cannot create {}", parent.display()), e))?;

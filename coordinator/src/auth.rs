@@ -55,8 +55,6 @@ pub enum Action {
     RequestFrames,
     /// Prometheus counters and gauges.
     ReadTelemetry,
-    /// The audit log.
-    ReadAudit,
 }
 
 impl Action {
@@ -74,7 +72,6 @@ impl Action {
             | Action::ReadNodes
             | Action::ReadPrivacy
             | Action::ReadTelemetry => &[Admin, MlEngineer, Operations],
-            Action::ReadAudit => &[Admin],
         }
     }
 
@@ -92,7 +89,6 @@ impl Action {
             Action::ReadPrivacy => "read privacy budgets",
             Action::RequestFrames => "request or download store frames",
             Action::ReadTelemetry => "read telemetry",
-            Action::ReadAudit => "read the audit log",
         }
     }
 }
@@ -175,7 +171,6 @@ mod tests {
             Action::ChangeRollout,
             Action::ReadQuarantine,
             Action::RequestFrames,
-            Action::ReadAudit,
         ] {
             let denied = authorize(&ops, action)
                 .err()
@@ -195,7 +190,7 @@ mod tests {
                 name: "x".into(),
             };
             assert!(
-                [Action::ReadMetrics, Action::StartRound, Action::ReadAudit]
+                [Action::ReadMetrics, Action::StartRound, Action::ReadNodes]
                     .iter()
                     .all(|a| authorize(&peer, *a).is_err())
             );

@@ -187,7 +187,6 @@ async fn whoami(caller: Caller) -> Result<Json<Value>, ApiError> {
         Action::ReadPrivacy,
         Action::RequestFrames,
         Action::ReadTelemetry,
-        Action::ReadAudit,
     ];
     let allowed: Vec<String> = all
         .into_iter()

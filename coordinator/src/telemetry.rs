@@ -180,6 +180,9 @@ impl Core {
         let versions = self.store.list_versions("").await?;
         let nodes = self.store.list_nodes().await?;
         let t = &self.telemetry;
+        // Refreshed and encoded under the registry lock: concurrent scrapes cannot interleave a
+        // clear with an encode. No await below.
+        let registry = t.registry.lock().expect("telemetry registry");
         t.rounds.clear();
         for (lineage, state, count) in rounds {
             t.rounds
@@ -206,7 +209,6 @@ impl Core {
                 .count() as i64,
         );
         let mut out = String::new();
-        let registry = t.registry.lock().expect("telemetry registry");
         encode(&mut out, &registry).map_err(|e| {
             crate::error::CoordinatorError::Internal(format!("cannot encode telemetry: {e}"))
         })?;

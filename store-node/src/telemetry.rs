@@ -1,8 +1,10 @@
 //! Prometheus telemetry of a store node: `GET /metrics` on `telemetry_listen` (plain HTTP).
 //!
 //! Everything served is a count of the node's own work read from its [`NodeStatus`] (frames
-//! captured, redacted, dropped; rounds trained; releases; the installed model version): no
-//! frame, no store data, no noised or raw shelf metric. It binds where the configuration says;
+//! captured, processed, dropped; rounds trained; releases; the installed model version): no
+//! frame, no store data, no noised or raw shelf metric. Faces, moving regions and wholly
+//! masked frames are left out on purpose: per store and per minute they are a count of customers (foot traffic),
+//! which leaves the store only as a noised release. It binds where the configuration says;
 //! keep it on loopback or the store's management network, since the endpoint has no
 //! authentication of its own (the node holds no CA to check client certificates against).
 
@@ -24,7 +26,7 @@ use crate::NodeStatus;
 /// The exposition of one status snapshot.
 pub fn render(status: &NodeStatus) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::with_prefix("backroom_node");
-    let counters: [(&str, &str, u64); 13] = [
+    let counters: [(&str, &str, u64); 10] = [
         (
             "frames_captured",
             "Frames the camera source handed to the pipeline",
@@ -44,21 +46,6 @@ pub fn render(status: &NodeStatus) -> Result<String, std::fmt::Error> {
             "frames_unreadable",
             "Frames that could not be read or decoded",
             status.frames_unreadable,
-        ),
-        (
-            "faces_redacted",
-            "Faces filled by redaction",
-            status.faces_redacted,
-        ),
-        (
-            "moving_regions_filled",
-            "Moving regions filled by the moving-region mask",
-            status.moving_regions_filled,
-        ),
-        (
-            "frames_fully_masked",
-            "Frames filled whole by the moving-region mask",
-            status.frames_fully_masked,
         ),
         (
             "frames_stored",
