@@ -43,7 +43,7 @@ if ((${#render[@]})); then
   cp -- *.yaml "$copy/"
   mkdir -p "$copy/pki" "$copy/secrets"
   # Stand-ins with the names kustomization.yaml expects (nothing reads their content here).
-  for file in ca.pem ca.key model-signing.key model-root.pub.pem model-keyset.json model-keyset.sig; do
+  for file in ca.pem ca.key model-signing.key store-tokens.key model-root.pub.pem model-keyset.json model-keyset.sig; do
     echo "stand-in" >"$copy/pki/$file"
   done
   printf 'POSTGRES_PASSWORD=stand-in\n' >"$copy/secrets/postgres.env"

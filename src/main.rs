@@ -470,7 +470,7 @@ pub(crate) struct Connection {
     #[arg(long, env = "BACKROOM_BUNDLE")]
     bundle: PathBuf,
     /// Name in the coordinator's certificate.
-    #[arg(long, default_value = "localhost")]
+    #[arg(long, env = "BACKROOM_SERVER_NAME", default_value = "localhost")]
     server_name: String,
 }
 
@@ -598,6 +598,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: logs redirected to files stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
