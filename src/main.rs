@@ -465,8 +465,8 @@ pub(crate) struct Connection {
         default_value = "https://127.0.0.1:7443"
     )]
     coordinator: String,
-    /// Bundle directory (from `backroom enroll --admin`; `--privacy-officer` for `frames review`,
-    /// `approve` and `deny`).
+    /// Bundle directory (from `backroom enroll`: --admin, --ml-engineer or --operations, by what
+    /// the command does; --privacy-officer for `frames review`, `approve` and `deny`).
     #[arg(long, env = "BACKROOM_BUNDLE")]
     bundle: PathBuf,
     /// Name in the coordinator's certificate.
