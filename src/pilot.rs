@@ -468,18 +468,9 @@ async fn metric_totals(sandbox: &mut Sandbox) -> anyhow::Result<MetricTotals> {
     Ok(totals)
 }
 
-pub fn state_name(state: i32) -> &'static str {
-    match pb::RoundState::try_from(state) {
-        Ok(pb::RoundState::Pending) => "pending",
-        Ok(pb::RoundState::Sampling) => "sampling",
-        Ok(pb::RoundState::Training) => "training",
-        Ok(pb::RoundState::Aggregating) => "aggregating",
-        Ok(pb::RoundState::Published) => "published",
-        Ok(pb::RoundState::Failed) => "failed",
-        Ok(pb::RoundState::Cancelled) => "cancelled",
-        _ => "unknown",
-    }
-}
+/// Shared with the coordinator's HTTP API, so the CLI, the pilot and the dashboard name states
+/// alike.
+pub use backroom_coordinator::http_api::state_name;
 
 /// The human-readable summary.
 pub fn render(summary: &PilotSummary) -> String {

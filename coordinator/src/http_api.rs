@@ -404,7 +404,8 @@ fn nonzero(v: u64) -> Value {
     if v == 0 { Value::Null } else { json!(v) }
 }
 
-fn state_name(state: i32) -> &'static str {
+/// The lower-case name of a wire round state ("unknown" for a value this build does not know).
+pub fn state_name(state: i32) -> &'static str {
     match pb::RoundState::try_from(state) {
         Ok(pb::RoundState::Pending) => "pending",
         Ok(pb::RoundState::Sampling) => "sampling",
