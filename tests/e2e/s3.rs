@@ -11,22 +11,10 @@ use backroom_coordinator::CoordinatorConfig;
 
 use crate::support::{run_round, shutdown, spec, start, test_options, wait_installed};
 
-fn endpoint() -> Option<String> {
-    match std::env::var("BACKROOM_TEST_S3_ENDPOINT") {
-        Ok(url) => Some(url),
-        Err(_) => {
-            assert!(
-                std::env::var("BACKROOM_REQUIRE_S3").as_deref() != Ok("1"),
-                "BACKROOM_REQUIRE_S3=1 but BACKROOM_TEST_S3_ENDPOINT is not set"
-            );
-            None
-        }
-    }
-}
-
 /// Points the coordinator's blob store at a prefix of its own in the test bucket.
 fn use_bucket(config: &mut CoordinatorConfig) {
-    let endpoint = endpoint().unwrap_or_else(|| panic!("BACKROOM_TEST_S3_ENDPOINT vanished"));
+    let endpoint = crate::support::s3_endpoint()
+        .unwrap_or_else(|| panic!("BACKROOM_TEST_S3_ENDPOINT vanished"));
     config.blob_store = Some(format!("s3://backroom-test/e2e-{}", std::process::id()));
     config.blob_store_options = [
         ("endpoint", endpoint.as_str()),
@@ -42,7 +30,7 @@ fn use_bucket(config: &mut CoordinatorConfig) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pilot_keeps_weights_and_updates_in_an_s3_bucket() {
-    if endpoint().is_none() {
+    if crate::support::s3_endpoint().is_none() {
         eprintln!("skipped: blob store in S3 (set BACKROOM_TEST_S3_ENDPOINT=http://…)");
         return;
     }

@@ -324,3 +324,18 @@ pub async fn http_get(
         .unwrap_or_else(|e| panic!("GET {path}: body: {e}"));
     (status, String::from_utf8_lossy(&body).into_owned())
 }
+
+/// The S3-compatible server of the test environment (`.ci/run` starts moto's, with a bucket
+/// `backroom-test`); `None` skips unless `BACKROOM_REQUIRE_S3=1`.
+pub fn s3_endpoint() -> Option<String> {
+    match std::env::var("BACKROOM_TEST_S3_ENDPOINT") {
+        Ok(url) => Some(url),
+        Err(_) => {
+            assert!(
+                std::env::var("BACKROOM_REQUIRE_S3").as_deref() != Ok("1"),
+                "BACKROOM_REQUIRE_S3=1 but BACKROOM_TEST_S3_ENDPOINT is not set"
+            );
+            None
+        }
+    }
+}

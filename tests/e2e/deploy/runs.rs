@@ -314,21 +314,6 @@ fn the_compose_enrolment_gives_the_coordinator_a_certificate_for_its_service_nam
     assert!(right.status.success(), "{}", text(&right.stderr));
 }
 
-/// The S3-compatible server of the test environment (`.ci/run` starts moto's, with a bucket
-/// `backroom-test`); `None` skips unless `BACKROOM_REQUIRE_S3=1`.
-fn s3_endpoint() -> Option<String> {
-    match std::env::var("BACKROOM_TEST_S3_ENDPOINT") {
-        Ok(url) => Some(url),
-        Err(_) => {
-            assert!(
-                std::env::var("BACKROOM_REQUIRE_S3").as_deref() != Ok("1"),
-                "BACKROOM_REQUIRE_S3=1 but BACKROOM_TEST_S3_ENDPOINT is not set"
-            );
-            None
-        }
-    }
-}
-
 /// The Kubernetes Deployment in miniature, without a cluster: its init container's script
 /// copies the Secret's files (those of `backroom enroll` that kustomization.yaml lists) into a
 /// replica's data directory; the coordinator runs with the ConfigMap's file on PostgreSQL and an
@@ -346,7 +331,7 @@ fn the_kubernetes_configuration_runs_a_replica_on_postgres_and_a_bucket() {
         eprintln!("skipped: the Kubernetes configuration on PostgreSQL (set DATABASE_URL)");
         return;
     };
-    let Some(endpoint) = s3_endpoint() else {
+    let Some(endpoint) = crate::support::s3_endpoint() else {
         eprintln!(
             "skipped: the Kubernetes configuration on a bucket (set BACKROOM_TEST_S3_ENDPOINT)"
         );
